@@ -1,0 +1,16 @@
+"""scoresde: score-based generative modelling through stochastic differential equations.
+
+Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differential
+Equations", arXiv:2011.13456.
+"""
+from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
+from .analytic import Gaussian, GaussianMixture
+from .utils import Registry, append_dims
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
+    "Gaussian", "GaussianMixture",
+    "Registry", "append_dims",
+]
