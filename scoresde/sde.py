@@ -165,6 +165,10 @@ class SDE(abc.ABC):
         """Constructor arguments, for checkpoints and reprs."""
         return {"N": self.N}
 
+    def with_steps(self, N: int) -> "SDE":
+        """The same SDE discretised into `N` steps."""
+        return type(self)(**{**self.config(), "N": N})
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"

@@ -1,0 +1,116 @@
+"""Samplers: a registry of flat functions sharing one signature, and `sample()` in front of them.
+
+Every registered sampler is
+
+    fn(sde, score_fn, x, ts, *, generator, denoise, progress, **options) -> x
+
+where `x` is the prior draw x_{t_0} shaped (B, *D) and `ts` the decreasing time grid
+t_0 = T > t_1 > ... > t_steps = eps (a `(steps + 1,)` tensor on x's device and dtype). Step i calls
+`score_fn` at t_i with the whole batch and moves x to t_{i+1}; with `denoise` the last step adds
+no noise (the "noise removal" of Song et al. 2021). Samplers never dispatch on the SDE type: the
+per-SDE maths (discretisation, ancestral step, Langevin alpha) are SDE methods.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..utils import Registry, check_int
+
+__all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CountingScore"]
+
+SAMPLERS = Registry("sampler")
+
+
+def list_samplers() -> list[str]:
+    """Names of the registered samplers."""
+    return list(SAMPLERS)
+
+
+class CountingScore:
+    """Wrap a score function and count its evaluations (a Python int: no device sync)."""
+
+    def __init__(self, score_fn: Callable):
+        self.score_fn, self.nfe = score_fn, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
+
+def uniform_grid(sde, steps: int, eps: float, device=None, dtype=None) -> torch.Tensor:
+    """t_i = T - i (T - eps) / steps, i = 0..steps: the reference samplers' uniform grid."""
+    return torch.linspace(sde.T, eps, steps + 1, device=device, dtype=dtype)
+
+
+def progress_range(n: int, progress: bool, desc: str = "sampling"):
+    """range(n), with a tqdm progress bar when `progress`."""
+    if not progress:
+        return range(n)
+    from tqdm.auto import trange
+    return trange(n, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        data_shape = getattr(score_fn, "data_shape", None)
+        if data_shape is None:
+            raise ValueError(f"shape: expected (B, *D); a batch size alone ({shape}) needs a score_fn "
+                             "with a `data_shape` attribute (a trained ScoreModel)")
+        return (shape, *data_shape)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ValueError(f"shape: expected a batch size or a sequence of positive ints (B, *D), found {shape!r}")
+    return tuple(shape)
+
+
+def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", steps: int | None = None,
+           generator: torch.Generator | None = None, device: Any = None, dtype: torch.dtype | None = None,
+           x_init: torch.Tensor | None = None, eps: float | None = None, denoise: bool = True,
+           progress: bool = False, return_info: bool = False, **options: Any):
+    """Draw samples from the reverse process of `sde` driven by `score_fn`.
+
+    Args:
+        score_fn: callable score_fn(x, t) -> grad_x log p_t(x), shaped like x.
+        shape: (B, *D), or the batch size alone when `score_fn.data_shape` exists; may be None
+            when `x_init` is given.
+        sampler: a name from `list_samplers()`.
+        steps: number of steps (default `sde.N`); NFE per sampler as documented in the API.
+        eps: final time (default `sde.default_eps`: 1e-3 for VP/sub-VP, 1e-5 for VE).
+        x_init: start here instead of a prior draw.
+        denoise: end with one noise-free step (Tweedie / "noise removal").
+        progress: show a progress bar.
+        return_info: also return a dict with the NFE used, the sampler, steps and wall time.
+        **options: sampler-specific options (e.g. `predictor`, `corrector`, `snr` for "pc").
+    Returns:
+        samples of the requested shape, or `(samples, info)` with `return_info`.
+    """
+    if not callable(score_fn):
+        raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
+    fn = SAMPLERS[sampler]
+    steps = sde.N if steps is None else check_int("steps", steps)
+    eps = sde.default_eps if eps is None else eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
+    if x_init is not None:
+        if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point() or x_init.ndim < 1:
+            raise TypeError(f"x_init: expected a floating-point tensor (B, *D), found {type(x_init).__name__}")
+        if shape is not None and tuple(x_init.shape) != _resolve_shape(score_fn, shape):
+            raise ValueError(f"x_init: expected shape {_resolve_shape(score_fn, shape)}, found {tuple(x_init.shape)}")
+        x = x_init.to(device=device or x_init.device, dtype=dtype or x_init.dtype)
+    else:
+        if shape is None:
+            raise ValueError("shape: expected (B, *D) or a batch size when x_init is not given, found None")
+        x = sde.prior_sampling(_resolve_shape(score_fn, shape), generator=generator, device=device, dtype=dtype)
+    if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
+        sde = sde.with_steps(steps)
+    ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
+    counted = CountingScore(score_fn)
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = fn(sde, counted, x, ts, generator=generator, denoise=bool(denoise), progress=bool(progress), **options)
+    if not return_info:
+        return x
+    return x, {"nfe": counted.nfe, "sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start}
