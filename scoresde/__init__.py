@@ -5,6 +5,7 @@ Equations", arXiv:2011.13456.
 """
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .analytic import Gaussian, GaussianMixture
+from .likelihood import bits_per_dim, dataset_likelihood
 from .utils import Registry, append_dims
 
 __version__ = "0.1.0"
@@ -12,5 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "Gaussian", "GaussianMixture",
+    "bits_per_dim", "dataset_likelihood",
     "Registry", "append_dims",
 ]
