@@ -6,6 +6,8 @@ Equations", arXiv:2011.13456.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .analytic import Gaussian, GaussianMixture
 from .likelihood import bits_per_dim, dataset_likelihood
+from .nets import get_model, list_models
+from .ema import EMA
 from .utils import Registry, append_dims
 
 __version__ = "0.1.0"
@@ -14,5 +16,6 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",
+    "get_model", "list_models", "EMA",
     "Registry", "append_dims",
 ]

@@ -1,0 +1,277 @@
+"""Shared building blocks of the score networks: noise-level features, initialisation, resampling,
+residual and attention blocks.
+
+- Sinusoidal ("positional") features: Vaswani et al. (2017), arXiv:1706.03762, as used for the
+  time step by DDPM, Ho et al. (2020), arXiv:2006.11239.
+- Gaussian Fourier features (random Fourier features, Tancik et al. 2020, arXiv:2006.10739) with
+  scale 16, used by NCSN++ for continuous noise levels, Song et al. (2021), arXiv:2011.13456 App. H.
+- DDPM residual block and self-attention (Ho et al. 2020, App. B); BigGAN-type residual up/down
+  blocks (Brock et al. 2018, arXiv:1809.11096) with skip connections rescaled by 1/sqrt(2)
+  (Song et al. 2021, App. H); FIR [1, 3, 3, 1] anti-aliased resampling (Karras et al. 2020,
+  arXiv:1912.04958).
+
+Everything here is autocast- and channels_last-safe: no dtype-specific branches, no `.item()`,
+no Python control flow on tensor values.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "EMBEDDINGS", "sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierProjection",
+    "make_embedding", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
+    "fir_resample", "ResBlockDDPM", "ResBlockBigGAN", "AttnBlock",
+]
+
+EMBEDDINGS = ("sinusoidal", "fourier")  # "positional" is accepted as an alias of "sinusoidal"
+
+
+def sinusoidal_embedding(c: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) -> (B, dim): [sin(c w_k), cos(c w_k)], w_k = max_period^{-k/(dim/2 - 1)} (DDPM's get_timestep_embedding)."""
+    half = dim // 2
+    k = torch.arange(half, device=c.device, dtype=c.dtype)
+    w = torch.exp(-math.log(max_period) * k / max(half - 1, 1))  # (half,)
+    arg = c[:, None] * w[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+    return F.pad(emb, (0, dim % 2))  # zero column when dim is odd
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Sinusoidal features of a noise-conditioning value c of arbitrary scale (DDPM: c = t in [0, 999])."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        self.dim, self.max_period = dim, max_period
+        self.out_dim = dim
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return sinusoidal_embedding(c, self.dim, self.max_period)
+
+
+class GaussianFourierProjection(nn.Module):
+    """[sin(2 pi W c), cos(2 pi W c)], W ~ N(0, scale^2) fixed (a buffer, not trained); (B,) -> (B, 2 dim).
+
+    Meant for c = log sigma (NCSN++ cont., scale 16, Song et al. 2021 App. H). The draw of W
+    comes from torch's global RNG at construction, so `torch.manual_seed` fixes it; it is
+    saved in the state dict.
+    """
+
+    def __init__(self, dim: int, scale: float = 16.0):
+        super().__init__()
+        self.register_buffer("W", torch.randn(dim) * scale)
+        self.out_dim = 2 * dim
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        arg = 2 * math.pi * c[:, None] * self.W[None, :].to(c.dtype)  # (B, dim)
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+
+
+def make_embedding(kind: str, dim: int, fourier_scale: float = 16.0) -> nn.Module:
+    """The noise-level feature map selected by `embedding=`: "sinusoidal"/"positional" or "fourier"."""
+    if kind in ("sinusoidal", "positional"):
+        return SinusoidalEmbedding(dim)
+    if kind == "fourier":
+        return GaussianFourierProjection(dim, fourier_scale)
+    raise ValueError(f"embedding: expected one of {list(EMBEDDINGS) + ['positional']}, found {kind!r}")
+
+
+# ----------------------------------------------------------------------------------- initialisation
+
+def variance_scaling_(w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """DDPM / score_sde default init: uniform with variance scale / fan_avg (scale 0 -> 1e-10)."""
+    scale = 1e-10 if scale == 0 else scale
+    receptive = w[0, 0].numel() if w.ndim > 2 else 1
+    fan_avg = 0.5 * (w.shape[0] + w.shape[1]) * receptive
+    bound = math.sqrt(3.0 * scale / fan_avg)
+    with torch.no_grad():
+        return w.uniform_(-bound, bound)
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1, init_scale: float = 1.0) -> nn.Conv2d:
+    """k x k convolution ('same' padding for stride 1) with the DDPM init and zero bias."""
+    m = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if stride == 1 else 0)
+    variance_scaling_(m.weight, init_scale)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+def linear(cin: int, cout: int, init_scale: float = 1.0) -> nn.Linear:
+    m = nn.Linear(cin, cout)
+    variance_scaling_(m.weight, init_scale)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+def group_norm(channels: int, num_groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm with `num_groups` (default NCSN++'s min(C // 4, 32)); refuses groups not dividing C."""
+    g = min(channels // 4, 32) if num_groups is None else num_groups
+    if g < 1 or channels % g:
+        raise ValueError(f"GroupNorm: {g} groups must divide the {channels} channels of a layer; "
+                         "choose ch / ch_mult / num_groups so that every width is a multiple of the groups")
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+# ------------------------------------------------------------------------------------- resampling
+
+def fir_resample(x: torch.Tensor, up: bool, kernel: Sequence[int] = (1, 3, 3, 1)) -> torch.Tensor:
+    """Anti-aliased x2 up/down-sampling with the separable FIR filter k k^T / sum^2 (StyleGAN2's upfirdn2d).
+
+    Down: depthwise blur + stride 2 (H -> H/2); up: depthwise transposed conv, gain 4 (H -> 2H).
+    Written for the 4-tap default kernel (padding 1).
+    """
+    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    k2 = torch.outer(k, k)
+    k2 = k2 / k2.sum()
+    C = x.shape[1]
+    w = k2.expand(C, 1, *k2.shape).contiguous()  # (C, 1, 4, 4)
+    if up:
+        return F.conv_transpose2d(x, w * 4, stride=2, padding=1, groups=C)
+    return F.conv2d(x, w, stride=2, padding=1, groups=C)
+
+
+def _naive_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest") if up else F.avg_pool2d(x, 2)
+
+
+def resample(x: torch.Tensor, up: bool, fir: bool) -> torch.Tensor:
+    return fir_resample(x, up) if fir else _naive_resample(x, up)
+
+
+class Downsample(nn.Module):
+    """DDPM downsampling: 3x3 conv with stride 2 on the (0, 1, 0, 1)-padded input (TF 'SAME')."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = conv(ch, ch, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """DDPM upsampling: nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = conv(ch, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ------------------------------------------------------------------------------------------ blocks
+
+class ResBlockDDPM(nn.Module):
+    """DDPM residual block: h = conv(act(GN(x))) + dense(act(temb)); h = conv(drop(act(GN(h)))); x' + h."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, num_groups: int = 32):
+        super().__init__()
+        self.norm0, self.conv0 = group_norm(cin, num_groups), conv(cin, cout)
+        self.dense = linear(temb_dim, cout)
+        self.norm1, self.drop = group_norm(cout, num_groups), nn.Dropout(dropout)
+        self.conv1 = conv(cout, cout, init_scale=0.0)
+        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()  # NIN shortcut
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv0(F.silu(self.norm0(x)))
+        h = h + self.dense(F.silu(temb))[:, :, None, None]  # (B, C, 1, 1): per-channel shift
+        h = self.conv1(self.drop(F.silu(self.norm1(h))))
+        return self.skip(x) + h
+
+
+class ResBlockBigGAN(nn.Module):
+    """BigGAN-type residual block (optionally up/down-sampling both paths), NCSN++ / DDPM++.
+
+    out = (skip(resample(x)) + h) / sqrt(2) with `skip_rescale` (Song et al. 2021, App. H, item 2).
+    """
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, up: bool = False,
+                 down: bool = False, fir: bool = False, skip_rescale: bool = True):
+        super().__init__()
+        self.up, self.down, self.fir, self.skip_rescale = up, down, fir, skip_rescale
+        self.norm0, self.conv0 = group_norm(cin), conv(cin, cout)
+        self.dense = linear(temb_dim, cout)
+        self.norm1, self.drop = group_norm(cout), nn.Dropout(dropout)
+        self.conv1 = conv(cout, cout, init_scale=0.0)
+        self.skip = conv(cin, cout, 1) if (cin != cout or up or down) else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm0(x))
+        if self.up or self.down:  # a construction-time flag, not a tensor value
+            h, x = resample(h, self.up, self.fir), resample(x, self.up, self.fir)
+        h = self.conv0(h) + self.dense(F.silu(temb))[:, :, None, None]
+        h = self.conv1(self.drop(F.silu(self.norm1(h))))
+        out = self.skip(x) + h
+        return out * (1 / math.sqrt(2)) if self.skip_rescale else out
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions, residual (DDPM App. B); fused qkv + SDPA.
+
+    Parameters match DDPM's four NIN layers (q, k, v, out: 4 C^2 + 4 C).
+    """
+
+    def __init__(self, ch: int, num_groups: int | None = None, skip_rescale: bool = False):
+        super().__init__()
+        self.norm = group_norm(ch, num_groups)
+        self.qkv = linear(ch, 3 * ch)
+        self.proj = linear(ch, ch, init_scale=0.0)
+        self.skip_rescale = skip_rescale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(h).unsqueeze(1).chunk(3, dim=-1)  # 3 x (B, 1, HW, C)
+        # softmax(q k^T / sqrt(C)) v
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B, HW, C)
+        h = self.proj(h).transpose(1, 2).reshape(B, C, H, W)
+        out = x + h
+        return out * (1 / math.sqrt(2)) if self.skip_rescale else out
+
+
+# ---------------------------------------------------------------------------------- I/O helpers
+
+def check_data_shape(data_shape, *, image: bool, levels: int = 1, name: str = "data_shape") -> tuple[int, ...]:
+    """Validate `data_shape` (positive ints); for U-Nets it must be (C, H, W) with H, W divisible by 2^(levels-1)."""
+    if isinstance(data_shape, int) and not isinstance(data_shape, bool):
+        data_shape = (data_shape,)
+    if not isinstance(data_shape, (tuple, list, torch.Size)) or not data_shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in data_shape):
+        raise ValueError(f"{name}: expected a non-empty sequence of positive ints, found {data_shape!r}")
+    data_shape = tuple(int(s) for s in data_shape)
+    if image:
+        if len(data_shape) != 3:
+            raise ValueError(f"{name}: a U-Net expects images (C, H, W), found {data_shape!r}")
+        f = 2 ** (levels - 1)
+        if data_shape[1] % f or data_shape[2] % f:
+            raise ValueError(f"{name}: with len(ch_mult) = {levels} the U-Net down-samples {levels - 1} times, so "
+                             f"H and W must be divisible by {f}; found {data_shape[1]}x{data_shape[2]}")
+    return data_shape
+
+
+def check_sequence(name: str, value, minimum: int = 1) -> tuple[int, ...]:
+    """A non-empty sequence of ints >= minimum, returned as a tuple (JSON-friendly via list())."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+        raise ValueError(f"{name}: expected a sequence of ints >= {minimum}, found {value!r}")
+    return tuple(value)
+
+
+def check_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, dtype: torch.dtype):
+    """Shape checks (static, compile-friendly) and cast of x and c to the network's parameter dtype."""
+    if x.shape[1:] != net.data_shape:
+        raise ValueError(f"x: expected shape (B, {', '.join(map(str, net.data_shape))}), found {tuple(x.shape)}")
+    if not isinstance(c, torch.Tensor):
+        c = torch.as_tensor(c, device=x.device)
+    if c.ndim == 0:
+        c = c.expand(x.shape[0])
+    if c.shape != (x.shape[0],):
+        raise ValueError(f"c: expected a noise-conditioning tensor of shape ({x.shape[0]},), found {tuple(c.shape)}")
+    return x.to(dtype), c.to(device=x.device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)

@@ -1,0 +1,112 @@
+"""The DDPM U-Net, Ho et al. (2020), "Denoising Diffusion Probabilistic Models", arXiv:2006.11239, App. B.
+
+A PixelCNN++-style U-Net on Wide-ResNet blocks with GroupNorm, a sinusoidal noise-level
+embedding fed to every residual block, and single-head self-attention at chosen resolutions.
+The CIFAR-10 configuration (ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn at 16x16,
+dropout 0.1) has 35.7M parameters, the figure the paper reports.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..utils import check_int, check_positive
+from .layers import (AttnBlock, Downsample, ResBlockDDPM, Upsample, check_data_shape, check_inputs,
+                     check_sequence, conv, group_norm, linear, make_embedding)
+
+__all__ = ["DDPMUNet"]
+
+
+class DDPMUNet(nn.Module):
+    """DDPM U-Net: forward(x, c) with x (B, C, H, W) and c (B,) a noise-conditioning value.
+
+    Args:
+        data_shape: (C, H, W); H and W divisible by 2^(len(ch_mult) - 1).
+        ch: base width; level i has ch * ch_mult[i] channels.
+        ch_mult: width multipliers, one per resolution level.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: image heights (pixels) at which self-attention follows each block.
+        dropout: dropout rate inside residual blocks.
+        embedding: "sinusoidal" (DDPM; for c = 999 t) or "fourier" (for c = log sigma).
+        fourier_scale: std of the Fourier frequencies.
+        num_groups: GroupNorm groups (32 in DDPM); must divide every width.
+    """
+
+    def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
+                 embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32):
+        super().__init__()
+        ch_mult = check_sequence("ch_mult", ch_mult)
+        self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
+        ch, num_res_blocks, num_groups = check_int("ch", ch), check_int("num_res_blocks", num_res_blocks), \
+            check_int("num_groups", num_groups)
+        attn_resolutions = check_sequence("attn_resolutions", attn_resolutions) if attn_resolutions else ()
+        dropout = check_positive("dropout", dropout, allow_zero=True)
+        self.config = dict(data_shape=list(self.data_shape), ch=ch, ch_mult=list(ch_mult),
+                           num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
+                           dropout=dropout, embedding=embedding, fourier_scale=float(fourier_scale),
+                           num_groups=num_groups)
+        C, H = self.data_shape[0], self.data_shape[1]
+        tdim = 4 * ch
+        self.embed = make_embedding(embedding, ch, fourier_scale)
+        self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
+        block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups)  # noqa: E731
+        attn = lambda a: AttnBlock(a, num_groups)  # noqa: E731
+
+        self.conv_in = conv(C, ch)
+        self.down = nn.ModuleList()
+        widths, cur, res = [ch], ch, H  # widths: channels of every skip tensor
+        for i, m in enumerate(ch_mult):
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.append(block(cur, ch * m))
+                cur = ch * m
+                if res in attn_resolutions:
+                    level.append(attn(cur))
+                widths.append(cur)
+            if i != len(ch_mult) - 1:
+                level.append(Downsample(cur))
+                widths.append(cur)
+                res //= 2
+            self.down.append(level)
+        self.mid = nn.ModuleList([block(cur, cur), attn(cur), block(cur, cur)])
+        self.up = nn.ModuleList()
+        for i, m in reversed(list(enumerate(ch_mult))):
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                level.append(block(cur + widths.pop(), ch * m))
+                cur = ch * m
+                if res in attn_resolutions:
+                    level.append(attn(cur))
+            if i != 0:
+                level.append(Upsample(cur))
+                res *= 2
+            self.up.append(level)
+        self.norm_out = group_norm(cur, num_groups)
+        self.conv_out = conv(cur, C, init_scale=0.0)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        dtype = self.conv_in.weight.dtype
+        h, c = check_inputs(self, x, c, dtype)
+        temb = self.temb(self.embed(c).to(dtype))  # (B, 4 ch)
+        hs = [self.conv_in(h)]
+        for level in self.down:
+            for layer in level:
+                if isinstance(layer, ResBlockDDPM):
+                    hs.append(layer(hs[-1], temb))
+                elif isinstance(layer, AttnBlock):
+                    hs[-1] = layer(hs[-1])
+                else:  # Downsample
+                    hs.append(layer(hs[-1]))
+        h = self.mid[2](self.mid[1](self.mid[0](hs[-1], temb)), temb)
+        for level in self.up:
+            for layer in level:
+                if isinstance(layer, ResBlockDDPM):
+                    h = layer(torch.cat([h, hs.pop()], dim=1), temb)
+                else:  # AttnBlock or Upsample
+                    h = layer(h)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return h.to(x.dtype)
