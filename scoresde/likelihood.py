@@ -188,14 +188,15 @@ def _check_range(data_range: Any) -> tuple[float, float]:
     return float(data_range[0]), float(data_range[1])
 
 
-def _check_bits(n_bits: Any) -> int | None:
-    if n_bits is None:
-        return None
-    return check_int("n_bits", n_bits)
+def _levels(n_bits: Any, levels: Any) -> int | None:
+    """Quantisation levels per dimension: `levels` when given (>= 2), else 2^n_bits, else None."""
+    if levels is not None:
+        return check_int("levels", levels, minimum=2)
+    return None if n_bits is None else 2 ** check_int("n_bits", n_bits)
 
 
 def bits_per_dim(logp: torch.Tensor, x: torch.Tensor | int, *, n_bits: int | None = 8,
-                 data_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+                 data_range: tuple[float, float] = (0.0, 1.0), levels: int | None = None) -> torch.Tensor:
     """Convert log-densities (nats) of continuous data into bits per dimension, (B,).
 
     With `n_bits=None` this is the plain conversion bpd = -logp / (D ln 2).
@@ -211,12 +212,15 @@ def bits_per_dim(logp: torch.Tensor, x: torch.Tensor | int, *, n_bits: int | Non
 
     For [0, 1] data the offset is 8 bits and for [-1, 1] data it is 7 (score_sde's
     `offset = 7 - inverse_scaler(-1)`). A uniform density on the range gives exactly n bits/dim.
+    For L levels that are not a power of two (`levels=L`, e.g. 17 for scikit-learn's digits,
+    0..16), n = log2(L).
 
     Args:
         logp: (B,) nats, e.g. from `log_likelihood` on dequantised data.
         x: the data (B, *D) (only its per-sample size D is used), or D as an int.
         n_bits: bits per dimension of the quantised data, or None for no offset.
         data_range: (lo, hi), the interval the 2^n levels were mapped onto.
+        levels: number of levels L per dimension, instead of n_bits (overrides it).
     """
     if not isinstance(logp, torch.Tensor) or not logp.is_floating_point():
         raise TypeError(f"logp: expected a floating-point tensor of nats, found {type(logp).__name__}")
@@ -226,25 +230,24 @@ def bits_per_dim(logp: torch.Tensor, x: torch.Tensor | int, *, n_bits: int | Non
         D = x[0].numel()
     else:
         D = check_int("x", x)
-    n_bits = _check_bits(n_bits)
+    L = _levels(n_bits, levels)
     lo, hi = _check_range(data_range)
     bpd = -logp / (D * math.log(2))
-    if n_bits is not None:
-        bpd = bpd + n_bits - math.log2(hi - lo)
+    if L is not None:
+        bpd = bpd + math.log2(L) - math.log2(hi - lo)
     return bpd
 
 
 def dequantize(x: torch.Tensor, *, n_bits: int = 8, data_range: tuple[float, float] = (0.0, 1.0),
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantisation of data quantised to 2^n_bits levels spread over `data_range`.
+               levels: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation of data quantised to L = 2^n_bits (or `levels`) levels over `data_range`.
 
-    Levels are read as k = round((x - lo) / s (2^n - 1)), s = hi - lo (ToTensor's k / 255 for
-    [0, 1]), and replaced by lo + s (k + U) / 2^n, U ~ U[0, 1): score_sde's (255 x + U) / 256.
+    Levels are read as k = round((x - lo) / s (L - 1)), s = hi - lo (ToTensor's k / 255 for
+    [0, 1]), and replaced by lo + s (k + U) / L, U ~ U[0, 1): score_sde's (255 x + U) / 256.
     """
     x = _check_data(x)
-    n_bits = check_int("n_bits", n_bits)
+    levels = _levels(n_bits, levels)
     lo, hi = _check_range(data_range)
-    levels = 2 ** n_bits
     k = torch.round((x - lo) / (hi - lo) * (levels - 1)).clamp(0, levels - 1)
     device = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
@@ -263,7 +266,8 @@ def _model_device_dtype(score_model: Any, data: torch.Tensor):
 def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_size: int = 256, *,
                        divergence: str = "hutchinson", probe: str = "rademacher", rtol: float = 1e-5,
                        atol: float = 1e-5, eps: float = 1e-5, n_bits: int | None = None,
-                       data_range: tuple[float, float] = (0.0, 1.0), dequantize_data: bool = True,
+                       levels: int | None = None, data_range: tuple[float, float] = (0.0, 1.0),
+                       dequantize_data: bool = True,
                        generator: torch.Generator | None = None, device: Any = None,
                        progress: bool = False) -> dict[str, Any]:
     """Per-sample log-likelihoods and bits/dim of a data set, batch by batch (the `scoresde
@@ -280,6 +284,7 @@ def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_siz
         n_bits: bit depth of quantised data (8 for 8-bit images): the data are dequantised
             uniformly (when `dequantize_data`) and bits/dim carry the offset of `bits_per_dim`.
             None: continuous data, plain bits/dim.
+        levels: number of quantisation levels instead of n_bits (17 for the `digits` data, 0..16).
         data_range: (lo, hi) the levels were mapped onto, e.g. (0, 1) or (-1, 1).
         generator: source of the dequantisation noise and Hutchinson probes.
         device: where to solve (default: the model's device, else the data's).
@@ -292,7 +297,7 @@ def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_siz
         raise TypeError(f"score_model: expected a callable score_fn(x, t), found {type(score_model).__name__}")
     data = _check_data(data)
     batch_size = check_int("batch_size", batch_size)
-    n_bits = _check_bits(n_bits)
+    L = _levels(n_bits, levels)
     data_range = _check_range(data_range)
     dev, dtype = _model_device_dtype(score_model, data)
     dev = dev if device is None else torch.device(device)
@@ -308,8 +313,8 @@ def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_siz
     try:
         for lo in starts:
             x = data[lo:lo + batch_size].to(device=dev, dtype=dtype)
-            if n_bits is not None and dequantize_data:
-                x = dequantize(x, n_bits=n_bits, data_range=data_range, generator=generator)
+            if L is not None and dequantize_data:
+                x = dequantize(x, levels=L, data_range=data_range, generator=generator)
             logp, info = log_likelihood(sde, score_model, x, divergence=divergence, probe=probe, rtol=rtol,
                                         atol=atol, eps=eps, generator=generator, return_info=True)
             nats.append(logp.cpu())
@@ -318,7 +323,7 @@ def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_siz
         if module is not None:
             module.train(was_training)
     nats = torch.cat(nats)
-    bpd = bits_per_dim(nats, data[0].numel(), n_bits=n_bits, data_range=data_range)
+    bpd = bits_per_dim(nats, data[0].numel(), n_bits=None, levels=L, data_range=data_range)
     stderr = bpd.std() / math.sqrt(len(bpd)) if len(bpd) > 1 else torch.tensor(float("nan"))
     return {"nats": nats, "bpd": bpd, "mean_nats": nats.mean().item(), "mean_bpd": bpd.mean().item(),
             "stderr_bpd": float(stderr), "nfe": nfe, "seconds": time.perf_counter() - start}
