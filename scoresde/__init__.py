@@ -6,6 +6,8 @@ Equations", arXiv:2011.13456.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .analytic import Gaussian, GaussianMixture
 from .likelihood import bits_per_dim, dataset_likelihood
+from .losses import dsm_loss, ddpm_loss, smld_loss
+from .parameterization import ScoreModel, score_from_eps, eps_from_score
 from .nets import get_model, list_models
 from .ema import EMA
 from .utils import Registry, append_dims
@@ -16,6 +18,7 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",
+    "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA",
     "Registry", "append_dims",
 ]

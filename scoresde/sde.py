@@ -57,6 +57,9 @@ class SDE(abc.ABC):
 
     T: float = 1.0
     default_eps: float = 1e-3  # final time of sampling (the ODE/SDE is singular at t = 0)
+    # what a ScoreModel feeds its network by default: "t" (c = 999 t, DDPM's timestep scale)
+    # for VP / sub-VP, "log_sigma" (c = log sigma(t), the NCSN++ convention) for VE
+    default_conditioning: str = "t"
 
     def __init__(self, N: int = 1000):
         self.N = check_int("N", N)
@@ -277,6 +280,7 @@ class VESDE(SDE):
     """Variance-exploding SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw: SMLD / NCSN."""
 
     default_eps = 1e-5
+    default_conditioning = "log_sigma"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
         super().__init__(N)

@@ -1,0 +1,219 @@
+"""Denoising score-matching losses: continuous-time DSM, DDPM's epsilon-MSE and SMLD's loss.
+
+- `dsm_loss`: Song et al. (2021), "Score-Based Generative Modeling through SDEs",
+  arXiv:2011.13456, eq. 7, with lambda(t) = sigma(t)^2, or the likelihood weighting
+  lambda(t) = g(t)^2 of Song et al. (2021), "Maximum Likelihood Training of Score-Based
+  Diffusion Models", arXiv:2101.09258.
+- `ddpm_loss`: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", arXiv:2006.11239,
+  L_simple (eq. 14) at DDPM's integer timesteps.
+- `smld_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
+  Distribution", arXiv:1907.05600, eqs. 5-6, on the VE SDE's geometric noise levels.
+
+All three are the same objective, E ||sigma s(x_t, t) + z||^2 with x_t = alpha x0 + sigma z: for
+s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/ddpm_is_dsm.md).
+
+Per-sample reduction over the data dimensions follows score_sde's losses: `reduce_mean=True`
+takes the mean over the data dimensions, `reduce_mean=False` half the sum. The returned loss is
+the mean over the batch of these per-sample values, or the (B,) values with `per_sample=True`.
+Random draws (times, then noise) come only from `generator`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .parameterization import ScoreModel, _check_fn, _check_sde
+from .utils import append_dims, as_time
+
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss"]
+
+
+# --- validation at the API boundary -------------------------------------------------------------
+def _check_x0(x0: Any) -> torch.Tensor:
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0: expected a torch.Tensor of shape (B, *D), found {type(x0).__name__}")
+    if x0.ndim < 1 or x0.shape[0] == 0 or not x0.is_floating_point():
+        raise ValueError(f"x0: expected a non-empty floating-point tensor of shape (B, *D), found "
+                         f"dtype {x0.dtype} and shape {tuple(x0.shape)}")
+    return x0
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, found {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, found {type(generator).__name__}")
+
+
+def _noise(noise: Any, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x0, or the given `noise` after a shape check."""
+    if noise is None:
+        device = generator.device if generator is not None else x0.device
+        return torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise: expected a torch.Tensor shaped like x0 {tuple(x0.shape)}, found {type(noise).__name__}")
+    if noise.shape != x0.shape or not noise.is_floating_point():
+        raise ValueError(f"noise: expected a floating-point tensor of shape {tuple(x0.shape)} like x0, found "
+                         f"dtype {noise.dtype} and shape {tuple(noise.shape)}")
+    return noise.to(device=x0.device, dtype=x0.dtype)
+
+
+def _index(index: Any, name: str, x0: torch.Tensor, N: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A (B,) long tensor of grid indices in [0, N): uniform draws, or the given int / tensor."""
+    B = x0.shape[0]
+    if index is None:
+        device = generator.device if generator is not None else x0.device
+        return torch.randint(0, N, (B,), generator=generator, device=device).to(x0.device)
+    if isinstance(index, bool) or not isinstance(index, (int, torch.Tensor)):
+        raise TypeError(f"{name}: expected an int or an integer tensor of shape ({B},), found {type(index).__name__}")
+    if isinstance(index, int):
+        index = torch.full((B,), index, dtype=torch.long, device=x0.device)
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, found dtype {index.dtype}")
+    if index.ndim == 0:
+        index = index.expand(B)
+    if index.shape != (B,):
+        raise ValueError(f"{name}: expected shape ({B},) to match the batch of x0, found {tuple(index.shape)}")
+    if bool(((index < 0) | (index >= N)).any()):
+        raise ValueError(f"{name}: expected indices in [0, N={N}), found min {int(index.min())}, max {int(index.max())}")
+    return index.to(device=x0.device, dtype=torch.long)
+
+
+def _call(fn: Callable, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    out = fn(x, t)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name}: expected an output of shape {tuple(x.shape)} like x, found {found}")
+    return out
+
+
+def _reduce(sq: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
+    """(B, *D) -> (B,): mean over the data dimensions, or half their sum (score_sde's reduce_op)."""
+    sq = sq.reshape(sq.shape[0], -1)
+    return sq.mean(1) if reduce_mean else 0.5 * sq.sum(1)
+
+
+def _grid_time(sde: Any, i: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t_i = i T / (N - 1): grid point i of the SDE's N steps (inverse of `sde.grid_index`)."""
+    return i.to(dtype) * (sde.T / max(sde.N - 1, 1))
+
+
+# --- losses ---------------------------------------------------------------------------------------
+def dsm_loss(score_fn: Callable, sde: Any, x0: torch.Tensor, *, likelihood_weighting: bool = False,
+             reduce_mean: bool = True, eps: float = 1e-5, t: Any = None, noise: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """Continuous-time denoising score matching, t ~ U(eps, T) (Song et al. 2021, eq. 7).
+
+    Per sample, with x_t = alpha(t) x0 + sigma(t) z:
+        lambda = sigma^2 (default):      ||sigma s(x_t, t) + z||^2
+        lambda = g^2 (likelihood_weighting): g(t)^2 ||s(x_t, t) + z / sigma||^2
+    each reduced over the data dimensions by mean (`reduce_mean=True`) or half the sum.
+
+    Args:
+        score_fn: score_fn(x, t) -> score shaped like x (e.g. a `ScoreModel`).
+        sde: any SDE with `marginal_coefs` (and `sde` for the likelihood weighting).
+        x0: clean data (B, *D).
+        t: optional times in (0, T], a float or (B,) tensor; drawn from U(eps, T) when None.
+        noise: optional z shaped like x0; drawn from N(0, I) when None.
+        generator: source of the random t and z (t is drawn first).
+        per_sample: return the (B,) per-sample losses instead of their batch mean.
+    """
+    _check_fn(score_fn, "score_fn")
+    _check_sde(sde)
+    x0 = _check_x0(x0)
+    _check_bool("likelihood_weighting", likelihood_weighting)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
+    if t is None:
+        device = generator.device if generator is not None else x0.device
+        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        t = eps + (sde.T - eps) * u                             # t ~ U(eps, T)
+    else:
+        t = as_time(t, x0)
+        if not bool(((t > 0) & (t <= sde.T)).all()):
+            raise ValueError(f"t: expected times in (0, T={sde.T}], found min {t.min().item()}, max {t.max().item()}")
+    z = _noise(noise, x0, generator)
+    alpha, sigma = sde.marginal_coefs(t)
+    sig = append_dims(sigma, x0.ndim)
+    x_t = append_dims(alpha, x0.ndim) * x0 + sig * z              # x_t = alpha x0 + sigma z
+    score = _call(score_fn, "score_fn", x_t, t)
+    if likelihood_weighting:
+        g2 = sde.sde(x_t, t)[1].square()
+        losses = g2 * _reduce((score + z / sig).square(), reduce_mean)  # g^2 ||s + z / sigma||^2
+    else:
+        losses = _reduce((sig * score + z).square(), reduce_mean)       # ||sigma s + z||^2
+    return losses if per_sample else losses.mean()
+
+
+def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = None,
+              noise: torch.Tensor | None = None, reduce_mean: bool = True,
+              generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """DDPM's epsilon-MSE at integer timesteps (Ho et al. 2020, eq. 14).
+
+    Per sample, with i ~ U{0, ..., N-1}, alpha_bar_i = `vpsde.alphas_cumprod[i]` and
+    x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) z, the loss is ||eps_fn(x_i, t_i) - z||^2
+    reduced over the data dimensions (mean, or half the sum), where t_i = i T / (N - 1) is the
+    continuous time of grid point i (a `ScoreModel` with "t" conditioning feeds 999 t_i = i to its
+    network when N = 1000). A `ScoreModel` passed as `eps_fn` is used through its `.eps`.
+
+    Only the VP SDE has DDPM's discrete schedule *and* a variance-preserving marginal; other SDEs
+    raise TypeError.
+    """
+    if isinstance(eps_fn, ScoreModel):
+        eps_fn = eps_fn.eps
+    _check_fn(eps_fn, "eps_fn")
+    if getattr(vpsde, "alphas_cumprod", None) is None or not callable(getattr(vpsde, "marginal_coefs", None)):
+        raise TypeError(f"vpsde: expected a variance-preserving SDE with DDPM's discrete schedule "
+                        f"(an `alphas_cumprod` attribute, e.g. scoresde.VPSDE), found {type(vpsde).__name__}")
+    a, s = vpsde.marginal_coefs(torch.full((1,), 0.5 * vpsde.T, dtype=torch.float64))
+    if abs(float(a.square() + s.square()) - 1.0) > 1e-8:
+        raise TypeError(f"vpsde: expected a variance-preserving marginal (alpha^2 + sigma^2 = 1), found "
+                        f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} at t = T/2")
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    i = _index(t_index, "t_index", x0, vpsde.N, generator)
+    z = _noise(noise, x0, generator)
+    alpha_bar = append_dims(vpsde.alphas_cumprod.to(x0.device)[i].to(x0.dtype), x0.ndim)
+    x_i = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * z     # q(x_i | x0), Ho et al. eq. 4
+    eps_hat = _call(eps_fn, "eps_fn", x_i, _grid_time(vpsde, i, x0.dtype))
+    losses = _reduce((eps_hat - z).square(), reduce_mean)          # ||eps(x_i, i) - z||^2
+    return losses if per_sample else losses.mean()
+
+
+def smld_loss(score_fn: Callable, vesde: Any, x0: torch.Tensor, *, sigma_index: Any = None,
+              noise: torch.Tensor | None = None, reduce_mean: bool = True,
+              generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """SMLD's noise-conditional score matching on the geometric noise levels, lambda = sigma^2.
+
+    Per sample, with i ~ U{0, ..., N-1}, sigma_i = `vesde.discrete_sigmas[i]` (ascending, sigma_0 =
+    sigma_min) and x_i = x0 + sigma_i z, the loss is sigma_i^2 ||score_fn(x_i, t_i) + z / sigma_i||^2
+    = ||sigma_i s + z||^2 (Song & Ermon 2019, eq. 6), reduced over the data dimensions, where
+    t_i = i T / (N - 1), so that the VE SDE's sigma(t_i) = sigma_i.
+
+    Only an SDE with SMLD's noise levels (`discrete_sigmas`, i.e. VESDE) is accepted.
+    """
+    _check_fn(score_fn, "score_fn")
+    if getattr(vesde, "discrete_sigmas", None) is None:
+        raise TypeError(f"vesde: expected a variance-exploding SDE with SMLD's noise levels "
+                        f"(a `discrete_sigmas` attribute, e.g. scoresde.VESDE), found {type(vesde).__name__}")
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    i = _index(sigma_index, "sigma_index", x0, vesde.N, generator)
+    z = _noise(noise, x0, generator)
+    sigma = append_dims(vesde.discrete_sigmas.to(x0.device)[i].to(x0.dtype), x0.ndim)
+    x_i = x0 + sigma * z                                             # x_i ~ N(x0, sigma_i^2 I)
+    score = _call(score_fn, "score_fn", x_i, _grid_time(vesde, i, x0.dtype))
+    losses = _reduce((sigma * score + z).square(), reduce_mean)      # sigma_i^2 ||s + z / sigma_i||^2
+    return losses if per_sample else losses.mean()
