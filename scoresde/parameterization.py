@@ -100,7 +100,9 @@ class ScoreModel(nn.Module):
     def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
                  scale_by_sigma: bool | None = None):
         super().__init__()
-        self.net = _check_fn(net, "net")
+        if not callable(net):
+            raise TypeError(f"net: expected an nn.Module (or callable) net(x, c), found {type(net).__name__}")
+        self.net = net
         self.sde = _check_sde(sde)
         if not isinstance(parameterization, str):
             raise TypeError(f"parameterization: expected one of {list(PARAMETERIZATIONS)}, "
