@@ -1,0 +1,5 @@
+"""`python -m scoresde ...` runs the command line (also under `torchrun -m scoresde`)."""
+from .cli import main
+
+if __name__ == "__main__":
+    main()

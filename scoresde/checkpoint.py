@@ -1,0 +1,205 @@
+"""Checkpoints: safetensors files plus JSON metadata, written atomically; loading never unpickles.
+
+One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run directory holding
+
+- `model/<name>`: the raw weights, `ema/...`: the EMA state, `optim/...`: the optimizer state,
+  `rng/...`: the random-number-generator states (torch CPU, the data/noise generator, CUDA);
+- metadata `format = "scoresde.checkpoint"`, `version`, and `meta`: JSON with the step, the
+  resolved config, the model/SDE names and arguments, counters, and the non-tensor parts of the
+  nested states (tensors stand in as references to the file's tensors).
+
+Files are written to a temporary file in the same directory, fsynced, then renamed over the
+target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept.
+Reading validates the format and raises `CheckpointError` (a ValueError) with one clear line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "atomic_write_bytes", "save_checkpoint", "read_checkpoint", "list_checkpoints",
+           "find_checkpoint", "prune_checkpoints", "flatten_state", "unflatten_state", "load"]
+
+FORMAT, VERSION = "scoresde.checkpoint", "1"
+_NAME = re.compile(r"^ckpt_(\d+)\.safetensors$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or not a scoresde checkpoint."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, fsync, and os.replace."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:                                   # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+# --- nested states <-> (tensors, JSON) ------------------------------------------------------------
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list state into `tensors` (key `prefix/...`) and return a
+    JSON-able mirror of `obj` in which tensors are {"__tensor__": key}; non-str dict keys and tuples
+    are encoded so `unflatten_state` restores them exactly."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: flatten_state(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint: cannot store a {type(obj).__name__} at {prefix!r} (tensors, numbers, "
+                    "strings, lists and dicts only)")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"checkpoint: tensor {key!r} is listed in the metadata but missing")
+            return tensors[key]
+        if "__items__" in obj:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+# --- files -----------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write one checkpoint file atomically (safetensors with JSON `meta`)."""
+    from safetensors.torch import save
+    data = save(tensors, metadata={"format": FORMAT, "version": VERSION, "meta": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and validate one checkpoint file: (tensors, meta). Never unpickles."""
+    from safetensors import safe_open
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(f"checkpoint {path!r}: not a scoresde checkpoint (a safetensors file "
+                                      f"without the {FORMAT!r} format tag)")
+            if header.get("version") != VERSION:
+                raise CheckpointError(f"checkpoint {path!r}: format version {header.get('version')!r}, "
+                                      f"this scoresde reads version {VERSION}")
+            meta = json.loads(header["meta"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:     # safetensors reports corrupt files with several exception types
+        raise CheckpointError(f"checkpoint {path!r}: corrupt or not a safetensors file "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    for key in ("step", "config", "model", "sde", "state"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path!r}: metadata lacks {key!r}; the file is incomplete or foreign")
+    return tensors, meta
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoints in `run_dir/checkpoints`, oldest first."""
+    d = os.path.join(os.fspath(run_dir), "checkpoints")
+    if not os.path.isdir(d):
+        return []
+    found = [(int(m.group(1)), os.path.join(d, n)) for n in os.listdir(d) if (m := _NAME.match(n))]
+    return sorted(found)
+
+
+def find_checkpoint(path: str | os.PathLike) -> str:
+    """The checkpoint file itself, or the latest checkpoint of a run directory."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file or run directory")
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"checkpoint {path!r}: the directory holds no checkpoints/ckpt_*.safetensors")
+    return found[-1][1]
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+# --- rebuilding a trained model ---------------------------------------------------------------------
+def build_model(meta: dict[str, Any], device: Any = None):
+    """(ScoreModel, SDE) described by a checkpoint's metadata, with freshly initialised weights."""
+    from .nets import get_model
+    from .parameterization import ScoreModel
+    from .sde import get_sde
+    sde = get_sde(meta["sde"]["name"], **meta["sde"]["config"])
+    net_cfg = dict(meta["model"]["config"])
+    net_cfg["data_shape"] = tuple(net_cfg.get("data_shape", meta["data_shape"]))
+    net = get_model(meta["model"]["name"], **net_cfg)
+    model = ScoreModel(net, sde, **meta["model"].get("score_config", {}))
+    return model.to(device) if device is not None else model, sde
+
+
+def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None):
+    """Load a trained model: `(score_model, sde)` from a run directory (its latest checkpoint) or a
+    checkpoint file. With `ema` (the default) the weights are the EMA weights used for sampling."""
+    file = find_checkpoint(path)
+    tensors, meta = read_checkpoint(file)
+    try:
+        model, sde = build_model(meta)
+        weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        model.load_state_dict(weights, strict=True)
+        if ema:
+            from .ema import EMA
+            e = EMA(model)
+            e.load_state_dict(unflatten_state(meta["state"]["ema"], tensors))
+            e.copy_to(model)
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {file!r}: does not match the model it describes "
+                              f"({str(e).splitlines()[0]})") from None
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, sde

@@ -1,0 +1,239 @@
+"""The `scoresde` command line: train, sample, likelihood.
+
+Each command only builds a config (defaults <- TOML file <- flags) and calls the library
+(`scoresde.train`, `scoresde.load`, `sde.sample`, `likelihood.dataset_likelihood`). User errors
+(bad flags, paths, data, configs, checkpoints) print one `Error: ...` line and exit 1.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from typing import Any
+
+import click
+
+from .config import DEFAULTS, parse_override, to_toml
+
+__all__ = ["cli", "main"]
+
+_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Library errors a user can fix become one ClickException line."""
+    from .train import TrainingError
+    try:
+        yield
+    except (*_USER_ERRORS, TrainingError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
+
+
+class _Group(click.Group):
+    """A click group whose errors are one line on stderr (no usage block, never a traceback)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _names(kind: str) -> list[str]:
+    if kind == "sde":
+        from .sde import SDES
+        return list(SDES)
+    if kind == "model":
+        from .nets import list_models
+        return list_models()
+    from .samplers import list_samplers
+    return list_samplers()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="scoresde", message="%(prog)s %(version)s")
+def cli():
+    """Score-based generative modelling through SDEs (Song et al. 2021, arXiv:2011.13456).
+
+    \b
+    Examples:
+      scoresde train                                  # the default 2-D job, about a minute on CPU
+      scoresde train --data moons --steps 4000 --out runs/moons
+      scoresde train --config configs/digits.toml
+      scoresde sample --checkpoint runs/moons --sampler ode --out moons.png
+      scoresde likelihood --checkpoint runs/moons --data moons
+    """
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TOML config; flags override it.")
+@click.option("--data", metavar="NAME|PATH", show_default=DEFAULTS["data"]["name"],
+              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits), a .npy/.npz "
+                   "array (N, *D) or an image folder.")
+@click.option("--sde", type=click.Choice(_names("sde")), show_default=DEFAULTS["sde"]["name"], help="Forward SDE.")
+@click.option("--model", type=click.Choice(_names("model")), show_default=DEFAULTS["model"]["name"],
+              help="Score network.")
+@click.option("--steps", type=click.IntRange(min=1), show_default=str(DEFAULTS["train"]["steps"]),
+              help="Training steps (the total, also when resuming).")
+@click.option("--batch-size", type=click.IntRange(min=1), show_default=str(DEFAULTS["train"]["batch_size"]),
+              help="Batch size per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), show_default=str(DEFAULTS["train"]["lr"]),
+              help="Adam learning rate (after warm-up).")
+@click.option("--sampler", type=click.Choice(_names("sampler")), show_default=DEFAULTS["sample"]["sampler"],
+              help="Sampler for the sample plots.")
+@click.option("--seed", type=click.IntRange(min=0), show_default="0", help="Seed of weights, data order and noise.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR", show_default="runs/<name or timestamp>",
+              help="Run directory.")
+@click.option("--name", help="Run name (run directory runs/NAME).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default="auto")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any config value, e.g. --set train.ema_decay=0.9999 --set model.width=256 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--debug-dump-weights", is_flag=True, hidden=True)
+def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, sets, resume,
+          progress, dry_run, debug_dump_weights):
+    """Train a score model; writes config.toml, checkpoints, log.csv, loss.png and samples.png.
+
+    \b
+    Examples:
+      scoresde train --data digits --model ddpm_unet --steps 3000 --out runs/digits
+      scoresde train --data points.npy --sde subvp --set model.width=256
+      scoresde train --out runs/digits --resume --steps 6000     # continue to 6000 steps
+      torchrun --nproc-per-node=2 -m scoresde train --data moons  # data-parallel
+    """
+    from .config import load_toml, set_dotted
+    from .train import resolve_config, train as run
+    flags = {"data.name": data, "sde.name": sde, "model.name": model, "train.steps": steps,
+             "train.batch_size": batch_size, "train.lr": lr, "sample.sampler": sampler, "seed": seed,
+             "name": name, "device": device, "train.progress": progress}
+    with _user_errors():
+        cfg: dict[str, Any] = load_toml(config_file) if config_file else {}
+        for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
+            set_dotted(cfg, key, value)
+        if dry_run:
+            click.echo(to_toml(resolve_config(cfg, out=out, resume=resume)), nl=False)
+            return 0
+        result = run(cfg, out=out, resume=resume, dump_weights=debug_dump_weights)
+    if result.interrupted:
+        click.echo(f"interrupted by {result.interrupted} at step {result.step}; checkpoint {result.checkpoint}\n"
+                   f"resume with: scoresde train --out {result.run_dir} --resume", err=True)
+        return 130 if result.interrupted == "SIGINT" else 0
+    if result.rank != 0:           # the other ranks of a torchrun job stay quiet
+        return 0
+    m = result.metrics
+    extra = f", mode-weight TV {m['mode_weight_tv']:.3f}" if "mode_weight_tv" in m else ""
+    loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+    click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, final loss {loss}, "
+               f"{result.skipped} skipped{extra}\nrun directory: {result.run_dir}\n"
+               f"checkpoint:    {result.checkpoint}\nsamples plot:  {result.samples_path}")
+    return 0
+
+
+def _write_array(path: str, x) -> None:
+    import numpy as np
+    from .checkpoint import atomic_write_bytes
+    buf = io.BytesIO()
+    np.save(buf, x.numpy())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(), metavar="DIR|FILE",
+              help="Run directory (its latest checkpoint) or checkpoint file.")
+@click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler")
+@click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps", help="Sampler steps.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Output: .npy (the array) or .png (2-D scatter or image grid).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+def sample(checkpoint, sampler, steps, n, out, seed, device, raw):
+    """Draw samples from a trained model.
+
+    \b
+    Examples:
+      scoresde sample --checkpoint runs/moons --out moons.png
+      scoresde sample --checkpoint runs/digits --sampler dpm_solver --steps 20 --n 64 --out digits.png
+    """
+    import torch
+    from .checkpoint import find_checkpoint, load, read_checkpoint
+    from .distributed import resolve_device
+    from .plotting import plot_samples
+    with _user_errors():
+        ext = os.path.splitext(out)[1].lower()
+        if ext not in (".npy", ".png"):
+            raise ValueError(f"--out {out!r}: expected a .npy or .png file name")
+        if os.path.dirname(os.path.abspath(out)) and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
+        file = find_checkpoint(checkpoint)
+        cfg = read_checkpoint(file)[1]["config"]
+        dev = resolve_device(device)
+        model, sde = load(file, ema=not raw, device=dev)
+        g = torch.Generator(dev).manual_seed(seed)
+        x = sde.sample(model, n, sampler=sampler or cfg["sample"]["sampler"],
+                       steps=steps or cfg["sample"]["steps"], generator=g, device=dev, progress=True).cpu()
+        if ext == ".npy":
+            _write_array(out, x)
+        else:
+            plot_samples(x, out, title=f"{n} samples, {sampler or cfg['sample']['sampler']}")
+    click.echo(f"wrote {n} samples to {out}")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(), metavar="DIR|FILE",
+              help="Run directory (its latest checkpoint) or checkpoint file.")
+@click.option("--data", required=True, metavar="NAME|PATH", help="Dataset to score (as for train).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Score at most this many examples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]), default="auto", show_default=True,
+              help="auto: exact for up to 16 dimensions, else Hutchinson.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
+    """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE.
+
+    \b
+    Example:
+      scoresde likelihood --checkpoint runs/moons --data moons --n 500
+    """
+    import torch
+    from .checkpoint import load
+    from .data import load_dataset
+    from .distributed import resolve_device
+    from .likelihood import dataset_likelihood
+    with _user_errors():
+        ds = load_dataset(data, size=n, seed=seed + 1)
+        dev = resolve_device(device)
+        model, sde = load(checkpoint, device=dev)
+        if tuple(ds.shape) != tuple(model.data_shape):
+            raise ValueError(f"--data {data!r}: examples of shape {tuple(ds.shape)}, the model was trained on "
+                             f"{tuple(model.data_shape)}")
+        x = ds.x[:n]
+        div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
+        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels,
+                               data_range=(-1.0, 1.0), generator=torch.Generator(dev).manual_seed(seed),
+                               device=dev, progress=True)
+    click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
+               f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s)")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=args, prog_name="scoresde")
+
+
+if __name__ == "__main__":
+    main()
