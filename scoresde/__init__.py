@@ -11,6 +11,9 @@ from .parameterization import ScoreModel, score_from_eps, eps_from_score
 from .nets import get_model, list_models
 from .ema import EMA
 from .utils import Registry, append_dims
+from .train import train, TrainResult, TrainingError
+from .checkpoint import load, CheckpointError
+from .data import load_dataset, list_datasets
 
 __version__ = "0.1.0"
 
@@ -21,4 +24,5 @@ __all__ = [
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA",
     "Registry", "append_dims",
+    "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
 ]
