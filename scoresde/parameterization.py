@@ -94,7 +94,10 @@ class ScoreModel(nn.Module):
             the SDE's default conditioning is "log_sigma" (VE), off otherwise.
 
     Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`
-    and `.x0(x, t)` return the noise and data predictions.
+    and `.x0(x, t)` return the noise and data predictions. A class-conditional network (built with
+    `num_classes=K`, forward(x, c, y)) takes labels: `model(x, t, y=labels)`, labels a (B,) long
+    tensor in [0, K] with K the null label; `y=None` is the null label (unconditional score).
+    `.num_classes` is the network's K (None when unconditional).
     """
 
     def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
@@ -130,6 +133,10 @@ class ScoreModel(nn.Module):
         shape = getattr(self.net, "data_shape", None)
         return None if shape is None else tuple(shape)
 
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.net, "num_classes", None)
+
     def config(self) -> dict[str, Any]:
         """The wrapper's settings (resolved), for checkpoints."""
         return {"parameterization": self.parameterization, "conditioning": self.conditioning,
@@ -147,40 +154,42 @@ class ScoreModel(nn.Module):
             return torch.log(sigma)
         return sigma
 
-    def _raw(self, x: torch.Tensor, t: Any):
+    def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
         """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise TypeError(f"x: expected a floating-point tensor (B, *D), found "
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
-        out = self.net(x, self.condition(t, sigma))
+        c = self.condition(t, sigma)
+        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
+        out = self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
         return out, append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
 
-    def forward(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """The score grad_x log p_t(x), shaped like x."""
-        out, alpha, sigma = self._raw(x, t)
+        out, alpha, sigma = self._raw(x, t, y)
         if self.parameterization == "eps":
             return -out / sigma                                   # score = -eps / sigma
         if self.parameterization == "score":
             return out / sigma if self.scale_by_sigma else out
         return (alpha * out - x) / sigma.square()                 # score = (alpha x0 - x) / sigma^2
 
-    def eps(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
-        out, alpha, sigma = self._raw(x, t)
+        out, alpha, sigma = self._raw(x, t, y)
         if self.parameterization == "eps":
             return out
         if self.parameterization == "score":
             return -out if self.scale_by_sigma else -sigma * out  # eps = -sigma * score
         return (x - alpha * out) / sigma                          # x = alpha x0 + sigma eps
 
-    def x0(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+    def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula)."""
-        out, alpha, sigma = self._raw(x, t)
+        out, alpha, sigma = self._raw(x, t, y)
         if self.parameterization == "eps":
             return (x - sigma * out) / alpha
         if self.parameterization == "score":

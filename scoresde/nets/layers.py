@@ -24,7 +24,7 @@ from torch import nn
 
 __all__ = [
     "EMBEDDINGS", "sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierProjection",
-    "make_embedding", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
+    "make_embedding", "LabelEmbedding", "check_num_classes", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
     "fir_resample", "ResBlockDDPM", "ResBlockBigGAN", "AttnBlock",
 ]
 
@@ -78,6 +78,52 @@ def make_embedding(kind: str, dim: int, fourier_scale: float = 16.0) -> nn.Modul
     if kind == "fourier":
         return GaussianFourierProjection(dim, fourier_scale)
     raise ValueError(f"embedding: expected one of {list(EMBEDDINGS) + ['positional']}, found {kind!r}")
+
+
+def check_num_classes(num_classes) -> int | None:
+    """`num_classes` of a class-conditional network: None (unconditional) or an int >= 1."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected None or an int >= 1, found {num_classes!r}")
+    return num_classes
+
+
+class LabelEmbedding(nn.Module):
+    """Class-label embedding with a learned null label (classifier-free guidance, Ho & Salimans 2022,
+    arXiv:2207.12598): labels 0..K-1 are classes, label K = `num_classes` is "no label".
+
+    forward(y, batch, device) -> (B, dim); y is a (B,) integer tensor in [0, K] or None (all null).
+    The result is added to the noise-level embedding of the network. The label range is checked
+    for CPU tensors only (a check on a GPU would sync the host; `nn.Embedding` asserts there).
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y, batch: int, device) -> torch.Tensor:
+        K = self.num_classes
+        if y is None:
+            y = torch.full((batch,), K, dtype=torch.long, device=device)
+        elif not isinstance(y, torch.Tensor):
+            raise TypeError(f"y: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
+        elif y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
+        elif y.shape != (batch,):
+            raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
+        elif y.device.type == "cpu" and bool(((y < 0) | (y > K)).any()):  # no host sync on GPUs
+            raise ValueError(f"y: expected labels in [0, {K}] ({K} = the null label), found min "
+                             f"{int(y.min())}, max {int(y.max())}")
+        return self.table(y.to(device=device, dtype=torch.long))
+
+
+def check_unconditional(net: nn.Module, y) -> None:
+    """An unconditional network (num_classes None) refuses labels."""
+    if y is not None:
+        raise ValueError(f"y: this {type(net).__name__} is unconditional (num_classes=None); build it with "
+                         "num_classes=K to pass class labels, or pass y=None")
 
 
 # ----------------------------------------------------------------------------------- initialisation

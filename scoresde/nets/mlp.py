@@ -4,6 +4,8 @@ The conditioning value c is mapped to sinusoidal (Vaswani et al. 2017, arXiv:170
 Gaussian Fourier features (Tancik et al. 2020, arXiv:2006.10739), embedded by a small MLP, and
 added to every hidden layer, as the time embedding enters each block of the DDPM U-Net
 (Ho et al. 2020, arXiv:2006.11239). Data of any shape (B, *D) is flattened to (B, prod D).
+With `num_classes=K` a learned class embedding (K classes and a null label K, Ho & Salimans 2022,
+arXiv:2207.12598) is added to the noise-level embedding.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_int
-from .layers import check_data_shape, check_inputs, linear, make_embedding
+from .layers import (LabelEmbedding, check_data_shape, check_inputs, check_num_classes, check_unconditional,
+                     linear, make_embedding)
 
 __all__ = ["MLP"]
 
@@ -30,15 +33,20 @@ class MLP(nn.Module):
         embedding: "sinusoidal" (for c = 999 t) or "fourier" (for c = log sigma).
         embed_dim: size of the noise-level features.
         fourier_scale: std of the Fourier frequencies.
+        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
     """
 
     def __init__(self, data_shape: Sequence[int] = (2,), width: int = 128, depth: int = 3,
-                 embedding: str = "sinusoidal", embed_dim: int = 64, fourier_scale: float = 16.0):
+                 embedding: str = "sinusoidal", embed_dim: int = 64, fourier_scale: float = 16.0,
+                 num_classes: int | None = None):
         super().__init__()
         self.data_shape = check_data_shape(data_shape, image=False)
         width, depth, embed_dim = check_int("width", width), check_int("depth", depth), check_int("embed_dim", embed_dim)
         self.config = dict(data_shape=list(self.data_shape), width=width, depth=depth, embedding=embedding,
                            embed_dim=embed_dim, fourier_scale=float(fourier_scale))
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes is not None:  # only then in the config: unconditional configs stay as they were
+            self.config["num_classes"] = self.num_classes
         d = math.prod(self.data_shape)
         self.embed = make_embedding(embedding, embed_dim if embedding != "fourier" else embed_dim // 2 or 1,
                                     fourier_scale)
@@ -47,11 +55,18 @@ class MLP(nn.Module):
         self.hidden = nn.ModuleList(linear(width, width) for _ in range(depth))
         self.cond = nn.ModuleList(linear(width, width) for _ in range(depth))
         self.out = linear(width, d, init_scale=0.0)
+        self.label = LabelEmbedding(self.num_classes, width) if self.num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, *D), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
         dtype = self.inp.weight.dtype
         h, c = check_inputs(self, x, c, dtype)
-        emb = F.silu(self.temb(self.embed(c).to(dtype)))  # (B, width)
+        emb = self.temb(self.embed(c).to(dtype))  # (B, width)
+        if self.label is None:
+            check_unconditional(self, y)
+        else:
+            emb = emb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+        emb = F.silu(emb)
         h = self.inp(h.flatten(1)) + emb
         for lin, cond in zip(self.hidden, self.cond):
             h = F.silu(lin(h) + cond(emb))

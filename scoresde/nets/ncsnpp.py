@@ -12,7 +12,8 @@ blocks per resolution (8 for the "deep" models), and continuous noise-level feat
   projected by a 3x3 conv, is added (skip-rescaled) to the features after every down-sampling
   (`get_model("ncsnpp")`).
 The "output skip" progressive output and the input-skip variant of the paper's exploration are
-not provided.
+not provided. With `num_classes=K` a learned class embedding (null label K; Ho & Salimans 2022,
+arXiv:2207.12598) is added to the noise-level embedding.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_choice, check_int, check_positive
-from .layers import (AttnBlock, ResBlockBigGAN, check_data_shape, check_inputs, check_sequence, conv,
+from .layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, check_data_shape, check_inputs,
+                     check_num_classes, check_unconditional, check_sequence, conv,
                      fir_resample, group_norm, linear, make_embedding)
 
 __all__ = ["NCSNpp", "ddpmpp"]
@@ -55,13 +57,14 @@ class NCSNpp(nn.Module):
         fir: FIR [1, 3, 3, 1] anti-aliased resampling instead of nearest/average pooling.
         skip_rescale: multiply every residual sum by 1/sqrt(2).
         progressive_input: "residual" (NCSN++) or "none" (DDPM++).
+        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
     GroupNorm uses min(C // 4, 32) groups, which must divide every width C.
     """
 
     def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 4, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  embedding: str = "fourier", fourier_scale: float = 16.0, fir: bool = True,
-                 skip_rescale: bool = True, progressive_input: str = "residual"):
+                 skip_rescale: bool = True, progressive_input: str = "residual", num_classes: int | None = None):
         super().__init__()
         ch_mult = check_sequence("ch_mult", ch_mult)
         self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
@@ -73,11 +76,15 @@ class NCSNpp(nn.Module):
                            num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                            dropout=dropout, embedding=embedding, fourier_scale=float(fourier_scale),
                            fir=bool(fir), skip_rescale=bool(skip_rescale), progressive_input=progressive_input)
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes is not None:  # only then in the config: unconditional configs stay as they were
+            self.config["num_classes"] = self.num_classes
         self.skip_rescale, self.progressive = bool(skip_rescale), progressive_input == "residual"
         C, res = self.data_shape[0], self.data_shape[1]
         tdim = 4 * ch
         self.embed = make_embedding(embedding, ch, fourier_scale)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
+        self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         block = lambda a, b, **kw: ResBlockBigGAN(a, b, tdim, dropout, fir=fir,  # noqa: E731
                                                   skip_rescale=skip_rescale, **kw)
         attn = lambda a: AttnBlock(a, skip_rescale=skip_rescale)  # noqa: E731
@@ -115,10 +122,15 @@ class NCSNpp(nn.Module):
         self.conv_out = conv(cur, C, init_scale=0.0)
         self.levels, self.num_res_blocks = len(ch_mult), num_res_blocks
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
         dtype = self.conv_in.weight.dtype
         h, c = check_inputs(self, x, c, dtype)
         temb = self.temb(self.embed(c).to(dtype))  # (B, 4 ch)
+        if self.label is None:
+            check_unconditional(self, y)
+        else:
+            temb = temb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
         pyramid = h
         hs = [self.conv_in(h)]
         n = self.num_res_blocks

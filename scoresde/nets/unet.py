@@ -3,7 +3,8 @@
 A PixelCNN++-style U-Net on Wide-ResNet blocks with GroupNorm, a sinusoidal noise-level
 embedding fed to every residual block, and single-head self-attention at chosen resolutions.
 The CIFAR-10 configuration (ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn at 16x16,
-dropout 0.1) has 35.7M parameters, the figure the paper reports.
+dropout 0.1) has 35.7M parameters, the figure the paper reports. With `num_classes=K` a learned
+class embedding (null label K; Ho & Salimans 2022, arXiv:2207.12598) is added to the time embedding.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_int, check_positive
-from .layers import (AttnBlock, Downsample, ResBlockDDPM, Upsample, check_data_shape, check_inputs,
+from .layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, check_data_shape,
+                     check_inputs, check_num_classes, check_unconditional,
                      check_sequence, conv, group_norm, linear, make_embedding)
 
 __all__ = ["DDPMUNet"]
@@ -33,11 +35,13 @@ class DDPMUNet(nn.Module):
         embedding: "sinusoidal" (DDPM; for c = 999 t) or "fourier" (for c = log sigma).
         fourier_scale: std of the Fourier frequencies.
         num_groups: GroupNorm groups (32 in DDPM); must divide every width.
+        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
     """
 
     def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
-                 embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32):
+                 embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32,
+                 num_classes: int | None = None):
         super().__init__()
         ch_mult = check_sequence("ch_mult", ch_mult)
         self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
@@ -49,10 +53,14 @@ class DDPMUNet(nn.Module):
                            num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                            dropout=dropout, embedding=embedding, fourier_scale=float(fourier_scale),
                            num_groups=num_groups)
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes is not None:  # only then in the config: unconditional configs stay as they were
+            self.config["num_classes"] = self.num_classes
         C, H = self.data_shape[0], self.data_shape[1]
         tdim = 4 * ch
         self.embed = make_embedding(embedding, ch, fourier_scale)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
+        self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups)  # noqa: E731
         attn = lambda a: AttnBlock(a, num_groups)  # noqa: E731
 
@@ -88,10 +96,15 @@ class DDPMUNet(nn.Module):
         self.norm_out = group_norm(cur, num_groups)
         self.conv_out = conv(cur, C, init_scale=0.0)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
         dtype = self.conv_in.weight.dtype
         h, c = check_inputs(self, x, c, dtype)
         temb = self.temb(self.embed(c).to(dtype))  # (B, 4 ch)
+        if self.label is None:
+            check_unconditional(self, y)
+        else:
+            temb = temb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
         hs = [self.conv_in(h)]
         for level in self.down:
             for layer in level:
