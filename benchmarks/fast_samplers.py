@@ -1,0 +1,286 @@
+"""Fast samplers at equal score evaluations: scoresde vs diffusers vs k-diffusion, on exact scores.
+
+Every sampler is driven by the same exact score of an analytic 2-D Gaussian mixture (no network,
+so only the integrator differs) from the same prior draw, and is scored for 10, 20, 50 and 100
+score evaluations (NFE, counted by a wrapper around the score for every sampler, peers included) by
+
+    metric = TV(mode weights) + sum_k w_k KL(N(fitted_k) || N(true_k)),
+
+where each sample goes to its most likely data mode, N(fitted_k) is the Gaussian fitted (full
+covariance) to the samples of mode k, and KL is in closed form. Two mixtures: the four-mode one
+(std 0.1) and a sharp one (six modes, std 0.01-0.03, unequal weights).
+
+Common ground (VP, as the peers are VP/EDM-native): VPSDE(0.1, 20); the grid runs from t = 1
+(sigma~ = sigma/alpha ~ 152) down to sigma~_min = 0.002 (EDM's value), then one last step to noise 0
+that lands on the data prediction, for everyone:
+- scoresde: `sde.sample(..., eps=t(sigma~_min), denoise=True)` with each sampler's default grid;
+- k-diffusion (`k_diffusion.sampling`): Karras sigmas from sigma~_max to sigma~_min (+ 0), denoiser
+  D(x, sigma) = x + sigma^2 grad log p_sigma(x) of the VE-scaled mixture;
+- diffusers: `trained_betas` of VPSDE(0.1, 20, N=25000), whose DDPM betas start at 0.1/N = 4e-6, i.e.
+  sigma~_0 = 0.002; the eps-model is -sigma grad log p at exactly the (alpha, sigma) that the
+  scheduler's own sigma~ (or alphas_cumprod) implies at that step.
+Ours are also run on sub-VP and VE (VESDE(0.001, 50)) with the same sigma~ end points.
+
+Peers: `pip install -e .[bench]` (diffusers, k-diffusion). k-diffusion's package `__init__` pulls
+torchvision, clip, wandb, kornia... (a CUDA torch of several GB), so here it is installed with
+`pip install --no-deps k-diffusion torchdiffeq` and only `k_diffusion/sampling.py` is loaded, with
+a stub `k_diffusion.utils` that provides the one helper it uses (`append_dims`); its samplers run
+unmodified.
+
+Run: `python benchmarks/fast_samplers.py [--n 20000] [--no-peers]` (about 20 min on 2 CPU cores); writes
+benchmarks/results/fast_samplers.{md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+import scoresde as ss
+from scoresde.analytic import GaussianMixture, four_mode_mixture
+
+BUDGETS = (10, 20, 50, 100)
+SIGMA_MIN = 0.002
+DTYPE = torch.float32
+OUT = Path(__file__).parent / "results"
+
+
+# --- problems and metric ---------------------------------------------------------------------
+def sharp_mixture() -> GaussianMixture:
+    """Six narrow 2-D modes, std 0.01-0.03 (anisotropic for some), unequal weights."""
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.2], [0.0, -1.2], [0.5, 0.5], [-0.6, -0.5]])
+    stds = torch.tensor([[0.01, 0.01], [0.02, 0.02], [0.03, 0.01], [0.015, 0.03], [0.01, 0.02], [0.025, 0.025]])
+    return GaussianMixture(means, stds, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3])
+
+
+def metric(mix: GaussianMixture, x: torch.Tensor) -> float:
+    """TV of mode weights + sum_k w_k KL(N(mean_k, cov_k fitted) || N(mu_k, diag s_k^2))."""
+    x = x.double()
+    if not torch.isfinite(x).all():
+        return float("inf")
+    k = mix.assign(x)
+    K, d = mix.weights.numel(), x.shape[1]
+    w = torch.bincount(k, minlength=K).double() / len(k)
+    total = 0.5 * (w - mix.weights).abs().sum().item()
+    for j in range(K):
+        xs = x[k == j]
+        if len(xs) <= d + 1:
+            return float("inf")
+        m, C = xs.mean(0), torch.cov(xs.T)
+        v = mix.stds[j].square()                                  # true diagonal covariance
+        dm = m - mix.means[j]
+        # KL(N(m, C) || N(mu, V)) = 1/2 [tr(V^-1 C) + dm' V^-1 dm - d + log det V - log det C]
+        kl = 0.5 * ((C.diagonal() / v).sum() + (dm.square() / v).sum() - d + v.log().sum() - torch.logdet(C))
+        total += mix.weights[j].item() * kl.item()
+    return total
+
+
+class _Coefs:
+    """A stand-in SDE with fixed (alpha, sigma): GaussianMixture.score at any noise level."""
+
+    def __init__(self, alpha: float, sigma: float):
+        self.alpha, self.sigma = float(alpha), float(sigma)
+
+    def marginal_coefs(self, t):
+        return torch.full_like(t, self.alpha), torch.full_like(t, self.sigma)
+
+
+class Counter:
+    def __init__(self, fn):
+        self.fn, self.nfe = fn, 0
+
+    def __call__(self, *a):
+        self.nfe += 1
+        return self.fn(*a)
+
+
+# --- peers -------------------------------------------------------------------------------------
+def load_k_diffusion():
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        return None
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    utils = types.ModuleType("k_diffusion.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules.setdefault("k_diffusion", pkg)
+    sys.modules.setdefault("k_diffusion.utils", utils)
+    pkg.utils = utils
+    return importlib.import_module("k_diffusion.sampling")
+
+
+def kdiff_runs(K, mix, z, sig_max):
+    def denoiser(x, sigma):                                       # D(x; sigma), x = x0 + sigma z
+        s = sigma.flatten()[0].item()
+        return x + s * s * mix.score(x, torch.zeros(len(x)), _Coefs(1.0, s))
+
+    def run(fn, heun_like):
+        def go(budget):
+            n = (budget + 1) // 2 if heun_like else budget
+            sigmas = K.get_sigmas_karras(n, SIGMA_MIN, sig_max, rho=7.0).to(DTYPE)
+            c = Counter(denoiser)
+            x = fn(c, z * math.sqrt(1 + sig_max ** 2), sigmas, disable=True)
+            return x, c.nfe
+        return go
+
+    return {"k-diff euler": run(K.sample_euler, False), "k-diff heun": run(K.sample_heun, True),
+            "k-diff dpm_2": run(K.sample_dpm_2, True), "k-diff lms": run(K.sample_lms, False),
+            "k-diff dpm++2m": run(K.sample_dpmpp_2m, False)}
+
+
+def diffusers_runs(mix, z):
+    import diffusers
+    N = 25000
+    betas = ss.VPSDE(0.1, 20.0, N).discrete_betas.tolist()
+
+    def eps_fn(x, sig):                                           # eps at alpha = 1/sqrt(1+sig^2)
+        a = 1.0 / math.sqrt(1.0 + sig * sig)
+        return -(sig * a) * mix.score(x, torch.zeros(len(x)), _Coefs(a, sig * a))
+
+    def run(cls, **cfg):
+        def go(budget):
+            sch = getattr(diffusers, cls)(num_train_timesteps=N, trained_betas=betas, **cfg)
+            sch.set_timesteps(budget)
+            c = Counter(eps_fn)
+            x = z * sch.init_noise_sigma
+            for i, t in enumerate(sch.timesteps):
+                if hasattr(sch, "sigmas"):
+                    sig = float(sch.sigmas[i])
+                else:
+                    ab = float(sch.alphas_cumprod[int(t)])
+                    sig = math.sqrt((1 - ab) / ab)
+                x = sch.step(c(sch.scale_model_input(x, t), sig), t, x).prev_sample
+            return x, c.nfe
+        return go
+
+    return {
+        "diffusers ddim (trailing)": run("DDIMScheduler", timestep_spacing="trailing"),
+        "diffusers euler (karras)": run("EulerDiscreteScheduler", use_karras_sigmas=True),
+        "diffusers dpm++2m": run("DPMSolverMultistepScheduler", solver_order=2),
+        "diffusers dpm++2m (karras)": run("DPMSolverMultistepScheduler", solver_order=2, use_karras_sigmas=True),
+        "diffusers dpm++2m (lu)": run("DPMSolverMultistepScheduler", solver_order=2, use_lu_lambdas=True),
+        "diffusers dpm++3m (karras)": run("DPMSolverMultistepScheduler", solver_order=3, use_karras_sigmas=True),
+        "diffusers dpm++3m (lu)": run("DPMSolverMultistepScheduler", solver_order=3, use_lu_lambdas=True),
+        "diffusers unipc": run("UniPCMultistepScheduler"),
+        "diffusers unipc (karras)": run("UniPCMultistepScheduler", use_karras_sigmas=True),
+        "diffusers deis (karras)": run("DEISMultistepScheduler", use_karras_sigmas=True),
+    }
+
+
+# --- ours ------------------------------------------------------------------------------------------
+OURS = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}),
+        "dpm_solver 3": ("dpm_solver", {"order": 3})}
+
+
+def ours_runs(sde, mix, z, names=OURS):
+    eps = sde.t_from_half_log_snr(torch.tensor(-math.log(SIGMA_MIN), dtype=torch.float64)).item()
+    x_T = z * sde.prior_std
+
+    def run(name, opts):
+        def go(budget):
+            steps = (budget + 1) // 2 if name == "heun" else budget
+            x, info = sde.sample(mix.score_fn(sde), None, sampler=name, steps=steps, x_init=x_T, eps=eps,
+                                 denoise=True, return_info=True, **opts)
+            return x, info["nfe"]
+        return go
+
+    return {f"ours {k}": run(*v) for k, v in names.items()}
+
+
+def evaluate(runs, mix, budgets=BUDGETS):
+    table = {}
+    for name, go in runs.items():
+        row = []
+        for b in budgets:
+            x, nfe = go(b)
+            if nfe > b:
+                raise RuntimeError(f"{name} used {nfe} > {b} score evaluations")
+            row.append((metric(mix, x), nfe))
+        table[name] = row
+        print(f"  {name:28s}" + "".join(f" {m:9.4f}({n:3d})" for m, n in row), flush=True)
+    return table
+
+
+def to_markdown(title, table, budgets=BUDGETS):
+    lines = [f"**{title}**", "", "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    peers = [k for k in table if not k.startswith("ours") and not k.startswith("exact")]
+    best = [min((table[k][j][0] for k in peers), default=float("inf")) for j in range(len(budgets))]
+    for k, row in table.items():
+        cells = []
+        for j, (m, n) in enumerate(row):
+            mark = " ✓" if k.startswith("ours") and peers and m <= best[j] else ""
+            cells.append(f"{m:.4f}{mark}" + ("" if n == budgets[j] else f" ({n})"))
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    if peers:
+        lines.append("| *best peer* | " + " | ".join(f"{b:.4f}" for b in best) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000, help="samples per run")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    vp = ss.VPSDE(0.1, 20.0)
+    sig_max = (lambda a, s: (s / a).item())(*vp.marginal_coefs(torch.tensor(1.0, dtype=torch.float64)))
+    z = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(args.seed), dtype=DTYPE)
+    K = None if args.no_peers else load_k_diffusion()
+    md, curves = [], {}
+    start = time.time()
+    for mname, mix in [("four-mode (std 0.1)", four_mode_mixture(0.1)), ("sharp (std 0.01-0.03)", sharp_mixture())]:
+        print(f"\n== {mname}, VP: metric (NFE) at budgets {BUDGETS}", flush=True)
+        runs = dict(ours_runs(vp, mix, z))
+        x_ref = ours_runs(vp, mix, z, {"x": ("dpm_solver", {"order": 3})})["ours x"](1000)[0]
+        runs["exact flow (dpm_solver 3, 1000 NFE)"] = lambda b: (x_ref, b)     # the metric's floor
+        if K is not None:
+            runs.update(kdiff_runs(K, mix, z, sig_max))
+        if not args.no_peers:
+            runs.update(diffusers_runs(mix, z))
+        table = evaluate(runs, mix)
+        curves[mname] = table
+        md.append(to_markdown(f"{mname}, VP", table))
+        for sname, sde in [("sub-VP", ss.SubVPSDE(0.1, 20.0)), ("VE", ss.VESDE(0.001, 50.0))]:
+            print(f"-- {mname}, {sname} (ours)", flush=True)
+            md.append(to_markdown(f"{mname}, {sname} (ours only)", evaluate(ours_runs(sde, mix, z), mix)))
+    text = "\n\n".join(md)
+    print("\n" + text + f"\n\n({args.n} samples, seed {args.seed}, {time.time() - start:.0f} s)")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "fast_samplers.md").write_text(
+        "# Fast samplers at equal NFE (exact mixture scores)\n\nMetric: TV of mode weights + "
+        "weight-averaged KL(fitted Gaussian || true mode); lower is better; ✓ = at least as good as "
+        "the best peer; (n) = NFE actually used when below the budget.\n\n" + text + "\n")
+    plot(curves, OUT / "fast_samplers.png")
+
+
+def plot(curves, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 5.5))
+    for ax, (mname, table) in zip(axes, curves.items()):
+        for k, row in table.items():
+            if k.startswith("exact"):
+                ax.axhline(row[0][0], color="k", lw=0.8, ls=":", label=k)
+                continue
+            style = dict(lw=2.2, marker="o") if k.startswith("ours") else dict(lw=1, ls="--", marker=".")
+            ax.plot([n for _, n in row], [max(m, 1e-4) for m, _ in row], label=k, **style)
+        ax.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)", ylabel="TV + KL (lower is better)",
+               title=f"{mname}, VP")
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
