@@ -286,8 +286,12 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
     existing = list_checkpoints(run_dir)
     last_ckpt = existing[-1][1] if existing else None
 
+    ckpt_step = existing[-1][0] if existing else -1
+
     def checkpoint() -> str | None:
-        rng = _rng_states(info, device, data_gen, noise_gen)
+        nonlocal ckpt_step
+        ckpt_step = step                                        # the same on every rank
+        rng = _rng_states(info, device, data_gen, noise_gen)    # a collective
         if not main:
             return None
         return _save(run_dir, step, cfg, model, ema, opt, rng, {"skipped": skipped}, meta_model)
@@ -343,7 +347,7 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
             if stats[2] > 0:
                 interrupted = stop.signame or "SIGTERM"
                 break
-            if step % T["ckpt_every"] == 0 and streak == 0:
+            if step % T["ckpt_every"] == 0:
                 flush_log()
                 last_ckpt = checkpoint() or last_ckpt
             if T["sample_every"] and step % T["sample_every"] == 0 and main:
@@ -353,7 +357,8 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
                                      f"step {step}")
         bar.close()
         flush_log()
-        if not (last_ckpt and last_ckpt.endswith(f"ckpt_{step:08d}.safetensors")) and streak == 0:
+        # skipped steps leave the weights untouched, so a checkpoint after one is still a good one
+        if ckpt_step != step:
             last_ckpt = checkpoint() or last_ckpt
     result = TrainResult(run_dir, step, last_loss, 0.0, skipped, last_ckpt, interrupted, rank=info.rank)
     if dump_weights:
