@@ -10,6 +10,7 @@ from .losses import dsm_loss, ddpm_loss, smld_loss
 from .parameterization import ScoreModel, score_from_eps, eps_from_score
 from .nets import get_model, list_models
 from .ema import EMA
+from .samplers import list_samplers
 from .utils import Registry, append_dims
 from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
@@ -23,6 +24,7 @@ __all__ = [
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA",
+    "list_samplers",
     "Registry", "append_dims",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
 ]

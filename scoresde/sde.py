@@ -113,6 +113,14 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow)
 
     # --- discrete grid helpers --------------------------------------------------------------
+    def table(self, name: str, device: Any) -> torch.Tensor:
+        """The float64 grid table `name` on `device`, copied there once (no per-step transfer)."""
+        cache = self.__dict__.setdefault("_tables", {})
+        key = (name, torch.device(device))
+        if key not in cache:
+            cache[key] = getattr(self, name).to(device)
+        return cache[key]
+
     def grid_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index i = floor(t (N - 1) / T) of the discrete step that time t falls in, (B,) long.
 
@@ -203,7 +211,7 @@ class _LinearBeta(SDE):
         return -4 * m / (self.beta_0 + torch.sqrt(self.beta_0 ** 2 - 4 * d * m))
 
     def discrete_beta(self, t: torch.Tensor) -> torch.Tensor:
-        return self.discrete_betas.to(t.device)[self.grid_index(t)].to(t.dtype)
+        return self.table("discrete_betas", t.device)[self.grid_index(t)].to(t.dtype)
 
     def langevin_alpha(self, t: torch.Tensor) -> torch.Tensor:
         return 1.0 - self.discrete_beta(t)
@@ -315,7 +323,7 @@ class VESDE(SDE):
         """SMLD: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z with sigma_{-1} = 0."""
         x = _check_x(x)
         i = self.grid_index(as_time(t, x))
-        sigmas = self.discrete_sigmas.to(x.device)
+        sigmas = self.table("discrete_sigmas", x.device)
         sigma = sigmas[i]
         prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp_min(0)])
         return torch.zeros_like(x), (sigma.square() - prev.square()).sqrt().to(x.dtype)

@@ -19,7 +19,8 @@ import torch
 
 from ..utils import Registry, check_int
 
-__all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CountingScore"]
+__all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CountingScore",
+           "check_options", "randn_like"]
 
 SAMPLERS = Registry("sampler")
 
@@ -51,6 +52,20 @@ def progress_range(n: int, progress: bool, desc: str = "sampling"):
         return range(n)
     from tqdm.auto import trange
     return trange(n, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def check_options(sampler: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` updated with the caller's `options`; unknown option names raise a TypeError."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"sampler {sampler!r}: unknown option(s) {', '.join(unknown)}; "
+                        f"expected some of: {', '.join(sorted(defaults)) or '(none)'}")
+    return {**defaults, **options}
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, on x's device and dtype, drawn from `generator`."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
@@ -104,6 +119,9 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
         if shape is None:
             raise ValueError("shape: expected (B, *D) or a batch size when x_init is not given, found None")
         x = sde.prior_sampling(_resolve_shape(score_fn, shape), generator=generator, device=device, dtype=dtype)
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator: expected a torch.Generator on the samples' device ({x.device}), "
+                         f"found one on {generator.device}")
     if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
         sde = sde.with_steps(steps)
     ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
@@ -114,3 +132,8 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     if not return_info:
         return x
     return x, {"nfe": counted.nfe, "sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start}
+
+
+# The samplers register themselves on import (one module per family).
+from . import sde_samplers, langevin, ode, sdeint  # noqa: E402,F401
+from . import fast  # noqa: E402,F401
