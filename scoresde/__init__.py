@@ -8,6 +8,8 @@ from .analytic import Gaussian, GaussianMixture
 from .likelihood import bits_per_dim, dataset_likelihood
 from .losses import dsm_loss, ddpm_loss, smld_loss
 from .parameterization import ScoreModel, score_from_eps, eps_from_score
+from .guidance import (classifier_free_score, classifier_guided_score, impute, NoiseConditionalClassifier,
+                       conditional_dsm_loss, classifier_loss, label_dropout)
 from .nets import get_model, list_models
 from .ema import EMA
 from .samplers import list_samplers
@@ -24,6 +26,8 @@ __all__ = [
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA",
+    "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
+    "conditional_dsm_loss", "classifier_loss", "label_dropout",
     "list_samplers",
     "Registry", "append_dims",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
