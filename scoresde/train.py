@@ -344,6 +344,7 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
                              "skipped": skipped, "seconds": f"{time.perf_counter() - start:.2f}"})
                 bar.set_postfix(loss=f"{mean:.4f}")
                 window = []
+                flush_log()
             if stats[2] > 0:
                 interrupted = stop.signame or "SIGTERM"
                 break

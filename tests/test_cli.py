@@ -90,12 +90,17 @@ def test_real_subprocess_and_sigterm(tmp_path):
     args = [sys.executable, "-m", "scoresde", "train", "--out", out, *TINY, "--steps", "100000",
             "--set", "train.ckpt_every=50", "--set", "train.log_every=10"]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 60
-    while not list_checkpoints(out) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.2)
-    assert list_checkpoints(out), "no checkpoint appeared"
-    p.send_signal(signal.SIGTERM)
-    stdout, stderr = p.communicate(timeout=60)
+    try:
+        deadline = time.time() + 60
+        while not list_checkpoints(out) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert list_checkpoints(out), "no checkpoint appeared"
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert p.returncode == 0, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     last = list_checkpoints(out)[-1][0]

@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun (gloo, 2 CPU processes): ranks end with identical weights."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,13 +19,19 @@ def test_two_ranks_end_identical(tmp_path):
             "--set", "model.width=16", "--set", "model.depth=1", "--set", "model.embed_dim=8",
             "--set", "sample.n=16", "--set", "sample.steps=3", "--set", "train.ckpt_every=10",
             "--debug-dump-weights"]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        stdout, stderr = p.communicate(timeout=240)
+    finally:                              # never leave ranks behind (they would wait on each other)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 0, stderr[-3000:]
     h0, h1 = (open(os.path.join(out, f"weights_rank{i}.sha256")).read() for i in (0, 1))
     assert len(h0) == 64 and h0 == h1
     assert [s for s, _ in list_checkpoints(out)] == [10, 20]
-    assert r.stdout.count("run directory") == 1          # only rank 0 reports (and writes)
+    assert stdout.count("run directory") == 1          # only rank 0 reports (and writes)
     # each rank drew its own batches: a one-process run with the same seed ends elsewhere
     from scoresde.checkpoint import read_checkpoint
     _, meta = read_checkpoint(list_checkpoints(out)[-1][1])
