@@ -72,6 +72,23 @@ def _check_labels(y: Any, batch: int | None, num_classes: int, *, allow_null: bo
     return y.to(device=device if device is not None else y.device, dtype=torch.long)
 
 
+def _validated_labels(y: Any, num_classes: int) -> int | torch.Tensor:
+    """A requested class: an int in [0, K) (kept an int) or a (B,) integer tensor (as long)."""
+    if isinstance(y, int) and not isinstance(y, bool):
+        _check_labels(y, 1, num_classes, allow_null=False)
+        return y
+    return _check_labels(y, None, num_classes, allow_null=False)
+
+
+def _batch_labels(y: int | torch.Tensor, batch: int, device) -> torch.Tensor:
+    """Labels validated at construction, as a (B,) long tensor on `device` (shape checked, no host sync)."""
+    if isinstance(y, int):
+        return torch.full((batch,), y, dtype=torch.long, device=device)
+    if y.shape != (batch,):
+        raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
+    return y.to(device)
+
+
 def _check_real(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TypeError(f"{name}: expected a finite real number, found {type(value).__name__} {value!r}")
@@ -123,7 +140,7 @@ class ClassifierFreeScore:
 
     def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         B = x.shape[0]
-        y = _check_labels(self.y, B, self.num_classes, allow_null=False, device=x.device)
+        y = _batch_labels(self.y, B, x.device)
         t = as_time(t, x)
         null = torch.full_like(y, self.num_classes)
         # one network call on the doubled batch [x; x] with labels [y; null]
@@ -152,7 +169,7 @@ def classifier_free_score(score_model: Callable, y: Any, w: float, *, num_classe
     _check_fn(score_model, "score_model")
     K = _check_num_classes(num_classes, score_model)
     w = _check_real("w", w)
-    _check_labels(y, y.shape[0] if isinstance(y, torch.Tensor) and y.ndim == 1 else 1, K, allow_null=False)
+    y = _validated_labels(y, K)
     return ClassifierFreeScore(score_model, y, w, K)
 
 
@@ -257,7 +274,7 @@ class ClassifierGuidedScore:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = self.classifier(xg, t)                                     # (B, K)
-            y = _check_labels(self.y, x.shape[0], logits.shape[1], allow_null=False, device=x.device)
+            y = _batch_labels(self.y, x.shape[0], x.device)
             log_p = F.log_softmax(logits.float() if logits.dtype == torch.float16 else logits, 1)
             grad, = torch.autograd.grad(log_p.gather(1, y[:, None]).sum(), xg)
         return grad.to(x.dtype)
@@ -285,9 +302,8 @@ def classifier_guided_score(score_fn: Callable, classifier: Callable, y: Any, sc
     scale = _check_real("scale", scale)
     if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
         raise TypeError(f"y: expected an int or a (B,) integer tensor of class labels, found {type(y).__name__}")
-    K = getattr(classifier, "num_classes", None)
-    if K is not None:
-        _check_labels(y, y.shape[0] if isinstance(y, torch.Tensor) and y.ndim == 1 else 1, K, allow_null=False)
+    K = getattr(classifier, "num_classes", None)      # without it, labels are checked by the gather
+    y = _validated_labels(y, K if K is not None else 2 ** 62)
     return ClassifierGuidedScore(score_fn, classifier, y, scale)
 
 
