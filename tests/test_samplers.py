@@ -32,12 +32,14 @@ REFERENCE = {
     "ode": {},
     "torchsde": {},
 }
-# Allowed relative variance bias at the reference budget: first-order samplers with N = 1000 have a
-# weak error O(1/N) (measured <= 1%); the Langevin step with snr = 0.16 inflates the variance by
-# ~snr^2 = 2.6% at most (the stationary variance of unadjusted Langevin is v / (1 - e / 2v)); the
-# lag of annealed Langevin above is 2-9% (VP worst).
-BIAS = {"euler_maruyama": 0.02, "reverse_diffusion": 0.02, "ancestral": 0.02, "pc": 0.04,
-        "annealed_langevin": 0.12, "ode": 0.01, "torchsde": 0.02}
+# Allowed relative variance bias at the reference budget, from benchmarks/reference_samplers.py
+# (n = 4000, variance SE 2.2%, so these maxima include noise): first-order samplers with N = 1000
+# have a weak error O(1/N), measured <= 3%; the Langevin corrector with snr = 0.16 inflates the
+# variance (unadjusted Langevin's stationary variance is v / (1 - e / 2v), e / 2v ~ snr^2), measured
+# 4.7%; corrector-only annealed Langevin lags behind p_t (above), measured 1% (VE), 7% (VP), 16.5%
+# (sub-VP) at snr = 0.3 with 3 corrector steps.
+BIAS = {"euler_maruyama": 0.02, "reverse_diffusion": 0.02, "ancestral": 0.02, "pc": 0.06,
+        "annealed_langevin": 0.18, "ode": 0.01, "torchsde": 0.02}
 
 
 def target(sde, eps):

@@ -57,6 +57,8 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     seeded from `generator`. NFE is the solver's (euler: one per step; srk, heun, midpoint: more).
     With `denoise` the final step of length dt is a noise-free Euler step (one NFE), as in the
     other SDE samplers. `progress` is not shown (torchsde runs its own loop).
+    "reversible_heun" has a small stability region: with sharp data (mode std 0.1) the drift near
+    t = eps is stiff and it diverges at 1000 steps (benchmarks/reference_samplers.py); prefer "euler".
     """
     import torchsde
 
