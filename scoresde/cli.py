@@ -107,7 +107,7 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
 
     \b
     Examples:
-      scoresde train --data digits --model ddpm_unet --steps 3000 --out runs/digits
+      scoresde train --data digits --model ddpm_unet --steps 1500 --out runs/digits
       scoresde train --data points.npy --sde subvp --set model.width=256
       scoresde train --out runs/digits --resume --steps 6000     # continue to 6000 steps
       torchrun --nproc-per-node=2 -m scoresde train --data moons  # data-parallel

@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "out": "",               # run directory (overrides runs/<name>)
     "seed": 0,               # seeds the weights, the data order, the loss noise and the samples
     "device": "auto",        # auto | cpu | cuda
+    "threads": 0,            # CPU threads (0: auto, one thread for small examples of <= 256 values,
+                             # where more threads only add synchronisation; else torch's default)
     "data": {
         "name": "mixture",   # built-in name (see list_datasets) or a path (.npy/.npz/image folder)
         "size": 50000,       # points drawn once for the built-in 2-D datasets
@@ -70,7 +72,7 @@ _FREE_SECTIONS = ("sde", "model")
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
-    "seed": (0, False), "data.size": (1, False), "data.image_size": (0, False),
+    "seed": (0, False), "threads": (0, False), "data.size": (1, False), "data.image_size": (0, False),
     "train.steps": (1, False), "train.batch_size": (1, False), "train.lr": (0.0, True),
     "train.beta1": (0.0, False), "train.beta2": (0.0, False), "train.adam_eps": (0.0, True),
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),

@@ -219,10 +219,12 @@ def train(config: Any = None, *, data: Any = None, out: str | None = None, resum
     start = time.perf_counter()
     cfg, ckpt_tensors, ckpt_meta = resolve_config(config, out=out, resume=resume, _read=True)
     info, device = D.setup(cfg["device"])
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors, ckpt_meta, start,
                       EMA, dsm_loss, autocast)
     finally:
+        torch.set_num_threads(threads)
         D.teardown(info)
 
 
@@ -234,6 +236,8 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
         raise ValueError(f"run directory {run_dir!r} already holds checkpoints; pass --resume to continue it "
                          "or choose another --out")
     ds = _load_data(cfg, data)
+    if device.type == "cpu" and (cfg["threads"] or math.prod(ds.shape) <= 256):
+        torch.set_num_threads(cfg["threads"] or 1)
     torch.manual_seed(cfg["seed"])                                     # weights: same on every rank
     model, sde = _build(cfg, ds.shape, device)
     meta_model = {"model": {"name": cfg["model"]["name"], "config": model.net.config,
