@@ -168,7 +168,7 @@ class SDE(abc.ABC):
         return sample(self, score_fn, shape, **kwargs)
 
     def log_likelihood(self, score_fn: ScoreFn, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """log p_0(x) in nats via the probability-flow ODE; see `scoresde.likelihood`."""
+        """log p_eps(x) in nats via the probability-flow ODE from t = eps; see `scoresde.likelihood`."""
         from .likelihood import log_likelihood
         return log_likelihood(self, score_fn, x, **kwargs)
 

@@ -1,0 +1,14 @@
+"""Test-session settings.
+
+The tests work on small tensors, where torch's intra-op threads only add synchronisation; on a
+shared 2-core machine (CI) the default thread pool made single tests up to 15x slower. One
+thread per process keeps the suite fast and its timings stable; subprocesses inherit it through
+OMP_NUM_THREADS.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
