@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import _check_generator, _check_x0, _noise, dsm_loss
+from .losses import _check_generator, _check_x0, _noise, _train_time, dsm_loss
 from .nets.layers import check_data_shape, linear, make_embedding
 from .parameterization import CONDITIONINGS, T_SCALE, _check_fn, _check_sde
 from .samplers import progress_range, uniform_grid
@@ -238,14 +238,7 @@ def classifier_loss(classifier: Callable, sde: Any, x0: torch.Tensor, y: torch.T
     _check_generator(generator)
     if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
         raise TypeError(f"y: expected a ({x0.shape[0]},) integer tensor of class labels, found {type(y).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
-    if t is None:
-        device = generator.device if generator is not None else x0.device
-        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-        t = eps + (sde.T - eps) * u                                         # t ~ U(eps, T)
-    else:
-        t = as_time(t, x0)
+    t = _train_time(t, x0, sde, eps, generator)
     z = _noise(noise, x0, generator)
     alpha, sigma = sde.marginal_coefs(t)
     x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z   # x_t = alpha x0 + sigma z

@@ -84,6 +84,20 @@ def _index(index: Any, name: str, x0: torch.Tensor, N: int, generator: torch.Gen
     return index.to(device=x0.device, dtype=torch.long)
 
 
+def _train_time(t: Any, x0: torch.Tensor, sde: Any, eps: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """Training times (B,): the given `t` checked to lie in (0, T], or t ~ U(eps, T) from `generator`."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
+    if t is None:
+        device = generator.device if generator is not None else x0.device
+        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        return eps + (sde.T - eps) * u                          # t ~ U(eps, T)
+    t = as_time(t, x0)
+    if not bool(((t > 0) & (t <= sde.T)).all()):
+        raise ValueError(f"t: expected times in (0, T={sde.T}], found min {t.min().item()}, max {t.max().item()}")
+    return t
+
+
 def _call(fn: Callable, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     out = fn(x, t)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -130,16 +144,7 @@ def dsm_loss(score_fn: Callable, sde: Any, x0: torch.Tensor, *, likelihood_weigh
     _check_bool("reduce_mean", reduce_mean)
     _check_bool("per_sample", per_sample)
     _check_generator(generator)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
-    if t is None:
-        device = generator.device if generator is not None else x0.device
-        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-        t = eps + (sde.T - eps) * u                             # t ~ U(eps, T)
-    else:
-        t = as_time(t, x0)
-        if not bool(((t > 0) & (t <= sde.T)).all()):
-            raise ValueError(f"t: expected times in (0, T={sde.T}], found min {t.min().item()}, max {t.max().item()}")
+    t = _train_time(t, x0, sde, eps, generator)
     z = _noise(noise, x0, generator)
     alpha, sigma = sde.marginal_coefs(t)
     sig = append_dims(sigma, x0.ndim)

@@ -321,3 +321,15 @@ def check_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, dtype: torch.
     if c.shape != (x.shape[0],):
         raise ValueError(f"c: expected a noise-conditioning tensor of shape ({x.shape[0]},), found {tuple(c.shape)}")
     return x.to(dtype), c.to(device=x.device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def embed_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, y, dtype: torch.dtype):
+    """Checked input and the conditioning embedding shared by every network's forward:
+    (x cast to `dtype`, temb(embed(c)) + label(y)), with a null/absent label for y=None."""
+    h, c = check_inputs(net, x, c, dtype)
+    emb = net.temb(net.embed(c).to(dtype))                       # (B, E)
+    if net.label is None:
+        check_unconditional(net, y)
+    else:
+        emb = emb + net.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+    return h, emb

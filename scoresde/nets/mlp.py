@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_int
-from .layers import (LabelEmbedding, check_data_shape, check_inputs, check_num_classes, check_unconditional,
+from .layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs,
                      linear, make_embedding)
 
 __all__ = ["MLP"]
@@ -59,13 +59,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, *D), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        dtype = self.inp.weight.dtype
-        h, c = check_inputs(self, x, c, dtype)
-        emb = self.temb(self.embed(c).to(dtype))  # (B, width)
-        if self.label is None:
-            check_unconditional(self, y)
-        else:
-            emb = emb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+        h, emb = embed_inputs(self, x, c, y, self.inp.weight.dtype)
         emb = F.silu(emb)
         h = self.inp(h.flatten(1)) + emb
         for lin, cond in zip(self.hidden, self.cond):

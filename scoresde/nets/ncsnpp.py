@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_choice, check_int, check_positive
-from .layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, check_data_shape, check_inputs,
-                     check_num_classes, check_unconditional, check_sequence, conv,
+from .layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, check_data_shape, embed_inputs,
+                     check_num_classes, check_sequence, conv,
                      fir_resample, group_norm, linear, make_embedding)
 
 __all__ = ["NCSNpp", "ddpmpp"]
@@ -124,13 +124,7 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        dtype = self.conv_in.weight.dtype
-        h, c = check_inputs(self, x, c, dtype)
-        temb = self.temb(self.embed(c).to(dtype))  # (B, 4 ch)
-        if self.label is None:
-            check_unconditional(self, y)
-        else:
-            temb = temb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+        h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
         pyramid = h
         hs = [self.conv_in(h)]
         n = self.num_res_blocks

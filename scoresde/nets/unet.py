@@ -16,7 +16,7 @@ from torch import nn
 
 from ..utils import check_int, check_positive
 from .layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, check_data_shape,
-                     check_inputs, check_num_classes, check_unconditional,
+                     check_num_classes, embed_inputs,
                      check_sequence, conv, group_norm, linear, make_embedding)
 
 __all__ = ["DDPMUNet"]
@@ -98,13 +98,7 @@ class DDPMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        dtype = self.conv_in.weight.dtype
-        h, c = check_inputs(self, x, c, dtype)
-        temb = self.temb(self.embed(c).to(dtype))  # (B, 4 ch)
-        if self.label is None:
-            check_unconditional(self, y)
-        else:
-            temb = temb + self.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+        h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
         hs = [self.conv_in(h)]
         for level in self.down:
             for layer in level:
