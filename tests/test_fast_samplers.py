@@ -1,4 +1,4 @@
-"""Fast samplers (ddim, heun, dpm_solver) against the exact probability-flow map of Gaussian data."""
+"""Fast samplers (ddim, heun, dpm_solver, deis) against the exact probability-flow map of Gaussian data."""
 import pytest
 import torch
 
@@ -9,7 +9,7 @@ from problems import Gaussian, four_mode_mixture, mode_stats
 
 SDES = {"vp": lambda: ss.VPSDE(0.1, 20.0), "subvp": lambda: ss.SubVPSDE(0.1, 20.0), "ve": lambda: ss.VESDE(0.01, 50.0)}
 DATA = Gaussian(torch.tensor([0.5, -1.0]), torch.tensor([0.3, 0.8]))
-NFE = {"ddim": lambda n: n, "heun": lambda n: 2 * n - 1, "dpm_solver": lambda n: n}
+NFE = {"ddim": lambda n: n, "heun": lambda n: 2 * n - 1, "dpm_solver": lambda n: n, "deis": lambda n: n}
 
 
 def flow_error(sde, name, steps, **opts):
@@ -26,6 +26,13 @@ def flow_error(sde, name, steps, **opts):
     ("ddim", {}, (1.6, 2.6)),
     ("heun", {}, (3.0, 5.5)),
     ("dpm_solver", {"order": 2}, (3.0, 5.5)),
+    ("deis", {"order": 1, "schedule": "logsnr"}, (1.6, 2.6)),
+    ("deis", {"order": 2, "schedule": "logsnr"}, (3.0, 5.5)),
+    ("deis", {"order": 3, "schedule": "logsnr"}, (6.0, 22.0)),
+    ("deis", {"order": 2, "schedule": "logsnr", "prediction": "x0"}, (3.0, 5.5)),
+    ("deis", {"order": 1, "schedule": "logsnr", "corrector": True}, (3.0, 5.5)),
+    ("deis", {"order": 2, "schedule": "logsnr", "corrector": True}, (6.0, 11.0)),
+    ("deis", {"order": 2, "schedule": "karras"}, (3.0, 5.5)),
 ])
 def test_convergence_order(sde_name, name, opts, band):
     sde = SDES[sde_name]()
@@ -40,18 +47,30 @@ def test_third_order_beats_second():
     assert e3[0] / e3[1] > 6.0 and e3[1] < flow_error(sde, "dpm_solver", 40, order=2) / 5
 
 
-@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver"])
+def test_deis_order1_is_ddim_and_x0_order1_too():
+    """Order 1 in either prediction is DDIM: the exponential integrator of a constant is exact."""
+    sde = SDES["vp"]()
+    x = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = uniform_grid(sde, 9, 1e-3, dtype=torch.float64)
+    ref = SAMPLERS["ddim"](sde, DATA.score_fn(sde), x, ts, schedule="karras")
+    for pred in ("eps", "x0"):
+        out = SAMPLERS["deis"](sde, DATA.score_fn(sde), x, ts, order=1, prediction=pred)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver", "deis"])
 @pytest.mark.parametrize("denoise", [True, False])
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_nfe_as_documented(name, denoise, steps):
     sde = SDES["vp"]()
+    opts = {"order": 3, "corrector": True} if name == "deis" else {}
     _, info = sde.sample(DATA.score_fn(sde), (8, 2), sampler=name, steps=steps, denoise=denoise,
-                         generator=torch.Generator().manual_seed(0), return_info=True)
+                         generator=torch.Generator().manual_seed(0), return_info=True, **opts)
     assert info["nfe"] == NFE[name](steps)
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("schedule", ["logsnr", "karras", "uniform"])
+@pytest.mark.parametrize("schedule", ["logsnr", "karras", "uniform", "quadratic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_grids_strictly_decreasing(sde_name, schedule, dtype):
     sde = SDES[sde_name]()
@@ -63,6 +82,9 @@ def test_grids_strictly_decreasing(sde_name, schedule, dtype):
     lam = sde.half_log_snr(time_grid(sde, 10, 1e-3, "logsnr", dtype=torch.float64))
     if schedule == "logsnr":                                       # equal steps in log-SNR
         torch.testing.assert_close(lam.diff(), lam.diff()[:1].expand(10), rtol=1e-9, atol=1e-9)
+    if schedule == "quadratic":                                    # equal steps in sqrt(t)
+        r = time_grid(sde, 10, 1e-3, "quadratic", dtype=torch.float64).sqrt().diff()
+        torch.testing.assert_close(r, r[:1].expand(10), rtol=1e-9, atol=1e-12)
 
 
 def test_karras_grid_formula():
@@ -77,7 +99,8 @@ def test_karras_grid_formula():
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("name, opts", [("ddim", {}), ("heun", {}), ("dpm_solver", {"order": 2}),
-                                        ("dpm_solver", {"order": 3})])
+                                        ("dpm_solver", {"order": 3}), ("deis", {"order": 2}),
+                                        ("deis", {"order": 3, "schedule": "logsnr", "corrector": True})])
 def test_samples_mixture_every_sde(sde_name, name, opts):
     sde, mix = SDES[sde_name](), four_mode_mixture(0.1)
     x = sde.sample(mix.score_fn(sde), (4000, 2), sampler=name, steps=40, generator=torch.Generator().manual_seed(1),
@@ -86,7 +109,7 @@ def test_samples_mixture_every_sde(sde_name, name, opts):
     assert tv < 0.03 and std_err < (0.2 if name == "ddim" else 0.12), (tv, std_err)   # ddim is 1st order
 
 
-@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver"])
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver", "deis"])
 def test_deterministic_rank4_and_dtype(name):
     sde = SDES["vp"]()
     data = Gaussian(torch.zeros(1, 4, 4), torch.full((1, 4, 4), 0.5))
@@ -97,7 +120,7 @@ def test_deterministic_rank4_and_dtype(name):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver"])
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpm_solver", "deis"])
 def test_denoise_lands_on_data_prediction(name):
     """With denoise the sample is Tweedie's D at t = eps of the state reached there."""
     sde = SDES["vp"]()
@@ -114,6 +137,9 @@ def test_denoise_lands_on_data_prediction(name):
 def test_validation(opts, match):
     sde = SDES["vp"]()
     name = "dpm_solver" if "order" in opts else "heun"
+    for other in ({"prediction": "v"}, {"order": 0}, {"corrector": 1}, {"schedule": "cos"}):
+        with pytest.raises((ValueError, TypeError), match=next(iter(other))):
+            sde.sample(DATA.score_fn(sde), (4, 2), sampler="deis", steps=5, **other)
     with pytest.raises((ValueError, TypeError), match=match):
         sde.sample(DATA.score_fn(sde), (4, 2), sampler=name, steps=5, **opts)
     with pytest.raises(TypeError):

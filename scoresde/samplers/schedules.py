@@ -24,7 +24,7 @@ from ..utils import check_int, check_positive
 
 __all__ = ["SCHEDULES", "time_grid", "check_schedule"]
 
-SCHEDULES = ("logsnr", "karras", "uniform")
+SCHEDULES = ("logsnr", "karras", "uniform", "quadratic")
 
 
 def check_schedule(schedule: Any) -> str:
@@ -57,6 +57,10 @@ def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: f
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if schedule == "uniform":
         t = ends[0] + u * (ends[1] - ends[0])
+    elif schedule == "quadratic":
+        # sqrt(t_i) linear in i: DPM-Solver's "time_quadratic" grid (Lu et al. 2022, Sec. 3.4)
+        r = ends.sqrt()
+        t = (r[0] + u * (r[1] - r[0])).square()
     else:
         lam_max, lam_min = sde.half_log_snr(ends).tolist()[::-1]     # lambda(t_end), lambda(t_start)
         if schedule == "logsnr":
