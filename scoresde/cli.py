@@ -69,6 +69,8 @@ def cli():
       scoresde train --data moons --steps 4000 --out runs/moons
       scoresde train --config configs/digits.toml
       scoresde sample --checkpoint runs/moons --sampler ode --out moons.png
+      scoresde train --data mixture --set model.num_classes=auto --out runs/cond
+      scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out class3.png
       scoresde likelihood --checkpoint runs/moons --data moons
     """
 
@@ -156,20 +158,32 @@ def _write_array(path: str, x) -> None:
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Output: .npy (the array) or .png (2-D scatter or image grid).")
+@click.option("--label", metavar="CLASS",
+              help="Class to generate, an index or a class name (a model trained with model.num_classes).")
+@click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label",
+              help="Classifier-free guidance weight w: (1 - w) unconditional + w conditional score.")
+@click.option("--known", metavar="NAME|PATH",
+              help="Inpainting: data whose known entries are kept (dataset name or path, as for train --data).")
+@click.option("--mask", metavar="SPEC|FILE",
+              help="Inpainting: known entries of --known: top, bottom, left, right, center (images), random:P, "
+                   "dims:I,J (points), or a .npy of 0/1 (1 = known) broadcastable to the data.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-def sample(checkpoint, sampler, steps, n, out, seed, device, raw):
-    """Draw samples from a trained model.
+def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, device, raw):
+    """Draw samples from a trained model, optionally of one class (guided) or completing known data.
 
     \b
     Examples:
       scoresde sample --checkpoint runs/moons --out moons.png
       scoresde sample --checkpoint runs/digits --sampler dpm_solver --steps 20 --n 64 --out digits.png
+      scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
+      scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
     """
     import torch
     from .checkpoint import find_checkpoint, load, read_checkpoint
     from .distributed import resolve_device
+    from .guidance import classifier_free_score
     from .plotting import plot_samples
     with _user_errors():
         ext = os.path.splitext(out)[1].lower()
@@ -177,18 +191,92 @@ def sample(checkpoint, sampler, steps, n, out, seed, device, raw):
             raise ValueError(f"--out {out!r}: expected a .npy or .png file name")
         if os.path.dirname(os.path.abspath(out)) and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
+        if w is not None and label is None:
+            raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
+        if (known is None) != (mask is None):
+            raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
         file = find_checkpoint(checkpoint)
-        cfg = read_checkpoint(file)[1]["config"]
+        meta = read_checkpoint(file)[1]
+        cfg = meta["config"]
         dev = resolve_device(device)
         model, sde = load(file, ema=not raw, device=dev)
         g = torch.Generator(dev).manual_seed(seed)
-        x = sde.sample(model, n, sampler=sampler or cfg["sample"]["sampler"],
-                       steps=steps or cfg["sample"]["steps"], generator=g, device=dev, progress=True).cpu()
+        score, title = model, f"{n} samples"
+        if label is not None:
+            y, name = _parse_label(label, model, meta)
+            score = classifier_free_score(model, y, 1.0 if w is None else w)
+            title += f", class {name}, w = {1.0 if w is None else w:g}"
+        sampler = sampler or cfg["sample"]["sampler"]
+        steps = steps or cfg["sample"]["steps"]
+        if known is None:
+            x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True).cpu()
+            title += f", {sampler}"
+        else:
+            x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
+            x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
+            title += f", inpainted ({mask}), {sampler}"
         if ext == ".npy":
             _write_array(out, x)
+        elif known is not None and len(x_known.shape) > 2:        # images: known rows above their fills
+            plot_samples(torch.cat([torch.where(m, x_known, -1.0), x]), out, title=title + "; top: known")
         else:
-            plot_samples(x, out, title=f"{n} samples, {sampler or cfg['sample']['sampler']}")
+            plot_samples(x, out, title=title)
     click.echo(f"wrote {n} samples to {out}")
+
+
+def _parse_label(label: str, model, meta: dict) -> tuple[int, str]:
+    """--label as a class index (or a class name of the training data) of a class-conditional model."""
+    K = model.num_classes
+    if K is None:
+        raise ValueError("--label: expected a class-conditional model, found an unconditional one (train it with "
+                         "--set model.num_classes=auto on labelled data)")
+    classes = list(meta.get("data", {}).get("classes") or [])
+    if label in classes:
+        return classes.index(label), label
+    if label.lstrip("-").isdigit() and 0 <= int(label) < K:
+        return int(label), classes[int(label)] if int(label) < len(classes) else label
+    names = f" or a class name ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})" if classes else ""
+    raise ValueError(f"--label: expected a class index in [0, {K}){names}, found {label!r}")
+
+
+def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: int):
+    """(x_known (n, *D), bool mask (n, *D)) from --known and --mask."""
+    import numpy as np
+    import torch
+    from .data import load_dataset
+    from .masks import make_mask
+    shape = tuple(model.data_shape)
+    d = cfg["data"]
+    ds = load_dataset(known, size=n, seed=seed + 1, normalize=d["normalize"], image_size=d.get("image_size", 0),
+                      labels=False)
+    if tuple(ds.shape) != shape:
+        raise ValueError(f"--known {known!r}: examples of shape {tuple(ds.shape)}, the model was trained on {shape}")
+    x_known = ds.x[torch.arange(n) % len(ds.x)].float()           # cycles when --known has fewer than n
+    if mask.endswith(".npy"):
+        if not os.path.isfile(mask):
+            raise FileNotFoundError(f"--mask {mask!r}: no such file")
+        arr = np.load(mask, allow_pickle=False)
+        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"--mask {mask!r}: expected an array of 0/1 (1 = known), found other values")
+        try:
+            m = torch.from_numpy(arr != 0).expand(x_known.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"--mask {mask!r}: expected a shape broadcastable to {tuple(x_known.shape)}, "
+                             f"found {arr.shape}") from None
+    else:
+        m = make_mask(mask, n, shape, generator=torch.Generator().manual_seed(seed + 2))
+    return x_known, m
+
+
+def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
+    """Imputation with the run's predictor: pc = reverse diffusion + Langevin, or one predictor alone."""
+    from .guidance import impute
+    predictors = ("euler_maruyama", "reverse_diffusion", "ancestral")
+    if sampler not in ("pc", *predictors):
+        raise ValueError(f"--sampler: inpainting runs predictor-corrector sampling; expected pc or one of "
+                         f"{', '.join(predictors)}, found {sampler!r}")
+    pred, corr = ("reverse_diffusion", "langevin") if sampler == "pc" else (sampler, "none")
+    return impute(sde, score, x_known, m, predictor=pred, corrector=corr, steps=steps, generator=g, progress=True)
 
 
 @cli.command()

@@ -39,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "labels": True,      # load labels when present (npz key y/labels, image sub-folders)
     },
     "sde": {"name": "vp"},   # plus constructor arguments: beta_min, beta_max, sigma_min, sigma_max, N
-    "model": {"name": "mlp", "parameterization": "eps"},  # plus get_model keyword arguments
+    "model": {"name": "mlp", "parameterization": "eps"},  # plus get_model keyword arguments, and
+                             # num_classes: 0 (unconditional), K, or "auto" (K from the data's labels)
     "train": {
         "steps": 6000,       # optimisation steps
         "batch_size": 512,   # per process
@@ -53,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
         "ema_decay": 0.999,  # EMA of the weights (score_sde: 0.9999 for images)
         "likelihood_weighting": False,
         "loss_eps": 1e-5,    # smallest diffusion time in the loss
+        "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes): the
+                             # null-label rate that trains the unconditional score (Ho & Salimans 2022)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
@@ -76,7 +79,7 @@ _BOUNDS = {
     "train.steps": (1, False), "train.batch_size": (1, False), "train.lr": (0.0, True),
     "train.beta1": (0.0, False), "train.beta2": (0.0, False), "train.adam_eps": (0.0, True),
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
-    "train.loss_eps": (0.0, True), "train.log_every": (1, False), "train.ckpt_every": (1, False),
+    "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False), "train.log_every": (1, False), "train.ckpt_every": (1, False),
     "train.sample_every": (0, False), "train.keep": (1, False), "train.max_nonfinite": (1, False),
     "sample.steps": (1, False), "sample.n": (1, False),
 }
@@ -115,6 +118,17 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             raise ValueError(f"config {key}: expected {'>' if strict else '>='} {lo}, found {value!r}")
     if key in _BELOW_ONE and value >= 1:
         raise ValueError(f"config {key}: expected < 1, found {value!r}")
+    if key == "train.p_uncond" and value > 1:
+        raise ValueError(f"config {key}: expected a probability in [0, 1], found {value!r}")
+    return value
+
+
+def _check_num_classes(value: Any) -> Any:
+    """model.num_classes: 0 (unconditional), an int K >= 1, or "auto" (K from the data's labels)."""
+    ok = value == "auto" if isinstance(value, str) else isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if not ok:
+        raise ValueError(f"config model.num_classes: expected 0 (unconditional), an int K >= 1 or \"auto\", "
+                         f"found {value!r}")
     return value
 
 
@@ -141,7 +155,7 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
                 if key in _FREE_SECTIONS and sub not in default:
                     if isinstance(v, Mapping):
                         raise ValueError(f"config {name}: expected a number, string, boolean or list, found a table")
-                    out[key][sub] = copy.deepcopy(v)
+                    out[key][sub] = _check_num_classes(v) if name == "model.num_classes" else copy.deepcopy(v)
                 elif sub not in default:
                     raise ValueError(f"config: unknown key {name!r}; known in [{key}]: {', '.join(default)}")
                 else:

@@ -53,26 +53,34 @@ def list_datasets() -> list[str]:
 
 # --- built-in 2-D datasets (drawn from a torch.Generator, so a seed fixes them) ----------------
 def _points(name: str, n: int, g: torch.Generator, fn: Callable) -> Dataset:
-    return Dataset(fn(n, g).float(), name, kind="points")
+    out = fn(n, g)                                   # x, or (x, labels) for sets made of parts
+    x, y = out if isinstance(out, tuple) else (out, None)
+    classes = [str(i) for i in range(int(y.max()) + 1)] if y is not None else []
+    return Dataset(x.float(), name, labels=y, kind="points", classes=classes)
 
 
 @DATASETS.register("mixture")
 def mixture(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
-    """The four-mode Gaussian mixture of `analytic.four_mode_mixture` (weights 0.1 ... 0.4)."""
+    """The four-mode Gaussian mixture of `analytic.four_mode_mixture` (weights 0.1 ... 0.4); label = component."""
     mix = four_mode_mixture()
-    return Dataset(mix.sample(n, generator=generator, dtype=torch.float32), "mixture", kind="points", mixture=mix)
+    # the draws of GaussianMixture.sample (component k, then z), keeping k as the class label
+    k = torch.multinomial(mix.weights, n, replacement=True, generator=generator)
+    z = torch.randn((n, *mix.shape), generator=generator, dtype=torch.float64)
+    x = (mix.means[k] + mix.stds[k] * z).to(torch.float32)
+    return Dataset(x, "mixture", labels=k, kind="points", mixture=mix,
+                   classes=[str(i) for i in range(len(mix.weights))])
 
 
 @DATASETS.register("moons")
 def moons(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
-    """Two interleaved half circles, centred, noise std 0.05."""
+    """Two interleaved half circles, centred, noise std 0.05; label 0 = upper, 1 = lower."""
     def fn(n, g):
         theta = math.pi * torch.rand(n, generator=g, dtype=torch.float64)
         upper = torch.rand(n, generator=g) < 0.5
         x = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
         lower = torch.stack([1 - torch.cos(theta), 0.5 - torch.sin(theta)], 1)
         x = torch.where(upper[:, None], x, lower) - torch.tensor([0.5, 0.25], dtype=torch.float64)
-        return x + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        return x + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64), (~upper).long()
     return _points("moons", n, generator, fn)
 
 
@@ -99,13 +107,13 @@ def checkerboard(n: int = 50000, generator: torch.Generator | None = None) -> Da
 
 @DATASETS.register("rings")
 def rings(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
-    """Three concentric rings, radii 1/3, 2/3 and 1 (mass proportional to radius), noise 0.02."""
+    """Three concentric rings, radii 1/3, 2/3 and 1 (mass proportional to radius), noise 0.02; label = ring."""
     def fn(n, g):
         r = torch.tensor([1 / 3, 2 / 3, 1.0], dtype=torch.float64)
         k = torch.multinomial(r / r.sum(), n, replacement=True, generator=g)
         theta = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
         x = r[k, None] * torch.stack([torch.cos(theta), torch.sin(theta)], 1)
-        return x + 0.02 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        return x + 0.02 * torch.randn(n, 2, generator=g, dtype=torch.float64), k
     return _points("rings", n, generator, fn)
 
 

@@ -101,10 +101,30 @@ def _load_data(cfg: dict[str, Any], data: Any) -> Dataset:
     return from_array(data, name=d["name"], normalize=d["normalize"])
 
 
+def _num_classes(cfg: dict[str, Any], ds: Dataset) -> int:
+    """K of a class-conditional model (0: unconditional), checked against the data's labels;
+    "auto" is resolved in `cfg` (K = the number of classes the labels name)."""
+    K = cfg["model"].get("num_classes", 0)
+    if not K:
+        return 0
+    if ds.labels is None:
+        raise ValueError(f"model.num_classes = {K!r} needs labelled data, but data {ds.name!r} has no labels "
+                         "(built-in mixture/moons/rings/digits, .npz key y or labels, image sub-folders); "
+                         "set model.num_classes = 0 for an unconditional model")
+    lo, hi = int(ds.labels.min()), int(ds.labels.max())
+    if K == "auto":
+        K = cfg["model"]["num_classes"] = max(hi + 1, len(ds.classes))
+    if lo < 0 or hi >= K:
+        raise ValueError(f"model.num_classes = {K}: data {ds.name!r} has labels in [{lo}, {hi}], expected "
+                         f"[0, {K - 1}]; raise model.num_classes or use \"auto\"")
+    return K
+
+
 def _build(cfg: dict[str, Any], data_shape: tuple[int, ...], device: torch.device):
     """ScoreModel and SDE from the config's [sde] and [model] sections."""
     sde_kw = {k: v for k, v in cfg["sde"].items() if k != "name"}
-    model_kw = {k: v for k, v in cfg["model"].items() if k != "name" and k not in _SCORE_KEYS}
+    model_kw = {k: v for k, v in cfg["model"].items() if k != "name" and k not in _SCORE_KEYS
+                and not (k == "num_classes" and not v)}           # num_classes = 0: unconditional
     score_kw = {k: v for k, v in cfg["model"].items() if k in _SCORE_KEYS}
     meta = {"sde": {"name": cfg["sde"]["name"], "config": sde_kw},
             "model": {"name": cfg["model"]["name"], "config": {**model_kw, "data_shape": list(data_shape)},
@@ -230,6 +250,7 @@ def train(config: Any = None, *, data: Any = None, out: str | None = None, resum
 
 def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors, ckpt_meta, start,
            EMA, dsm_loss, autocast) -> TrainResult:
+    from .guidance import conditional_dsm_loss
     T = cfg["train"]
     run_dir = D.broadcast_str(os.path.abspath(_run_dir(cfg)), info, device)
     if not resume and list_checkpoints(run_dir):
@@ -238,12 +259,13 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
     ds = _load_data(cfg, data)
     if device.type == "cpu" and (cfg["threads"] or math.prod(ds.shape) <= 256):
         torch.set_num_threads(cfg["threads"] or 1)
+    K = _num_classes(cfg, ds)
     torch.manual_seed(cfg["seed"])                                     # weights: same on every rank
     model, sde = _build(cfg, ds.shape, device)
     meta_model = {"model": {"name": cfg["model"]["name"], "config": model.net.config,
                             "score_config": model.config()},
                   "sde": {"name": cfg["sde"]["name"], "config": sde.config()},
-                  "data_shape": list(ds.shape), "data": {"name": ds.name, "kind": ds.kind}}
+                  "data_shape": list(ds.shape), "data": {"name": ds.name, "kind": ds.kind, "classes": ds.classes}}
     opt = torch.optim.Adam(model.parameters(), lr=T["lr"], betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"],
                            weight_decay=T["weight_decay"])
     ema = EMA(model, decay=T["ema_decay"])
@@ -273,6 +295,7 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
             g.update(betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"], weight_decay=T["weight_decay"])
     net = D.wrap(model, info, device)
     x_all = ds.x.to(device)
+    y_all = ds.labels.to(device) if K else None
     main = info.is_main
     if main:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
@@ -316,9 +339,13 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
                 g["lr"] = lr
             idx = torch.randint(len(ds), (T["batch_size"],), generator=data_gen)
             x0 = x_all[idx.to(device)]
+            loss_kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
             with autocast(device, T["amp"]):
-                loss = dsm_loss(net, sde, x0, likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"],
-                                generator=noise_gen)
+                if K:        # label dropout draws from noise_gen first, so resume stays exact
+                    loss = conditional_dsm_loss(net, sde, x0, y_all[idx.to(device)], p_uncond=T["p_uncond"],
+                                                num_classes=K, **loss_kw)
+                else:
+                    loss = dsm_loss(net, sde, x0, **loss_kw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip)

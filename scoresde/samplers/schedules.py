@@ -1,9 +1,11 @@
-"""Time grids for the fast samplers: uniform in t, uniform in log-SNR, and Karras' rho-grid.
+"""Time grids for the fast samplers: uniform in t or sqrt(t), uniform in log-SNR, Karras' rho-grid.
 
 Every SDE here has the kernel x_t = alpha(t) x_0 + sigma(t) z, so a grid can be laid out in any
 monotone function of the noise level and mapped back to t with `sde.t_from_half_log_snr`:
 
 - "uniform": t_i = T - i (T - t_end) / steps (Song et al. 2021, arXiv:2011.13456);
+- "quadratic": sqrt(t_i) uniform, DPM-Solver's "time_quadratic" grid (denser near t_end; being
+  laid out in t, its noise levels depend on the SDE's schedule);
 - "logsnr":  lambda_i = log(alpha/sigma) uniform between lambda(T) and lambda(t_end), the grid of
   DPM-Solver (Lu et al. 2022, arXiv:2206.00927, Sec. 3.4);
 - "karras":  sigma~_i = (sigma~_max^(1/rho) + i/steps (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho in
@@ -42,7 +44,7 @@ def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: f
         sde: any SDE with `marginal_coefs`, `half_log_snr` and `t_from_half_log_snr`.
         steps: number of intervals (>= 1).
         t_end: the last time, in (0, T).
-        schedule: "logsnr", "karras" or "uniform" (see the module docstring).
+        schedule: "logsnr", "karras", "uniform" or "quadratic" (see the module docstring).
         rho: Karras' exponent (> 0), used by "karras" only.
         t_start: the first time (default `sde.T`).
     """
