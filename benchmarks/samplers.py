@@ -174,6 +174,10 @@ def run_one(p: Problem, sampler: str, opts: dict, steps: int, seed: int) -> tupl
                          **opts)
     except RuntimeError:                                   # e.g. a diverging ODE at a loose tolerance
         return float("inf"), 0, float("nan")
+    except ValueError as e:                                # a discrete chain undefined with so few steps
+        if not str(e).startswith("steps:"):
+            raise
+        return float("nan"), 0, float("nan")
     return p.score(x), info["nfe"], info["seconds"]
 
 
@@ -218,6 +222,8 @@ def place_by_nfe(runs, budgets) -> list:
 
 # --- output -------------------------------------------------------------------------------------
 def _fmt(v: float) -> str:
+    if math.isnan(v):
+        return "undef."
     if not math.isfinite(v):
         return "inf"
     return f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}"
@@ -234,6 +240,9 @@ def to_markdown(p: Problem, table: dict) -> str:
                 cells.append("–")
                 continue
             m, nfe, sec = cell
+            if math.isnan(m):                              # refused: the discrete chain needs more steps
+                cells.append("undef.")
+                continue
             cells.append(f"{_fmt(m)} / {sec:.2f}s" + ("" if nfe == b else f" ({nfe})"))
         lines.append(f"| {label} | {SAMPLERS[label][2]} | " + " | ".join(cells) + " |")
     lines.append(f"| *floor: {p.floor_label}* | | " + " | ".join(_fmt(p.floor) for _ in p.budgets) + " |")

@@ -35,7 +35,7 @@ from .nets.layers import check_data_shape, linear, make_embedding
 from .parameterization import CONDITIONINGS, T_SCALE, _check_fn, _check_sde
 from .samplers import progress_range, uniform_grid
 from .samplers.langevin import CORRECTORS
-from .samplers.sde_samplers import PREDICTORS
+from .samplers.sde_samplers import PREDICTORS, check_discretization
 from .utils import append_dims, as_time, check_choice, check_int, check_positive
 
 __all__ = ["label_dropout", "conditional_dsm_loss", "classifier_free_score", "ClassifierFreeScore",
@@ -370,6 +370,7 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
         return torch.where(m, append_dims(alpha, x.ndim) * x_known + append_dims(sigma, x.ndim) * z, x)
 
     ts = uniform_grid(sde, steps, float(eps), device=x_known.device, dtype=x_known.dtype)
+    check_discretization(sde, ts, "impute", discretize=predictor == "reverse_diffusion", langevin=corr is not None)
     with torch.no_grad():
         x = replace(sde.prior_sampling(x_known.shape, generator=generator, device=x_known.device,
                                        dtype=x_known.dtype), ts[0].expand(B))

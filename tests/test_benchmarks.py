@@ -120,6 +120,9 @@ def test_samplers_quick(samplers_bench, tmp_path):
                 if c == "–":                                              # ode: no tolerance near this NFE
                     assert name == "ode"
                     continue
+                if c == "undef.":                          # DDPM's chain with fewer than 20 steps is refused
+                    assert name in ("reverse_diffusion", "pc", "annealed_langevin")
+                    continue
                 m = cell.match(c)
                 assert m, (label, c)
                 assert math.isfinite(float(m.group(2)))                  # wall seconds

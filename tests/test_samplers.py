@@ -107,7 +107,7 @@ def counting(fn):
 ])
 @pytest.mark.parametrize("denoise", [True, False])
 def test_nfe_as_documented(sampler, options, nfe, denoise):
-    sde = ss.VPSDE()
+    sde = ss.VPSDE(beta_max=5.0)                 # DDPM's chain with 7 steps needs beta_max / 7 < 1
     score = counting(lambda x, t: -x)
     _, info = sample(sde, score, (4, 3), sampler=sampler, steps=7, denoise=denoise, return_info=True, **options)
     assert info["nfe"] == score.calls == nfe
@@ -206,7 +206,7 @@ def test_denoise_makes_the_last_step_noise_free():
 def test_progress_bar_runs():
     sde, data = ss.VPSDE(), Gaussian(MU, STD)
     for sampler in ["pc", "ode"]:
-        x = sample(sde, data.score_fn(sde), (4, 2), sampler=sampler, steps=5, progress=True)
+        x = sample(sde, data.score_fn(sde), (4, 2), sampler=sampler, steps=25, progress=True)
         assert x.shape == (4, 2)
 
 
@@ -233,3 +233,19 @@ def test_invalid_options_name_the_argument(sampler, options, error, words):
     sde = ss.VPSDE()
     with pytest.raises(error, match=words):
         sample(sde, lambda x, t: -x, (2, 2), sampler=sampler, steps=3, **options)
+
+
+@pytest.mark.parametrize("name, sampler, options, ok_from", [
+    ("vp", "reverse_diffusion", {}, 21), ("vp", "pc", {}, 21), ("subvp", "pc", {}, 21),
+    ("vp", "annealed_langevin", {}, 21), ("vp", "pc", {"predictor": "euler_maruyama"}, 21),
+])
+def test_discrete_chain_with_too_few_steps_is_refused(name, sampler, options, ok_from):
+    """DDPM's beta_i reach beta_max / N = 20 / N: below 20 steps 1 - beta_i < 0 (NaN chain / Langevin step)."""
+    sde = ss.get_sde(name)
+    with pytest.raises(ValueError, match=r"steps: .* N = 19 steps, where its .* undefined"):
+        sample(sde, lambda x, t: -x, (4, 2), sampler=sampler, steps=19, **options)
+    x = sample(sde, lambda x, t: -x, (4, 2), sampler=sampler, steps=ok_from, **options)
+    assert torch.isfinite(x).all()
+    for fine in ["euler_maruyama", "ancestral"]:                 # they integrate the SDE: any step count
+        assert torch.isfinite(sample(sde, lambda x, t: -x, (4, 2), sampler=fine, steps=5)).all()
+    assert torch.isfinite(sample(ss.VESDE(), lambda x, t: -x, (4, 2), sampler=sampler, steps=5, **options)).all()

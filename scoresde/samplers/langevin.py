@@ -27,7 +27,7 @@ import torch
 
 from ..utils import append_dims, check_choice, check_int, check_positive
 from . import SAMPLERS, check_options, progress_range, randn_like
-from .sde_samplers import PREDICTORS
+from .sde_samplers import PREDICTORS, check_discretization
 
 __all__ = ["CORRECTORS", "langevin_step", "annealed_langevin_step", "pc", "annealed_langevin"]
 
@@ -95,6 +95,8 @@ def pc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **
     predictor = PREDICTORS.get(opts["predictor"])
     corrector = CORRECTORS.get(opts["corrector"])
     n_corr = opts["corrector_steps"] if corrector is not None else 0
+    check_discretization(sde, ts, "pc" if predictor is not None else "annealed_langevin",
+                         discretize=opts["predictor"] == "reverse_diffusion", langevin=corrector is not None)
     n, B = len(ts) - 1, x.shape[0]
     for i in progress_range(n, progress, "pc"):
         last = i == n - 1

@@ -17,7 +17,34 @@ import torch
 from ..utils import append_dims
 from . import SAMPLERS, check_options, progress_range, randn_like
 
-__all__ = ["PREDICTORS", "euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "run_predictor"]
+__all__ = ["PREDICTORS", "euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "run_predictor",
+           "check_discretization"]
+
+
+def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: bool = True,
+                         langevin: bool = False) -> None:
+    """Refuse a grid on which the SDE's own N-step discretisation (or its Langevin step size) is invalid.
+
+    Reverse diffusion follows `sde.discretize` with N = steps; DDPM's beta_i run up to beta_max / N,
+    so with few steps 1 - beta_i < 0 and the chain is undefined (NaN), as is the Langevin step
+    size alpha_i = 1 - beta_i. Checked once, before the loop, on every grid time at once.
+    """
+    t = ts[:-1].to(torch.float64)
+    bad_chain = bad_alpha = torch.zeros((), dtype=torch.bool, device=ts.device)
+    if discretize:
+        f, G = sde.discretize(torch.ones(len(t), 1, dtype=torch.float64, device=ts.device), t)
+        bad_chain = ~(torch.isfinite(f).all() & torch.isfinite(G).all())
+    if langevin:
+        alpha = sde.langevin_alpha(t)
+        bad_alpha = ~(torch.isfinite(alpha) & (alpha >= 0)).all()
+    bad_chain, bad_alpha = bool(bad_chain), bool(bad_alpha)    # one host sync per run, never in the loop
+    if bad_chain or bad_alpha:
+        what = ("its reverse-diffusion step" if bad_chain else "") + (" and " if bad_chain and bad_alpha else "") + \
+               ("its Langevin step size alpha_i = 1 - beta_i" if bad_alpha else "")
+        raise ValueError(f"steps: {sampler} follows {type(sde).__name__}'s own discretisation with N = {len(t)} steps, "
+                         f"where {what} is undefined (for VP and sub-VP, DDPM's beta_i up to beta_max / N must "
+                         f"stay below 1); use more steps, or a sampler that integrates the SDE/ODE "
+                         f"(euler_maruyama, ancestral, dpm_solver, deis)")
 
 
 def euler_maruyama_step(sde, score_fn, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, *,
@@ -86,6 +113,7 @@ def euler_maruyama(sde, score_fn, x, ts, *, generator=None, denoise=True, progre
 def reverse_diffusion(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Reverse diffusion: the reverse of `sde.discretize` (Song et al. 2021, eq. 46); NFE = steps."""
     check_options("reverse_diffusion", options, {})
+    check_discretization(sde, ts, "reverse_diffusion")
     return run_predictor(reverse_diffusion_step, sde, score_fn, x, ts, generator=generator, denoise=denoise,
                          progress=progress, desc="reverse_diffusion")
 
