@@ -260,8 +260,8 @@ def main():
         for sname, sde in [("sub-VP", ss.SubVPSDE(0.1, 20.0)), ("VE", ss.VESDE(0.001, 50.0))]:
             print(f"-- {mname}, {sname} (ours)", flush=True)
             md.append(to_markdown(f"{mname}, {sname} (ours only)", evaluate(ours_runs(sde, mix, z), mix)))
-    text = "\n\n".join(md)
-    print("\n" + text + f"\n\n({args.n} samples, seed {args.seed}, {time.time() - start:.0f} s)")
+    text = "\n\n".join(md) + f"\n\n({args.n} samples, seed {args.seed}, {time.time() - start:.0f} s)"
+    print("\n" + text)
     OUT.mkdir(exist_ok=True)
     (OUT / "fast_samplers.md").write_text(
         "# Fast samplers at equal NFE (exact mixture scores)\n\nMetric: TV of mode weights + "
