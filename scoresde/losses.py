@@ -158,6 +158,16 @@ def dsm_loss(score_fn: Callable, sde: Any, x0: torch.Tensor, *, likelihood_weigh
     return losses if per_sample else losses.mean()
 
 
+def _discrete_draw(x0, index, index_name: str, N: int, noise, reduce_mean, per_sample, generator):
+    """The checked x0, grid indices i (B,) and noise z of a loss on a discrete noise grid."""
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    i = _index(index, index_name, x0, N, generator)
+    return x0, i, _noise(noise, x0, generator)
+
+
 def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = None,
               noise: torch.Tensor | None = None, reduce_mean: bool = True,
               generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
@@ -182,12 +192,7 @@ def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = 
     if abs(float(a.square() + s.square()) - 1.0) > 1e-8:
         raise TypeError(f"vpsde: expected a variance-preserving marginal (alpha^2 + sigma^2 = 1), found "
                         f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} at t = T/2")
-    x0 = _check_x0(x0)
-    _check_bool("reduce_mean", reduce_mean)
-    _check_bool("per_sample", per_sample)
-    _check_generator(generator)
-    i = _index(t_index, "t_index", x0, vpsde.N, generator)
-    z = _noise(noise, x0, generator)
+    x0, i, z = _discrete_draw(x0, t_index, "t_index", vpsde.N, noise, reduce_mean, per_sample, generator)
     alpha_bar = append_dims(vpsde.alphas_cumprod.to(x0.device)[i].to(x0.dtype), x0.ndim)
     x_i = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * z     # q(x_i | x0), Ho et al. eq. 4
     eps_hat = _call(eps_fn, "eps_fn", x_i, _grid_time(vpsde, i, x0.dtype))
@@ -211,12 +216,7 @@ def smld_loss(score_fn: Callable, vesde: Any, x0: torch.Tensor, *, sigma_index: 
     if getattr(vesde, "discrete_sigmas", None) is None:
         raise TypeError(f"vesde: expected a variance-exploding SDE with SMLD's noise levels "
                         f"(a `discrete_sigmas` attribute, e.g. scoresde.VESDE), found {type(vesde).__name__}")
-    x0 = _check_x0(x0)
-    _check_bool("reduce_mean", reduce_mean)
-    _check_bool("per_sample", per_sample)
-    _check_generator(generator)
-    i = _index(sigma_index, "sigma_index", x0, vesde.N, generator)
-    z = _noise(noise, x0, generator)
+    x0, i, z = _discrete_draw(x0, sigma_index, "sigma_index", vesde.N, noise, reduce_mean, per_sample, generator)
     sigma = append_dims(vesde.discrete_sigmas.to(x0.device)[i].to(x0.dtype), x0.ndim)
     x_i = x0 + sigma * z                                             # x_i ~ N(x0, sigma_i^2 I)
     score = _call(score_fn, "score_fn", x_i, _grid_time(vesde, i, x0.dtype))

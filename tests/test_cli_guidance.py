@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import scoresde as ss
 from scoresde.analytic import four_mode_mixture
 from scoresde.checkpoint import read_checkpoint
-from scoresde.cli import cli
 from scoresde.data import load_dataset
 from scoresde.masks import make_mask
+from test_cli import one_line_error, run
 
 TINY = ["--device", "cpu", "--no-progress", "--steps", "4", "--batch-size", "16", "--set", "data.size=200",
         "--set", "model.width=8", "--set", "model.depth=1", "--set", "model.embed_dim=8", "--set", "sample.n=8",
@@ -17,17 +16,6 @@ TINY = ["--device", "cpu", "--no-progress", "--steps", "4", "--batch-size", "16"
 COND = {"data": {"size": 2000}, "model": {"num_classes": "auto", "width": 64, "depth": 2},
         "train": {"steps": 20, "batch_size": 64, "warmup": 5, "log_every": 5, "ckpt_every": 10, "progress": False},
         "sample": {"n": 32, "steps": 5}, "device": "cpu"}
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_line_error(r, match):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and match in lines[0], r.stderr
 
 
 @pytest.fixture(scope="module")
