@@ -204,8 +204,9 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
         score, title = model, f"{n} samples"
         if label is not None:
             y, name = _parse_label(label, model, meta)
-            score = classifier_free_score(model, y, 1.0 if w is None else w)
-            title += f", class {name}, w = {1.0 if w is None else w:g}"
+            w = 1.0 if w is None else w                            # default: the plain conditional score
+            score = classifier_free_score(model, y, w)
+            title += f", class {name}, w = {w:g}"
         sampler = sampler or cfg["sample"]["sampler"]
         steps = steps or cfg["sample"]["steps"]
         if known is None:

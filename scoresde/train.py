@@ -337,12 +337,12 @@ def _train(cfg, data, resume, progress, dump_weights, info, device, ckpt_tensors
             lr = T["lr"] * min((step + 1) / T["warmup"], 1.0) if T["warmup"] > 0 else T["lr"]
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = torch.randint(len(ds), (T["batch_size"],), generator=data_gen)
-            x0 = x_all[idx.to(device)]
+            idx = torch.randint(len(ds), (T["batch_size"],), generator=data_gen).to(device)
+            x0 = x_all[idx]
             loss_kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
             with autocast(device, T["amp"]):
                 if K:        # label dropout draws from noise_gen first, so resume stays exact
-                    loss = conditional_dsm_loss(net, sde, x0, y_all[idx.to(device)], p_uncond=T["p_uncond"],
+                    loss = conditional_dsm_loss(net, sde, x0, y_all[idx], p_uncond=T["p_uncond"],
                                                 num_classes=K, **loss_kw)
                 else:
                     loss = dsm_loss(net, sde, x0, **loss_kw)

@@ -39,8 +39,8 @@ def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: boo
         bad_alpha = ~(torch.isfinite(alpha) & (alpha >= 0)).all()
     bad_chain, bad_alpha = bool(bad_chain), bool(bad_alpha)    # one host sync per run, never in the loop
     if bad_chain or bad_alpha:
-        what = ("its reverse-diffusion step" if bad_chain else "") + (" and " if bad_chain and bad_alpha else "") + \
-               ("its Langevin step size alpha_i = 1 - beta_i" if bad_alpha else "")
+        what = " and ".join(part for part, bad in [("its reverse-diffusion step", bad_chain),
+                                                   ("its Langevin step size alpha_i = 1 - beta_i", bad_alpha)] if bad)
         raise ValueError(f"steps: {sampler} follows {type(sde).__name__}'s own discretisation with N = {len(t)} steps, "
                          f"where {what} is undefined (for VP and sub-VP, DDPM's beta_i up to beta_max / N must "
                          f"stay below 1); use more steps, or a sampler that integrates the SDE/ODE "
