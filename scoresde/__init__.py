@@ -17,8 +17,18 @@ from .utils import Registry, append_dims
 from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
+from . import pretrained
 
 __version__ = "0.1.0"
+
+_PRETRAINED = ("load_score_sde", "from_diffusers", "load_dit")
+
+
+def __getattr__(name):                      # pretrained loaders: imported on first use
+    if name in _PRETRAINED:
+        return getattr(pretrained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
@@ -31,4 +41,5 @@ __all__ = [
     "list_samplers",
     "Registry", "append_dims",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
+    "load_score_sde", "from_diffusers", "load_dit",
 ]
