@@ -9,11 +9,19 @@ One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run direct
   nested states (tensors stand in as references to the file's tensors).
 
 Files are written to a temporary file in the same directory, fsynced, then renamed over the
-target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept.
-Reading validates the format and raises `CheckpointError` (a ValueError) with one clear line.
+target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept. A full
+disk is one `StorageError` line with the temporary file removed.
+
+Each file carries a SHA-256 digest of each tensor group (`model`, `ema`, `optim`, `rng`) in its
+header; reading recomputes them, so flipped bytes are a `CheckpointError` naming the file, never
+silently damaged weights. Reading validates the format and the metadata's types, and loading
+compares every weight shape the metadata implies (the network is built on the meta device, nothing
+allocated) with the tensors in the file before building the network for real.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -22,8 +30,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "save_checkpoint", "read_checkpoint", "list_checkpoints",
-           "find_checkpoint", "prune_checkpoints", "flatten_state", "unflatten_state", "load"]
+__all__ = ["CheckpointError", "StorageError", "atomic_write_bytes", "tensor_digests", "save_checkpoint",
+           "read_checkpoint", "list_checkpoints", "find_checkpoint", "prune_checkpoints", "remove_stale_temporaries",
+           "flatten_state", "unflatten_state", "check_shapes", "build_model", "load"]
 
 FORMAT, VERSION = "scoresde.checkpoint", "1"
 _NAME = re.compile(r"^ckpt_(\d+)\.safetensors$")
@@ -33,20 +42,33 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or not a scoresde checkpoint."""
 
 
+class StorageError(OSError):
+    """A file could not be written (e.g. no space left on device); the target is left as it was."""
+
+
+TMP_SUFFIX = ".tmp"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, fsync, and os.replace."""
+    """Write `data` to `path` via a temporary file in the same directory, fsync, and os.replace.
+    A full disk (or a quota) raises `StorageError` with one line; the temporary file is removed."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = StorageError(f"no space left on device while writing {path} ({len(data) / 2**20:.1f} MiB); "
+                               "the previous file is intact")
+            err.errno = e.errno
+            raise err from None
         raise
     try:                                   # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
@@ -99,12 +121,60 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete the `.<name>.*.tmp` files an interrupted `atomic_write_bytes` left in `directory` (call it
+    only while holding the run's lock, so no live writer owns them). Returns the removed paths."""
+    directory = os.fspath(directory)
+    removed = []
+    for n in os.listdir(directory) if os.path.isdir(directory) else []:
+        if n.startswith(".") and n.endswith(TMP_SUFFIX):
+            try:
+                os.unlink(os.path.join(directory, n))
+                removed.append(os.path.join(directory, n))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 # --- files -----------------------------------------------------------------------------------------
+def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """SHA-256 of each tensor group (the part of the key before the first "/"): names, dtypes, shapes
+    and raw bytes, in sorted key order."""
+    hashes: dict[str, Any] = {}
+    for key in sorted(tensors):
+        t = tensors[key]
+        h = hashes.setdefault(key.split("/", 1)[0], hashlib.sha256())
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return {g: h.hexdigest() for g, h in hashes.items()}
+
+
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write one checkpoint file atomically (safetensors with JSON `meta`)."""
+    """Write one checkpoint file atomically (safetensors with JSON `meta` and the tensor digests)."""
     from safetensors.torch import save
-    data = save(tensors, metadata={"format": FORMAT, "version": VERSION, "meta": json.dumps(meta)})
+    data = save(tensors, metadata={"format": FORMAT, "version": VERSION, "meta": json.dumps(meta),
+                                   "digests": json.dumps(tensor_digests(tensors))})
     atomic_write_bytes(path, data)
+
+
+def _check_meta(path: str, meta: Any) -> None:
+    """The metadata's own types, checked before anything trusts them."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path!r}: metadata is not a JSON object; the file is incomplete or foreign")
+    for key in ("step", "config", "model", "sde", "state"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path!r}: metadata lacks {key!r}; the file is incomplete or foreign")
+    step = meta["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'step' must be an integer >= 0, found {step!r}")
+    for key in ("config", "model", "sde", "state"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"checkpoint {path!r}: metadata {key!r} must be a JSON object, "
+                                  f"found {type(meta[key]).__name__}")
+    shape = meta.get("data_shape", [])
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'data_shape' must be a list of positive integers, "
+                              f"found {shape!r}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -123,15 +193,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 raise CheckpointError(f"checkpoint {path!r}: format version {header.get('version')!r}, "
                                       f"this scoresde reads version {VERSION}")
             meta = json.loads(header["meta"])
+            digests = json.loads(header["digests"]) if "digests" in header else None
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except CheckpointError:
         raise
     except Exception as e:     # safetensors reports corrupt files with several exception types
         raise CheckpointError(f"checkpoint {path!r}: corrupt or not a safetensors file "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    for key in ("step", "config", "model", "sde", "state"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint {path!r}: metadata lacks {key!r}; the file is incomplete or foreign")
+    _check_meta(path, meta)
+    if digests is not None:    # files written before digests existed load unverified
+        found = tensor_digests(tensors)
+        bad = sorted(g for g in set(digests) | set(found) if digests.get(g) != found.get(g))
+        if bad:
+            raise CheckpointError(f"checkpoint {path!r}: damaged: the content digest of its {', '.join(bad)} "
+                                  "tensors does not match the one written with it")
     return tensors, meta
 
 
@@ -167,6 +242,26 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
 
 
 # --- rebuilding a trained model ---------------------------------------------------------------------
+def check_shapes(build, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
+    """Build a module with `build()` on the meta device (no memory) and compare its state-dict shapes with
+    `tensors[prefix + name]`: the metadata is never trusted to size an allocation. Raises CheckpointError
+    naming the first missing, unexpected or mismatched tensor and both shapes."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    found = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+    for k in expected:
+        if k not in found:
+            raise CheckpointError(f"checkpoint {source!r}: the metadata describes a network with weight {k!r} "
+                                  f"of shape {list(expected[k])}, which the file lacks")
+        if found[k] != expected[k]:
+            raise CheckpointError(f"checkpoint {source!r}: weight {k!r} has shape {list(found[k])} in the file, "
+                                  f"but the metadata describes {list(expected[k])}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {source!r}: the file holds weight {extra[0]!r} that the network its "
+                              "metadata describes does not have")
+
+
 def build_model(meta: dict[str, Any], device: Any = None):
     """(ScoreModel, SDE) described by a checkpoint's metadata, with freshly initialised weights."""
     from .nets import get_model
@@ -186,6 +281,7 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None):
     file = find_checkpoint(path)
     tensors, meta = read_checkpoint(file)
     try:
+        check_shapes(lambda: build_model(meta)[0], tensors, "model/", file)
         model, sde = build_model(meta)
         weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         model.load_state_dict(weights, strict=True)

@@ -24,10 +24,12 @@ _USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionEr
 @contextlib.contextmanager
 def _user_errors():
     """Library errors a user can fix become one ClickException line."""
+    from .checkpoint import StorageError
+    from .rundir import RunLockedError
     from .train import TrainingError
     try:
         yield
-    except (*_USER_ERRORS, TrainingError) as e:
+    except (*_USER_ERRORS, TrainingError, StorageError, RunLockedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
 

@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
         "sample_every": 0,   # sample plot interval (steps; 0: only at the end)
+        "eval_every": 0,     # evaluation interval (steps; 0: off): the run's metric on [eval] EMA samples,
+                             # logged to log.csv and metrics.json; the best checkpoint is kept as best.safetensors
         "keep": 3,           # checkpoints kept
         "max_nonfinite": 20, # stop after this many non-finite losses in a row
         "progress": True,    # progress bar with the loss
@@ -68,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
         "sampler": "euler_maruyama",
         "steps": 500,
         "n": 4000,           # samples drawn at the end of training (and for the plots)
+    },
+    "eval": {
+        "n": 2000,           # samples per evaluation during training (with the [sample] sampler and steps)
     },
 }
 
@@ -80,7 +85,8 @@ _BOUNDS = {
     "train.beta1": (0.0, False), "train.beta2": (0.0, False), "train.adam_eps": (0.0, True),
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
     "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False), "train.log_every": (1, False), "train.ckpt_every": (1, False),
-    "train.sample_every": (0, False), "train.keep": (1, False), "train.max_nonfinite": (1, False),
+    "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
+    "train.keep": (1, False), "train.max_nonfinite": (1, False),
     "sample.steps": (1, False), "sample.n": (1, False),
 }
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps")
