@@ -17,7 +17,6 @@ leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`s
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -34,7 +33,8 @@ import torch
 
 from . import distributed as D
 from .checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, list_checkpoints, prune_checkpoints,
-                         read_checkpoint, remove_stale_temporaries, save_checkpoint, unflatten_state)
+                         read_checkpoint, remove_stale_temporaries, save_checkpoint, tensor_digests,
+                         unflatten_state)
 from .config import resolve, save_toml
 from .rundir import RunLock, RunLockedError, append_log
 from .tasks import Task, get_task
@@ -138,14 +138,6 @@ def _rng_states(info, device, gens: dict[str, torch.Generator]) -> dict[str, Any
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return {k: D.all_gather_bytes(v, info, device) for k, v in states.items()}
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class Engine:
@@ -389,8 +381,8 @@ class Engine:
         result = TrainResult(run_dir, self.step, last_loss, 0.0, self.counts["skipped"], last_ckpt, interrupted,
                              rank=info.rank, resumed_from=self.resumed_from)
         if self.dump_weights:
-            atomic_write_bytes(os.path.join(run_dir, f"weights_rank{info.rank}.sha256"),
-                               _weights_digest(model).encode())
+            digest = tensor_digests({f"w/{k}": v for k, v in model.state_dict().items()})["w"]
+            atomic_write_bytes(os.path.join(run_dir, f"weights_rank{info.rank}.sha256"), digest.encode())
         if self.main and interrupted is None:
             from .plotting import plot_loss
             plot_loss(self.log_path, os.path.join(run_dir, "loss.png"))
