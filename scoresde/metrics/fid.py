@@ -61,10 +61,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                        # scipy's 'singular matrix' notice
         covmean = linalg.sqrtm(sigma1 @ sigma2)                # (Sigma_1 Sigma_2)^{1/2}
-        if not np.isfinite(covmean).all():                     # a singular product: regularise both factors
-            warnings.warn(f"frechet_distance: the covariance product is singular; adding {eps} to the diagonals",
-                          RuntimeWarning, stacklevel=2)
-            offset = np.eye(F) * eps
+    if not np.isfinite(covmean).all():                         # a singular product: regularise both factors
+        warnings.warn(f"frechet_distance: the covariance product is singular; adding {eps} to the diagonals",
+                      RuntimeWarning, stacklevel=2)
+        offset = np.eye(F) * eps
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):                               # round-off gives a small imaginary part
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
