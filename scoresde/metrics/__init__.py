@@ -12,12 +12,14 @@ from .scores import class_accuracy, inception_score
 from .features import FeatureNet, extract_features, get_feature_net, FEATURE_NETS
 from .inception import InceptionV3, load_inception
 from .digits import DigitsClassifier, digits_split, load_digits_classifier
-from .evaluate import METRICS, Reference, evaluate, floor_metrics, load_inputs, run_metric_name, run_metrics
+from .evaluate import (METRICS, Reference, evaluate, evaluate_files, floor_metrics, load_inputs, metrics_from_features,
+                       run_metric_name, run_metrics)
 
 __all__ = [
     "feature_stats", "frechet_distance", "fid_from_features", "load_stats", "save_stats",
     "kid", "mmd2_unbiased", "polynomial_kernel", "precision_recall", "class_accuracy", "inception_score",
     "FeatureNet", "extract_features", "get_feature_net", "FEATURE_NETS",
     "InceptionV3", "load_inception", "DigitsClassifier", "digits_split", "load_digits_classifier",
-    "METRICS", "Reference", "evaluate", "floor_metrics", "load_inputs", "run_metric_name", "run_metrics",
+    "METRICS", "Reference", "evaluate", "evaluate_files", "metrics_from_features", "floor_metrics", "load_inputs",
+    "run_metric_name", "run_metrics",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["FeatureNet", "get_feature_net", "extract_features", "FEATURE_NETS"]
+__all__ = ["FeatureNet", "get_feature_net", "extract_features", "check_input", "FEATURE_NETS", "FEATURE_DIMS"]
 
 FEATURE_NETS = ("inception", "digits")
 
@@ -47,14 +47,25 @@ def _to_uint8_range(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def _check_images(name: str, channels: tuple[int, ...], size: tuple[int, int] | None = None):
-    def check(shape: tuple[int, ...]) -> None:
+def _image_check(name: str, channels: tuple[int, ...], size: tuple[int, int] | None = None):
+    def check(shape: tuple[int, ...], what: str = "samples") -> None:
         ok = len(shape) == 3 and shape[0] in channels and (size is None or tuple(shape[1:]) == size)
         if not ok:
             ch, hw = " or ".join(map(str, channels)), "H, W" if size is None else ", ".join(map(str, size))
-            raise ValueError(f"samples: the {name!r} features need images of shape (N, {ch}, {hw}), found "
+            raise ValueError(f"{what}: the {name!r} features need images of shape (N, {ch}, {hw}), found "
                              f"examples of shape {tuple(shape)}")
     return check
+
+
+_CHECKS = {"inception": _image_check("inception", (1, 3)), "digits": _image_check("digits", (1,), (8, 8))}
+FEATURE_DIMS = {"inception": 2048, "digits": 64}
+
+
+def check_input(features, shape: tuple[int, ...], what: str = "samples") -> None:
+    """Raise ValueError if examples of `shape` cannot go through the named feature network (before loading it)."""
+    name = features.name if isinstance(features, FeatureNet) else features
+    if isinstance(name, str) and name in _CHECKS:
+        _CHECKS[name](tuple(shape), what)
 
 
 def get_feature_net(features, *, inception_weights: str | None = None, device=None) -> FeatureNet:
@@ -66,29 +77,30 @@ def get_feature_net(features, *, inception_weights: str | None = None, device=No
     if features == "inception":
         from .inception import load_inception
         net = load_inception(inception_weights, device=device)
-        return FeatureNet("inception", net, check=_check_images("inception", (1, 3)), prepare=_to_uint8_range,
-                          has_logits=True, batch_size=64, device=device)
+        return FeatureNet("inception", net, check=_CHECKS["inception"], prepare=_to_uint8_range, has_logits=True,
+                          batch_size=64, device=device)
     if features == "digits":
         from .digits import load_digits_classifier
         net = load_digits_classifier(device=device)
-        return FeatureNet("digits", net, check=_check_images("digits", (1,), (8, 8)), has_logits=True,
-                          batch_size=1024, device=device)
+        return FeatureNet("digits", net, check=_CHECKS["digits"], has_logits=True, batch_size=1024, device=device)
     raise KeyError(f"features: expected one of {', '.join(FEATURE_NETS)} or a callable features(x) -> (B, F), "
                    f"found {features!r}")
 
 
 @torch.no_grad()
 def extract_features(net, x, *, batch_size: int | None = None, device=None, progress: bool = True,
-                     desc: str = "features") -> tuple[np.ndarray, np.ndarray | None]:
-    """(features (N, F) float64, logits (N, K) float64 or None) of data x (N, *D), in batches."""
+                     desc: str = "features", what: str = "samples") -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (N, F) float64, logits (N, K) float64 or None) of data x (N, *D), in batches.
+
+    `what` names the data in error messages."""
     net = get_feature_net(net, device=device)
     x = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"samples: expected data of shape (N, *D) with N >= 1, found shape {tuple(x.shape)}")
+        raise ValueError(f"{what}: expected data of shape (N, *D) with N >= 1, found shape {tuple(x.shape)}")
     if net.check:
-        net.check(tuple(x.shape[1:]))
+        net.check(tuple(x.shape[1:]), what)
     if not torch.isfinite(x.float()).all():
-        raise ValueError(f"samples: {int((~torch.isfinite(x.float())).sum())} values are NaN or infinite")
+        raise ValueError(f"{what}: {int((~torch.isfinite(x.float())).sum())} values are NaN or infinite")
     device = device or net.device or x.device
     batch_size = batch_size or net.batch_size
     feats, logits = [], []
