@@ -230,6 +230,8 @@ def evaluate_files(samples: str, ref: str | None = None, *, features: str | None
     from .features import FEATURE_DIMS, check_input
     from .fid import save_stats as write_stats
     names = _parse_metrics(metrics)
+    if features is not None and features not in FEATURE_DIMS:
+        raise KeyError(f"features: expected one of {', '.join(FEATURE_DIMS)}, found {features!r}")
     if save_stats and not str(save_stats).endswith(".npz"):
         raise ValueError(f"--save-stats {save_stats!r}: expected a file name ending in .npz")
     x, labels, desc, run_cfg = load_inputs(samples, n=n, what="SAMPLES")
