@@ -16,16 +16,17 @@ from the same seed. Problems:
 2. trained 2-D model: the default MLP (3 x 128, eps-parameterised, VP) trained on `mixture`
    (samples of that same mixture), so the same metric applies against the true mixture;
 3. trained `digits` model: the small DDPM U-Net of configs/digits.toml (VP), trained on 80% of
-   scikit-learn's 8x8 digits, the first 20% (359 images) held out.
+   scikit-learn's 8x8 digits, the first 20% (359 images) held out (`scoresde.metrics.digits_split`).
 
 Metrics, lower is better. Mixtures: `benchmarks/fast_samplers.metric`, the total variation of the
 mode weights + sum_k w_k KL(N(fitted_k) || N(true_k)) (each sample goes to its most likely mode,
-a full-covariance Gaussian is fitted per mode, KL in closed form). Digits: the Frechet distance
-|mu_s - mu_t|^2 + tr(C_s + C_t - 2 (C_s^1/2 C_t C_s^1/2)^1/2) between Gaussians fitted to the samples
-and to the held-out images in raw 64-pixel space (FID's formula without an Inception network, which
-would be meaningless on 8x8 digits). With a few hundred points in 64 dims the covariance
-estimates are noisy and FD is biased upwards, so each table has a floor row: the metric of exact
-mixture draws, or the FD of as many training images against the held-out ones. Wall time is one
+a full-covariance Gaussian is fitted per mode, KL in closed form). Digits: digits FID, the Frechet
+distance |mu_s - mu_t|^2 + tr(C_s + C_t - 2 (C_s C_t)^1/2) of Gaussians fitted to the 64 penultimate
+features of the shipped digits classifier (`scoresde.metrics`, the part Inception-v3 plays for FID
+on natural images), samples against the held-out images. With a few hundred samples in 64 dims
+the covariance estimates are noisy and FID is biased upwards, so each table has a floor row: the
+metric of exact mixture draws, or the FID of as many training images against the held-out ones
+(FID needs more samples than its 64 feature dimensions). Wall time is one
 `sample` call on one CPU thread (exact score: the mixture's score costs little, so the time shows
 the sampler's own work; trained models: the network dominates).
 
@@ -36,7 +37,7 @@ the sampler's own work; trained models: the network dominates).
 Trained models are cached in `--cache` (default runs/bench_samplers/, git-ignored) and reused when
 they have the requested number of steps; `--retrain` trains them afresh. Writes
 benchmarks/results/samplers.{md,png}. The default budgets are cut for the trained models (their
-forward passes dominate the run time): 10-200 NFE for the 2-D model, 10-50 for digits.
+forward passes dominate the run time): 10-200 NFE for the 2-D model, 10-100 for digits.
 """
 from __future__ import annotations
 
@@ -90,21 +91,19 @@ def steps_for(sampler: str, budget: int) -> int:
 
 
 # --- metrics ------------------------------------------------------------------------------------
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2) of Gaussians fitted to the rows
-    of a and b, flattened to (N, prod D), in float64."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("inf")
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
+class DigitsFID:
+    """Digits FID of samples against fixed reference images (their features computed once)."""
 
-    def psd_sqrt(c):
-        w, v = torch.linalg.eigh(c)
-        return (v * w.clamp_min(0).sqrt()) @ v.T
+    def __init__(self, reference: torch.Tensor):
+        from scoresde.metrics import Reference, extract_features, get_feature_net
+        self.net = get_feature_net("digits")
+        self.ref = Reference.from_features(extract_features(self.net, reference, progress=False)[0])
 
-    ra = psd_sqrt(ca)
-    cross = torch.linalg.eigvalsh(ra @ cb @ ra).clamp_min(0).sqrt().sum()
-    return ((a.mean(0) - b.mean(0)).square().sum() + ca.trace() + cb.trace() - 2 * cross).item()
+    def __call__(self, x: torch.Tensor) -> float:
+        from scoresde.metrics import evaluate
+        if not torch.isfinite(x).all():                    # a diverged sampler
+            return float("inf")
+        return evaluate(x, self.ref, features=self.net, metrics="fid", progress=False)["fid"]
 
 
 # --- problems -----------------------------------------------------------------------------------
@@ -150,19 +149,18 @@ def mixture_problem(args, budgets, tols) -> Problem:
 
 
 def digits_problem(args, budgets, tols) -> Problem:
-    x = ss.load_dataset("digits").x                                    # (1797, 1, 8, 8) in [-1, 1]
-    n_test = len(x) // 5
-    test, train = x[:n_test], x[n_test:]
+    from scoresde.metrics import digits_split
+    train, _, test, _ = digits_split()                                 # (1438 | 359, 1, 8, 8) in [-1, 1]
     cfg = load_toml(str(ROOT / "configs" / "digits.toml"))
     cfg.update(seed=0, device="cpu")
     cfg["sample"] = {"n": 16, "steps": 20, "sampler": "ddim"}
     run = _cached_run(Path(args.cache) / "digits", args.digits_steps, cfg, train, args.retrain, args.progress)
     model, sde = ss.load(run)
+    fid = DigitsFID(test)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.n_digits]
-    floor = frechet_distance(train[pick], test)
+    floor = fid(train[pick])
     return Problem(f"trained U-Net on digits ({args.digits_steps} steps), VP", sde, model, (args.n_digits, 1, 8, 8),
-                   lambda s: frechet_distance(s, test), budgets, tols, floor,
-                   f"{args.n_digits} training images vs held-out")
+                   fid, budgets, tols, floor, f"{args.n_digits} training images vs held-out")
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -265,7 +263,7 @@ def plot(results, path: Path) -> None:
                     ax.plot(*zip(*pts), style, marker="o", ms=3, color=colors[label], label=label)
             ax.axhline(p.floor, color="k", lw=0.8, ls=":", label="floor")
             ax.set(xscale="log", yscale="log", xlabel=xlabel, title=p.name if row == 0 else "",
-                   ylabel="Frechet distance" if "digits" in p.name else "TV + KL")
+                   ylabel="digits FID" if "digits" in p.name else "TV + KL")
             ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
@@ -282,7 +280,7 @@ def main(argv=None) -> str:
     ap.add_argument("--n-digits", type=int, default=256, help="samples per run of the digits model")
     ap.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 50, 100, 200, 500, 1000])
     ap.add_argument("--trained-budgets", type=int, nargs="+", default=[10, 20, 50, 100, 200])
-    ap.add_argument("--digits-budgets", type=int, nargs="+", default=[10, 20, 50])
+    ap.add_argument("--digits-budgets", type=int, nargs="+", default=[10, 20, 50, 100])
     ap.add_argument("--mixture-steps", type=int, default=4000, help="training steps of the 2-D MLP")
     ap.add_argument("--digits-steps", type=int, default=1500, help="training steps of the digits U-Net")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "bench_samplers"), help="run directories of the models")
@@ -293,7 +291,7 @@ def main(argv=None) -> str:
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.n_trained, args.n_digits = 2000, 1000, 32
+        args.n, args.n_trained, args.n_digits = 2000, 1000, 80        # digits FID needs N > 64
         args.budgets, args.trained_budgets, args.digits_budgets = [10, 20], [10], [10]
         args.mixture_steps, args.digits_steps = 50, 2
     torch.set_num_threads(1)
@@ -321,7 +319,7 @@ def main(argv=None) -> str:
     (out / "samplers.md").write_text(
         "# Discrete vs continuous samplers: quality vs NFE and wall time\n\n"
         "Lower is better. Mixtures: TV of mode weights + weight-averaged KL(fitted Gaussian || true mode). "
-        "Digits: Frechet distance to the 359 held-out images in pixel space. ode (RK45) is swept over "
+        "Digits: digits FID (64 features of the shipped digits classifier) against the 359 held-out images. ode (RK45) is swept over "
         "rtol = atol; each run sits in the column nearest its NFE. See the docstring of "
         "benchmarks/samplers.py for the set-up.\n\n" + text + "\n")
     plot(results, out / "samplers.png")

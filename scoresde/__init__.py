@@ -18,6 +18,7 @@ from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
 from . import pretrained
+from . import metrics
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The `scoresde` command line: train, sample, likelihood.
+"""The `scoresde` command line: train, sample, likelihood, evaluate.
 
 Each command only builds a config (defaults <- TOML file <- flags) and calls the library
 (`scoresde.train`, `scoresde.load`, `sde.sample`, `likelihood.dataset_likelihood`). User errors
@@ -74,6 +74,7 @@ def cli():
       scoresde train --data mixture --set model.num_classes=auto --out runs/cond
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out class3.png
       scoresde likelihood --checkpoint runs/moons --data moons
+      scoresde evaluate runs/digits --json quality.json
     """
 
 
@@ -319,6 +320,75 @@ def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
                                device=dev, progress=True)
     click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
                f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s)")
+
+
+@cli.command()
+@click.argument("samples", metavar="SAMPLES")
+@click.option("--ref", metavar="NAME|PATH", show_default="the run's training data for a run directory",
+              help="Reference: built-in dataset, .npy/.npz array, image folder, or statistics .npz (mu, sigma; "
+                   "pytorch-fid / EDM format; FID only).")
+@click.option("--features", type=click.Choice(["inception", "digits"]), show_default="digits for 1x8x8 data, "
+              "else inception", help="Feature network.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False), metavar="PATH",
+              envvar="SCORESDE_INCEPTION_WEIGHTS", show_envvar=True,
+              help="FID Inception-v3 weights, pt_inception-2015-12-05-6726825d.pth.")
+@click.option("--metrics", "metric_names", default="fid,kid,pr", show_default=True,
+              help="Comma-separated: fid, kid, pr (precision/recall), is (Inception Score), acc (class accuracy).")
+@click.option("--label", metavar="CLASS", type=click.IntRange(min=0),
+              help="All samples are of this class (from sample --label): reports class accuracy.")
+@click.option("--n", "n", type=click.IntRange(min=1), help="Use the first N samples (default: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), show_default="64 inception, 1024 digits")
+@click.option("--save-stats", type=click.Path(dir_okay=False), metavar="OUT.npz",
+              help="Write mu and sigma of SAMPLES' features (reference statistics); --ref is then optional.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the results as JSON.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of KID's subsets.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def evaluate(samples, ref, features, inception_weights, metric_names, label, n, batch_size, save_stats, json_out,
+             seed, device, progress):
+    """Sample quality: FID, KID, precision/recall, IS, class accuracy in a feature network's features.
+
+    SAMPLES is a .npy/.npz array (N, C, H, W) in [-1, 1] or uint8, an image folder, a built-in dataset, or a
+    training run directory (its samples.npy: the end-of-training samples, or more made with
+    `scoresde sample --checkpoint RUN --n 2000 --out RUN/samples.npy`). FID needs more samples than
+    feature dimensions (digits: 64, inception: 2048).
+
+    \b
+    Examples:
+      scoresde evaluate runs/digits                              # its samples vs the digits, digits features
+      scoresde evaluate samples.npy --ref digits --json quality.json
+      scoresde evaluate cifar_train/ --save-stats cifar_ref.npz --inception-weights pt_inception.pth
+      scoresde evaluate samples.npz --ref cifar_ref.npz --metrics fid --inception-weights pt_inception.pth
+    """
+    import json
+    from .distributed import resolve_device
+    from .metrics import evaluate_files
+    with _user_errors():
+        for flag, path in (("--save-stats", save_stats), ("--json", json_out)):
+            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise FileNotFoundError(f"{flag} {path!r}: the directory does not exist")
+        r = evaluate_files(samples, ref, features=features, inception_weights=inception_weights, metrics=metric_names,
+                           label=label, n=n, batch_size=batch_size, save_stats=save_stats, seed=seed,
+                           device=resolve_device(device), progress=progress)
+    if save_stats:
+        click.echo(f"wrote statistics of {r['n']} x {r['dims']} {r['features']} features of {r['samples']} to "
+                   f"{save_stats}")
+    if r["metrics"] is None:
+        return 0
+    result = r["metrics"]
+    lines = [f"samples:   {r['samples']}", f"reference: {r['reference']}",
+             f"features:  {r['features']} ({r['dims']} dims)"]
+    for key, value in result.items():
+        if key.endswith("_std"):
+            continue
+        std = result.get(f"{key}_std")
+        lines.append(f"  {key:<15} {value:.6g}" + (f" +- {std:.3g}" if std is not None else ""))
+    click.echo("\n".join(lines))
+    if json_out:
+        from .checkpoint import atomic_write_bytes
+        atomic_write_bytes(json_out, json.dumps(r, indent=1).encode())
+    return 0
 
 
 def main(args: list[str] | None = None) -> None:

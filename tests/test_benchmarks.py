@@ -56,18 +56,16 @@ def test_mixture_metric_small_for_exact_samples_large_for_wrong_mixture(samplers
     assert samplers_bench.metric(mix, flat.sample(20000, g)) == pytest.approx(0.2, abs=0.02)
 
 
-def test_frechet_distance_closed_form(samplers_bench):
-    fd = samplers_bench.frechet_distance
-    g = torch.Generator().manual_seed(0)
-    d, n = 8, 40000
-    a, b = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    assert fd(a, b) < 0.01                                  # same Gaussian
-    shift = torch.full((d,), 0.5)
-    assert fd(a, b + shift) == pytest.approx(d * 0.25, rel=0.02)     # |mu_a - mu_b|^2
-    # N(0, I) vs N(0, 4 I): tr(I + 4I - 2 * 2I) = d
-    assert fd(a, 2 * b) == pytest.approx(d, rel=0.03)
-    assert fd(a.reshape(n, 2, 2, 2), 2 * b.reshape(n, 2, 2, 2)) == pytest.approx(fd(a, 2 * b))  # any rank
-    assert fd(a, torch.full_like(b, float("nan"))) == math.inf
+def test_digits_fid(samplers_bench):
+    """The digits metric is scoresde.metrics' digits FID against the held-out images."""
+    from scoresde.metrics import digits_split, evaluate
+    train, _, test, _ = digits_split()
+    fid = samplers_bench.DigitsFID(test)
+    assert fid(test) == pytest.approx(0.0, abs=1e-6)
+    assert fid(train[:300]) == pytest.approx(evaluate(train[:300], test, features="digits", metrics="fid",
+                                                      progress=False)["fid"], rel=1e-12)
+    assert fid(torch.rand(300, 1, 8, 8) * 2 - 1) > 10 * fid(train[:300])
+    assert fid(torch.full((100, 1, 8, 8), float("nan"))) == math.inf
 
 
 def test_steps_and_ode_placement(samplers_bench):
