@@ -254,3 +254,17 @@ def test_eval_every_logs_metrics_and_keeps_the_best_checkpoint(tmp_path):
     assert meta["step"] == best["step"]
     model, _ = ss.load(tmp_path / "checkpoints" / "best.safetensors")
     assert r.step == 20 and model(torch.zeros(1, 2), 0.5).shape == (1, 2)
+
+
+def test_digits_runs_evaluate_digits_fid(tmp_path):
+    cfg = {"data": {"name": "digits"}, "device": "cpu", "eval": {"n": 70},
+           "model": {"name": "ddpm_unet", "ch": 8, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": [],
+                     "num_groups": 4},
+           "train": {"steps": 4, "batch_size": 8, "eval_every": 4, "log_every": 2, "progress": False},
+           "sample": {"n": 8, "steps": 3}}
+    ss.train(cfg, out=str(tmp_path))
+    lines = open(tmp_path / "log.csv").read().split()
+    assert lines[0].endswith(",fid,kid")
+    fid = float(lines[-1].split(",")[-2])
+    assert fid > 5                              # an untrained model is far from the data (floor ~2)
+    assert json.loads(open(tmp_path / "metrics.json").read())["best"]["fid"] == pytest.approx(fid, rel=1e-5)

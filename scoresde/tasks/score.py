@@ -17,6 +17,8 @@ from . import TASKS, Task
 __all__ = ["ScoreTask"]
 
 _SCORE_KEYS = ("parameterization", "conditioning", "scale_by_sigma")   # model.* keys for ScoreModel
+_EVAL_FIELDS = {"mode_weight_tv": ("mode_weight_tv", "within_mode_std_error"), "fid": ("fid", "kid"),
+                "kid": ("kid", "kid_std")}
 
 
 @TASKS.register("score")
@@ -35,7 +37,10 @@ class ScoreTask(Task):
 
     @property
     def eval_fields(self) -> tuple[str, ...]:
-        return ("mode_weight_tv", "within_mode_std_error") if self.ds.mixture is not None else ()
+        """The run's metric (`scoresde.metrics.run_metrics`): mixture mode statistics, digits FID/KID,
+        KID of other point sets; the first is the figure of merit."""
+        from ..metrics import run_metric_name
+        return _EVAL_FIELDS.get(run_metric_name(self.ds), ())
 
     # --- data and model ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -117,13 +122,13 @@ class ScoreTask(Task):
         plot_samples(x, path, data=self.ds.x, title=f"{self.ds.name}: {title}")
 
     def evaluate(self, model, generator) -> dict[str, float]:
+        from ..metrics import run_metrics
         if not self.eval_fields:
             return {}
-        return self.final_metrics(self.sample(model, generator, self.cfg["eval"]["n"]))
+        return run_metrics(self.ds, self.sample(model, generator, self.cfg["eval"]["n"]), seed=self.cfg["seed"])
 
     def final_metrics(self, x) -> dict[str, Any]:
-        if self.ds.mixture is None:
+        from ..metrics import run_metrics
+        if not self.eval_fields or (self.eval_fields[0] == "fid" and len(x) <= 64):   # FID needs N > F = 64
             return {}
-        from ..analytic import mode_stats
-        tv, std_err = mode_stats(self.ds.mixture, x)
-        return {"mode_weight_tv": round(tv, 4), "within_mode_std_error": round(std_err, 4)}
+        return {k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}
