@@ -16,6 +16,9 @@ from scoresde.pretrained.score_sde_keys import official_entries
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "score_sde")
 FIXTURES = ["ncsnpp_ve_continuous_randw", "ddpmpp_vp_continuous_randw", "ddpm_vp_continuous_randw"]
+# paths the official fixtures do not reach, from a transcription of the official code (data/README.md)
+MORE = ["ncsnpp_ffhq256_like", "ncsnpp_cat_ddpmblocks", "ncsnpp_ve_discrete", "ddpmpp_vp_discrete",
+        "ddpm_ve_discrete"]
 REF = json.load(open(os.path.join(DATA, "configs_reference.json")))["configs"]
 
 
@@ -40,7 +43,7 @@ def official_checkpoint(meta, sd, scale=2.0):
 
 
 # --- exactness ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES + MORE)
 def test_fixture_raw_output_and_score_reproduce(name):
     meta, ts, sd = fixture(name)
     model, sde = ss.load_score_sde(sd, meta["config"])
@@ -54,10 +57,10 @@ def test_fixture_raw_output_and_score_reproduce(name):
     # and the network is not trivially matching: another input gives another output
     with torch.no_grad():
         assert rel_err(model.net(x.flip(0), ts["labels"]), ts["raw_output"]) > 0.01
-    assert type(sde).__name__ == meta["sde"]["cls"].replace("subVPSDE", "SubVPSDE")
+    assert type(sde).__name__ == {"vesde": "VESDE", "vpsde": "VPSDE"}[meta["config"]["training"]["sde"]]
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES + MORE)
 def test_fixture_shapes_of_every_key_match_our_network(name):
     meta, _, sd = fixture(name)
     model, _ = ss.load_score_sde(sd, meta["config"])
@@ -262,7 +265,7 @@ def test_loaded_model_samples_and_has_a_finite_likelihood():
                 assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
     # the probability-flow likelihood of a data point (in the model's space) of the VP model
     x0 = model.from_unit(torch.rand(1, 3, 16, 16, generator=g))
-    logp = sde.log_likelihood(model, x0, divergence="hutchinson", rtol=1e-2, atol=1e-2, generator=g)
+    logp = sde.log_likelihood(model, x0, divergence="hutchinson", rtol=0.1, atol=0.1, generator=g)
     assert logp.shape == (1,) and torch.isfinite(logp).all()
 
 

@@ -149,8 +149,8 @@ class NCSNpp(nn.Module):
         self.config.update({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
                             if v != _OPTIONS[k]})             # only non-default options: old configs unchanged
         self.skip_rescale, self.progressive_input, self.progressive = bool(skip_rescale), progressive_input, progressive
-        self.biggan, self.centered, self.embed_log, self.scale_output = resblock == "biggan", centered, embed_log, \
-            scale_by_sigma
+        self.biggan, self.centered = resblock == "biggan", centered
+        self.embed_log, self.scale_output = embed_log, scale_by_sigma
         C, res = self.data_shape[0], self.data_shape[1]
         tdim = 4 * ch
         self.embed = make_embedding(embedding, ch, fourier_scale)
@@ -159,11 +159,13 @@ class NCSNpp(nn.Module):
         self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         add_sigma_table(self, num_scales)
         if self.biggan:
-            block = lambda a, b, **kw: ResBlockBigGAN(a, b, tdim, dropout, fir=fir, skip_rescale=skip_rescale,  # noqa: E731
-                                                      fir_kernel=fir_kernel, init_scale=init_scale, **kw)
+            def block(a, b, **kw):
+                return ResBlockBigGAN(a, b, tdim, dropout, fir=fir, skip_rescale=skip_rescale,
+                                      fir_kernel=fir_kernel, init_scale=init_scale, **kw)
         else:
-            block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups=None,  # noqa: E731
-                                              skip_rescale=skip_rescale, init_scale=init_scale)
+            def block(a, b):
+                return ResBlockDDPM(a, b, tdim, dropout, num_groups=None, skip_rescale=skip_rescale,
+                                    init_scale=init_scale)
         attn = lambda a: AttnBlock(a, skip_rescale=skip_rescale, init_scale=init_scale)  # noqa: E731
         resampler = lambda a, up: (block(a, a, up=up, down=not up) if self.biggan else  # noqa: E731
                                    Resample(a, up=up, with_conv=resample_with_conv, fir=fir, fir_kernel=fir_kernel))

@@ -9,7 +9,8 @@ tensor of the official state dict (in its order), where it lives in ours:
 
     Entry(key, target, rows, nin, trainable)
       key:    the official key without DataParallel's "module." prefix ("all_modules.4.Conv_0.weight");
-      target: our state-dict key ("" where ours keeps no copy);  rows: a row slice of the target (q, k, v of the fused qkv) or None;
+      target: our state-dict key ("" where ours keeps no copy);
+      rows:   a row slice of the target (q, k, v of the fused qkv) or None;
       nin:    a NIN weight W (in, out), stored transposed as ours (out, in[, 1, 1]);
       trainable: in score_sde's `ema.shadow_params` (all parameters but the Fourier W; buffers never).
 """
@@ -50,7 +51,8 @@ def _block(off: str, ours: str, block: nn.Module) -> list[Entry]:
         if isinstance(block, ResBlockBigGAN):      # conv1x1 shortcut
             out += _wb(f"{off}.Conv_2", f"{ours}.skip")
         else:                                      # NIN shortcut
-            out += [Entry(f"{off}.NIN_0.W", f"{ours}.skip.weight", nin=True), Entry(f"{off}.NIN_0.b", f"{ours}.skip.bias")]
+            out += [Entry(f"{off}.NIN_0.W", f"{ours}.skip.weight", nin=True),
+                    Entry(f"{off}.NIN_0.b", f"{ours}.skip.bias")]
     return out
 
 
@@ -62,7 +64,8 @@ def _attn(off: str, ours: str, attn: AttnBlock) -> list[Entry]:
         rows = slice(i * C, (i + 1) * C)
         out += [Entry(f"{off}.NIN_{i}.W", f"{ours}.qkv.weight", rows, nin=True),
                 Entry(f"{off}.NIN_{i}.b", f"{ours}.qkv.bias", rows)]
-    return out + [Entry(f"{off}.NIN_3.W", f"{ours}.proj.weight", nin=True), Entry(f"{off}.NIN_3.b", f"{ours}.proj.bias")]
+    return out + [Entry(f"{off}.NIN_3.W", f"{ours}.proj.weight", nin=True),
+                  Entry(f"{off}.NIN_3.b", f"{ours}.proj.bias")]
 
 
 def _resample(off: str, ours: str, layer: Resample) -> list[Entry]:
