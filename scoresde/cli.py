@@ -154,16 +154,8 @@ def _list_configs(ctx, _param, value):
     """--list-configs: the score_sde presets (and the refused official configs), then exit."""
     if not value or ctx.resilient_parsing:
         return
-    from .pretrained.score_sde import list_configs, refused_configs, resolve_config
-    click.echo("score_sde presets (scoresde sample --checkpoint checkpoint_N.pth --config NAME):")
-    for name in list_configs():
-        cfg = resolve_config(name)[1]
-        d, m, t = cfg["data"], cfg["model"], cfg["training"]
-        click.echo(f"  {name:38s} {m['name']:7s} {t['sde']:9s} {'continuous' if t['continuous'] else 'discrete':10s} "
-                   f"{d['image_size']}x{d['image_size']}, data in {'[-1, 1]' if d['centered'] else '[0, 1]'}")
-    click.echo("refused official configs:")
-    for name, why in refused_configs().items():
-        click.echo(f"  {name:38s} {why.split(';')[0]}")
+    from .pretrained.score_sde import describe_configs
+    click.echo("\n".join(describe_configs()))
     ctx.exit(0)
 
 

@@ -47,8 +47,8 @@ from ..utils import append_dims, as_time
 from .score_sde_configs import PRESETS, REFUSED
 from .score_sde_keys import official_entries
 
-__all__ = ["load_score_sde", "list_configs", "refused_configs", "resolve_config", "build_network", "build_sde",
-           "read_checkpoint", "load_weights", "ScoreSDEModel"]
+__all__ = ["load_score_sde", "list_configs", "refused_configs", "describe_configs", "resolve_config", "build_network",
+           "build_sde", "read_checkpoint", "load_weights", "ScoreSDEModel"]
 
 _SDES = ("vpsde", "subvpsde", "vesde")
 _REQUIRED = {"data": ("image_size", "num_channels", "centered"), "training": ("sde", "continuous"),
@@ -70,6 +70,18 @@ def list_configs() -> list[str]:
 def refused_configs() -> dict[str, str]:
     """The other official configs, each with the reason it is refused."""
     return dict(sorted(REFUSED.items()))
+
+
+def describe_configs() -> list[str]:
+    """One line per preset (network, SDE, labels, size, data range), then the refused configs."""
+    lines = ["score_sde presets (scoresde sample --checkpoint checkpoint_N.pth --config NAME):"]
+    for name in list_configs():
+        d, m, t = (PRESETS[name][k] for k in ("data", "model", "training"))
+        lines.append(f"  {name:38s} {m['name']:7s} {t['sde']:9s} {'continuous' if t['continuous'] else 'discrete':10s} "
+                     f"{d['image_size']}x{d['image_size']}, data in {'[-1, 1]' if d['centered'] else '[0, 1]'}")
+    lines.append("refused official configs:")
+    lines += [f"  {name:38s} {why.split(';')[0]}" for name, why in refused_configs().items()]
+    return lines
 
 
 # --- config --------------------------------------------------------------------------------------
