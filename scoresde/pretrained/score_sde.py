@@ -345,7 +345,10 @@ def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], shadow: li
         t = ours[e.target] if e.rows is None else ours[e.target][e.rows]
         expected[e.key] = (t.shape[1], t.shape[0]) if e.nin else tuple(t.shape)
     fits = f"checkpoint does not fit {label}"
+    unused = {e.key for e in entries if not e.target}      # may be absent from a bare state dict
     for key, shape in expected.items():
+        if key not in sd and key in unused:
+            continue
         if key not in sd:
             raise ValueError(f"{fits}: key {prefix + key!r} is missing (expected shape {shape})")
         if shape is not None and tuple(sd[key].shape) != shape:
