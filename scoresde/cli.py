@@ -153,14 +153,57 @@ def _write_array(path: str, x) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _list_configs(ctx, _param, value):
+    """--list-configs: the score_sde presets (and the refused official configs), then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .pretrained.score_sde import describe_configs
+    click.echo("\n".join(describe_configs()))
+    ctx.exit(0)
+
+
+_CONFIG_HELP = ("A score_sde .pth checkpoint's config: a preset name (--list-configs) or a JSON file with "
+                "score_sde's nested config.")
+_PRETRAINED_DEFAULTS = {"sampler": "deis", "steps": 20}    # for models without a run config
+
+
+def _pretrained_config(checkpoint: str, config: str | None):
+    """(is a pretrained model, its config: preset name / dict / None) from --checkpoint and --config."""
+    from .pretrained import is_diffusers_dir
+    pretrained = config is not None or is_diffusers_dir(checkpoint) or checkpoint.endswith((".pth", ".pt"))
+    if pretrained and not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file or directory")
+    if config is not None and config.endswith(".json"):
+        import json
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"--config {config!r}: no such file")
+        try:
+            with open(config) as f:
+                config = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"--config {config!r}: not a JSON file ({e})") from None
+    return pretrained, config
+
+
+def _to_unit(model, x):
+    """Samples of a pretrained model in [0, 1] (score_sde's inverse scaler; [-1, 1] data otherwise)."""
+    return model.to_unit(x) if hasattr(model, "to_unit") else (x + 1) / 2
+
+
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(), metavar="DIR|FILE",
-              help="Run directory (its latest checkpoint) or checkpoint file.")
-@click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler")
-@click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps", help="Sampler steps.")
+              help="Run directory (its latest checkpoint) or checkpoint file; a score_sde checkpoint_N.pth "
+                   "(with --config) or a diffusers save_pretrained directory.")
+@click.option("--config", metavar="PRESET|FILE", help=_CONFIG_HELP)
+@click.option("--list-configs", is_flag=True, is_eager=True, expose_value=False, callback=_list_configs,
+              help="List the score_sde presets and exit.")
+@click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler; deis (pretrained)")
+@click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps; 20 (pretrained)",
+              help="Sampler steps.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Output: .npy (the array) or .png (2-D scatter or image grid).")
+              help="Output: .npy (the array; pretrained image models: in [0, 1]) or .png (2-D scatter or "
+                   "image grid).")
 @click.option("--label", metavar="CLASS",
               help="Class to generate, an index or a class name (a model trained with model.num_classes).")
 @click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label",
@@ -173,7 +216,7 @@ def _write_array(path: str, x) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, device, raw):
+def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data.
 
     \b
@@ -182,6 +225,9 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
       scoresde sample --checkpoint runs/digits --sampler dpm_solver --steps 20 --n 64 --out digits.png
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
       scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
+      scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
+                      --sampler deis --steps 20 --n 64 --out grid.png
+      scoresde sample --list-configs
     """
     import torch
     from .checkpoint import find_checkpoint, load, read_checkpoint
@@ -198,6 +244,26 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
             raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
         if (known is None) != (mask is None):
             raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
+        pretrained, config = _pretrained_config(checkpoint, config)
+        if pretrained:
+            if label is not None or known is not None:
+                raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
+                                 "model on the command line (use scoresde.impute / guidance in Python)")
+            from .pretrained import load_any
+            dev = resolve_device(device)
+            model, sde = load_any(checkpoint, config=config, ema=not raw, device=dev)
+            sampler = sampler or _PRETRAINED_DEFAULTS["sampler"]
+            steps = steps or _PRETRAINED_DEFAULTS["steps"]
+            g = torch.Generator(dev).manual_seed(seed)
+            with torch.no_grad():
+                x = sde.sample(model, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+            x = _to_unit(model, x.cpu())
+            if ext == ".npy":
+                _write_array(out, x)
+            else:
+                plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
+            click.echo(f"wrote {n} samples in [0, 1] to {out}")
+            return
         file = find_checkpoint(checkpoint)
         meta = read_checkpoint(file)[1]
         cfg = meta["config"]
@@ -285,21 +351,27 @@ def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
 
 @cli.command()
 @click.option("--checkpoint", required=True, type=click.Path(), metavar="DIR|FILE",
-              help="Run directory (its latest checkpoint) or checkpoint file.")
+              help="Run directory (its latest checkpoint) or checkpoint file; a score_sde checkpoint_N.pth "
+                   "(with --config) or a diffusers save_pretrained directory.")
+@click.option("--config", metavar="PRESET|FILE", help=_CONFIG_HELP)
 @click.option("--data", required=True, metavar="NAME|PATH", help="Dataset to score (as for train).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Score at most this many examples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]), default="auto", show_default=True,
               help="auto: exact for up to 16 dimensions, else Hutchinson.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True,
+              help="rtol = atol of the ODE solver.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
+def likelihood(checkpoint, config, data, n, batch_size, divergence, tol, seed, device):
     """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE.
 
     \b
-    Example:
+    Examples:
       scoresde likelihood --checkpoint runs/moons --data moons --n 500
+      scoresde likelihood --checkpoint checkpoint_26.pth --config vp/cifar10_ddpmpp_continuous \\
+                          --data cifar10_test.npy --n 100
     """
     import torch
     from .checkpoint import load
@@ -307,16 +379,26 @@ def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
     from .distributed import resolve_device
     from .likelihood import dataset_likelihood
     with _user_errors():
-        ds = load_dataset(data, size=n, seed=seed + 1)
         dev = resolve_device(device)
-        model, sde = load(checkpoint, device=dev)
+        pretrained, config = _pretrained_config(checkpoint, config)
+        if pretrained:
+            from .pretrained import load_any
+            model, sde = load_any(checkpoint, config=config, device=dev)
+            shape = tuple(model.data_shape)
+            ds = load_dataset(data, size=n, seed=seed + 1, image_size=shape[-1] if len(shape) == 3 else 0)
+        else:
+            ds = load_dataset(data, size=n, seed=seed + 1)
+            model, sde = load(checkpoint, device=dev)
         if tuple(ds.shape) != tuple(model.data_shape):
             raise ValueError(f"--data {data!r}: examples of shape {tuple(ds.shape)}, the model was trained on "
                              f"{tuple(model.data_shape)}")
         x = ds.x[:n]
+        data_range = (-1.0, 1.0)                                  # images are loaded in [-1, 1]
+        if pretrained and hasattr(model, "from_unit"):            # score_sde's data space ([0, 1] for VE)
+            x, data_range = model.from_unit((x + 1) / 2), tuple(model.data_range)
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
-        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels,
-                               data_range=(-1.0, 1.0), generator=torch.Generator(dev).manual_seed(seed),
+        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels, rtol=tol, atol=tol,
+                               data_range=data_range, generator=torch.Generator(dev).manual_seed(seed),
                                device=dev, progress=True)
     click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
                f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s)")

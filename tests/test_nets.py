@@ -149,7 +149,7 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="embedding"):
         get_model("mlp", embedding="learned")
     with pytest.raises(ValueError, match="progressive_input"):
-        get_model("ncsnpp", progressive_input="input_skip")
+        get_model("ncsnpp", progressive_input="skip")  # "input_skip" exists since score_sde's configs
     with pytest.raises(TypeError, match="ch"):
         get_model("ddpm_unet", ch=32.0)
     with pytest.raises(TypeError):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import append_dims
+
 __all__ = [
     "EMBEDDINGS", "sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierProjection",
     "make_embedding", "LabelEmbedding", "check_num_classes", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
@@ -35,7 +37,7 @@ def sinusoidal_embedding(c: torch.Tensor, dim: int, max_period: float = 10000.0)
     """(B,) -> (B, dim): [sin(c w_k), cos(c w_k)], w_k = max_period^{-k/(dim/2 - 1)} (DDPM's get_timestep_embedding)."""
     half = dim // 2
     k = torch.arange(half, device=c.device, dtype=c.dtype)
-    w = torch.exp(-math.log(max_period) * k / max(half - 1, 1))  # (half,)
+    w = torch.exp(k * -(math.log(max_period) / max(half - 1, 1)))  # (half,), in DDPM's order of operations
     arg = c[:, None] * w[None, :]  # (B, half)
     emb = torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
     return F.pad(emb, (0, dim % 2))  # zero column when dim is odd
@@ -67,7 +69,7 @@ class GaussianFourierProjection(nn.Module):
         self.out_dim = 2 * dim
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        arg = 2 * math.pi * c[:, None] * self.W[None, :].to(c.dtype)  # (B, dim)
+        arg = c[:, None] * self.W[None, :].to(c.dtype) * 2 * math.pi  # (B, dim), score_sde's order of operations
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
@@ -168,8 +170,11 @@ def fir_resample(x: torch.Tensor, up: bool, kernel: Sequence[int] = (1, 3, 3, 1)
     """Anti-aliased x2 up/down-sampling with the separable FIR filter k k^T / sum^2 (StyleGAN2's upfirdn2d).
 
     Down: depthwise blur + stride 2 (H -> H/2); up: depthwise transposed conv, gain 4 (H -> 2H).
-    Written for the 4-tap default kernel (padding 1).
+    The 4-tap default kernel takes this fast path; other kernels go through `resample.upfirdn2d`.
     """
+    if tuple(kernel) != (1, 3, 3, 1):
+        from .resample import fir_down, fir_up
+        return fir_up(x, kernel) if up else fir_down(x, kernel)
     k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
     k2 = torch.outer(k, k)
     k2 = k2 / k2.sum()
@@ -184,8 +189,8 @@ def _naive_resample(x: torch.Tensor, up: bool) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest") if up else F.avg_pool2d(x, 2)
 
 
-def resample(x: torch.Tensor, up: bool, fir: bool) -> torch.Tensor:
-    return fir_resample(x, up) if fir else _naive_resample(x, up)
+def resample(x: torch.Tensor, up: bool, fir: bool, kernel: Sequence[int] = (1, 3, 3, 1)) -> torch.Tensor:
+    return fir_resample(x, up, kernel) if fir else _naive_resample(x, up)
 
 
 class Downsample(nn.Module):
@@ -213,21 +218,29 @@ class Upsample(nn.Module):
 # ------------------------------------------------------------------------------------------ blocks
 
 class ResBlockDDPM(nn.Module):
-    """DDPM residual block: h = conv(act(GN(x))) + dense(act(temb)); h = conv(drop(act(GN(h)))); x' + h."""
+    """DDPM residual block: h = conv(act(GN(x))) + dense(act(temb)); h = conv(drop(act(GN(h)))); x' + h.
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, num_groups: int = 32):
+    `skip_rescale` divides the sum by sqrt(2) (DDPM++'s block); `num_groups=None` takes min(C // 4, 32)
+    groups (NCSN++'s rule); `temb=None` (a network without noise conditioning) skips the dense shift.
+    """
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, num_groups: int | None = 32,
+                 skip_rescale: bool = False, init_scale: float = 0.0):
         super().__init__()
         self.norm0, self.conv0 = group_norm(cin, num_groups), conv(cin, cout)
         self.dense = linear(temb_dim, cout)
         self.norm1, self.drop = group_norm(cout, num_groups), nn.Dropout(dropout)
-        self.conv1 = conv(cout, cout, init_scale=0.0)
+        self.conv1 = conv(cout, cout, init_scale=init_scale)
         self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()  # NIN shortcut
+        self.skip_rescale = skip_rescale
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
-        h = h + self.dense(F.silu(temb))[:, :, None, None]  # (B, C, 1, 1): per-channel shift
+        if temb is not None:
+            h = h + self.dense(F.silu(temb))[:, :, None, None]  # (B, C, 1, 1): per-channel shift
         h = self.conv1(self.drop(F.silu(self.norm1(h))))
-        return self.skip(x) + h
+        out = self.skip(x) + h
+        return out / math.sqrt(2) if self.skip_rescale else out
 
 
 class ResBlockBigGAN(nn.Module):
@@ -237,20 +250,24 @@ class ResBlockBigGAN(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, up: bool = False,
-                 down: bool = False, fir: bool = False, skip_rescale: bool = True):
+                 down: bool = False, fir: bool = False, skip_rescale: bool = True,
+                 fir_kernel: Sequence[int] = (1, 3, 3, 1), init_scale: float = 0.0):
         super().__init__()
         self.up, self.down, self.fir, self.skip_rescale = up, down, fir, skip_rescale
+        self.fir_kernel = tuple(fir_kernel)
         self.norm0, self.conv0 = group_norm(cin), conv(cin, cout)
         self.dense = linear(temb_dim, cout)
         self.norm1, self.drop = group_norm(cout), nn.Dropout(dropout)
-        self.conv1 = conv(cout, cout, init_scale=0.0)
+        self.conv1 = conv(cout, cout, init_scale=init_scale)
         self.skip = conv(cin, cout, 1) if (cin != cout or up or down) else nn.Identity()
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
         h = F.silu(self.norm0(x))
         if self.up or self.down:  # a construction-time flag, not a tensor value
-            h, x = resample(h, self.up, self.fir), resample(x, self.up, self.fir)
-        h = self.conv0(h) + self.dense(F.silu(temb))[:, :, None, None]
+            h, x = resample(h, self.up, self.fir, self.fir_kernel), resample(x, self.up, self.fir, self.fir_kernel)
+        h = self.conv0(h)
+        if temb is not None:  # None: a network without noise conditioning
+            h = h + self.dense(F.silu(temb))[:, :, None, None]
         h = self.conv1(self.drop(F.silu(self.norm1(h))))
         out = self.skip(x) + h
         return out * (1 / math.sqrt(2)) if self.skip_rescale else out
@@ -262,11 +279,11 @@ class AttnBlock(nn.Module):
     Parameters match DDPM's four NIN layers (q, k, v, out: 4 C^2 + 4 C).
     """
 
-    def __init__(self, ch: int, num_groups: int | None = None, skip_rescale: bool = False):
+    def __init__(self, ch: int, num_groups: int | None = None, skip_rescale: bool = False, init_scale: float = 0.0):
         super().__init__()
         self.norm = group_norm(ch, num_groups)
         self.qkv = linear(ch, 3 * ch)
-        self.proj = linear(ch, ch, init_scale=0.0)
+        self.proj = linear(ch, ch, init_scale=init_scale)
         self.skip_rescale = skip_rescale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,11 +342,36 @@ def check_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, dtype: torch.
 
 def embed_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, y, dtype: torch.dtype):
     """Checked input and the conditioning embedding shared by every network's forward:
-    (x cast to `dtype`, temb(embed(c)) + label(y)), with a null/absent label for y=None."""
+    (x cast to `dtype`, temb(embed(c)) + label(y)), with a null/absent label for y=None.
+
+    A network with `embed_log` embeds log(c) (score_sde's NCSN++ is fed sigma itself); one whose
+    `temb` is None (no noise conditioning) gets None."""
     h, c = check_inputs(net, x, c, dtype)
-    emb = net.temb(net.embed(c).to(dtype))                       # (B, E)
+    if getattr(net, "temb", None) is None:
+        check_unconditional(net, y)
+        return h, None
+    emb = net.temb(net.embed(torch.log(c) if getattr(net, "embed_log", False) else c).to(dtype))  # (B, E)
     if net.label is None:
         check_unconditional(net, y)
     else:
         emb = emb + net.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
     return h, emb
+
+
+def add_sigma_table(net: nn.Module, num_scales: int | None) -> None:
+    """Register the float64 buffer `sigmas` (num_scales,) of a network that divides its output by a
+    noise level looked up from integer labels (score_sde's discrete VE models); filled by a loader."""
+    if num_scales is not None:
+        if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
+            raise ValueError(f"num_scales: expected None or an int >= 1, found {num_scales!r}")
+        net.register_buffer("sigmas", torch.zeros(num_scales, dtype=torch.float64))
+
+
+def scale_by_sigma(net: nn.Module, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """h / sigma(c) for a network built with `scale_by_sigma`: sigma = sigmas[c] with a sigma table
+    (c integer labels), c itself with `embed_log` (c = sigma), else exp(c) (c = log sigma)."""
+    if getattr(net, "sigmas", None) is not None:
+        sigma = net.sigmas[c.long()]                          # float64, like the reference
+    else:
+        sigma = c if getattr(net, "embed_log", False) else torch.exp(c)
+    return h / append_dims(sigma, h.ndim)

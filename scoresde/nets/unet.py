@@ -5,6 +5,12 @@ embedding fed to every residual block, and single-head self-attention at chosen 
 The CIFAR-10 configuration (ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn at 16x16,
 dropout 0.1) has 35.7M parameters, the figure the paper reports. With `num_classes=K` a learned
 class embedding (null label K; Ho & Salimans 2022, arXiv:2207.12598) is added to the time embedding.
+
+score_sde's PyTorch port of this network (Song et al. 2021, arXiv:2011.13456, `models/ddpm.py`) puts
+one self-attention block per up-sampling level, after all of its residual blocks, where DDPM puts one
+after every block: `attn_each_up_block=False` builds that variant (35,218,947 parameters for CIFAR-10,
+two 16x16 attention blocks of 263,680 parameters fewer). `centered=False` (data in [0, 1], mapped to
+2 x - 1 first), `scale_by_sigma` and `num_scales` are score_sde's input and output conventions.
 """
 from __future__ import annotations
 
@@ -15,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_int, check_positive
-from .layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, check_data_shape,
-                     check_num_classes, embed_inputs,
+from .layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
+                     check_data_shape, check_inputs, check_num_classes, embed_inputs, scale_by_sigma,
                      check_sequence, conv, group_norm, linear, make_embedding)
 
 __all__ = ["DDPMUNet"]
@@ -36,13 +42,23 @@ class DDPMUNet(nn.Module):
         fourier_scale: std of the Fourier frequencies.
         num_groups: GroupNorm groups (32 in DDPM); must divide every width.
         num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
+    Keyword-only options (score_sde's DDPM; the defaults give the network above):
+        attn_each_up_block: False puts one attention block per up level (score_sde's DDPM).
+        centered: False for data in [0, 1]: the network computes 2 x - 1 first.
+        scale_by_sigma: divide the output by sigmas[c] (with `num_scales`, integer labels c), else exp(c).
+        num_scales: size of the float64 buffer `sigmas` (score_sde's discrete noise levels), or None.
     """
 
     def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
+                 scale_by_sigma: bool = False, num_scales: int | None = None):
         super().__init__()
+        for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
+                           ("scale_by_sigma", scale_by_sigma)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected a bool, found {flag!r}")
         ch_mult = check_sequence("ch_mult", ch_mult)
         self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
         ch, num_res_blocks, num_groups = check_int("ch", ch), check_int("num_res_blocks", num_res_blocks), \
@@ -56,6 +72,12 @@ class DDPMUNet(nn.Module):
         self.num_classes = check_num_classes(num_classes)
         if self.num_classes is not None:  # only then in the config: unconditional configs stay as they were
             self.config["num_classes"] = self.num_classes
+        options = dict(attn_each_up_block=attn_each_up_block, centered=centered, scale_by_sigma=scale_by_sigma,
+                       num_scales=num_scales)
+        defaults = dict(attn_each_up_block=True, centered=True, scale_by_sigma=False, num_scales=None)
+        self.config.update({k: v for k, v in options.items() if v != defaults[k]})  # old configs unchanged
+        self.centered, self.scale_output = centered, scale_by_sigma
+        add_sigma_table(self, num_scales)
         C, H = self.data_shape[0], self.data_shape[1]
         tdim = 4 * ch
         self.embed = make_embedding(embedding, ch, fourier_scale)
@@ -87,8 +109,10 @@ class DDPMUNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 level.append(block(cur + widths.pop(), ch * m))
                 cur = ch * m
-                if res in attn_resolutions:
+                if res in attn_resolutions and attn_each_up_block:
                     level.append(attn(cur))
+            if res in attn_resolutions and not attn_each_up_block:
+                level.append(attn(cur))
             if i != 0:
                 level.append(Upsample(cur))
                 res *= 2
@@ -99,6 +123,8 @@ class DDPMUNet(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
         h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
+        if not self.centered:
+            h = 2 * h - 1.0                                      # data in [0, 1] -> [-1, 1]
         hs = [self.conv_in(h)]
         for level in self.down:
             for layer in level:
@@ -116,4 +142,6 @@ class DDPMUNet(nn.Module):
                 else:  # AttnBlock or Upsample
                     h = layer(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
+        if self.scale_output:
+            h = scale_by_sigma(self, h, check_inputs(self, x, c, h.dtype)[1])
         return h.to(x.dtype)
