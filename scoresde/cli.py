@@ -124,7 +124,10 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
         for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
             set_dotted(cfg, key, value)
         if dry_run:
-            click.echo(to_toml(resolve_config(cfg, out=out, resume=resume)), nl=False)
+            from .data import check_data_source
+            resolved = resolve_config(cfg, out=out, resume=resume)
+            check_data_source(resolved["data"]["name"])                 # a bad --data fails here too
+            click.echo(to_toml(resolved), nl=False)
             return 0
         result = run(cfg, out=out, resume=resume, dump_weights=debug_dump_weights)
     if result.interrupted:
@@ -184,7 +187,8 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
     from .checkpoint import find_checkpoint, load, read_checkpoint
     from .distributed import resolve_device
     from .guidance import classifier_free_score
-    from .plotting import plot_samples
+    from .plotting import inpainting_grid, is_image_shape, plot_samples
+    from .utils import thread_policy
     with _user_errors():
         ext = os.path.splitext(out)[1].lower()
         if ext not in (".npy", ".png"):
@@ -209,17 +213,18 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
             title += f", class {name}, w = {w:g}"
         sampler = sampler or cfg["sample"]["sampler"]
         steps = steps or cfg["sample"]["steps"]
-        if known is None:
-            x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True).cpu()
-            title += f", {sampler}"
-        else:
-            x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
-            x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
-            title += f", inpainted ({mask}), {sampler}"
+        with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
+            if known is None:
+                x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True).cpu()
+                title += f", {sampler}"
+            else:
+                x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
+                x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
+                title += f", inpainted ({mask}), {sampler}"
         if ext == ".npy":
             _write_array(out, x)
-        elif known is not None and len(x_known.shape) > 2:        # images: known rows above their fills
-            plot_samples(torch.cat([torch.where(m, x_known, -1.0), x]), out, title=title + "; top: known")
+        elif known is not None and is_image_shape(x.shape[1:]):   # images: each known row above its fills
+            inpainting_grid(x_known, m, x, out, title=title + "; rows: known, filled")
         else:
             plot_samples(x, out, title=title)
     click.echo(f"wrote {n} samples to {out}")
@@ -303,6 +308,7 @@ def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
     from .data import load_dataset
     from .distributed import resolve_device
     from .likelihood import dataset_likelihood
+    from .utils import thread_policy
     with _user_errors():
         ds = load_dataset(data, size=n, seed=seed + 1)
         dev = resolve_device(device)
@@ -312,9 +318,10 @@ def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
                              f"{tuple(model.data_shape)}")
         x = ds.x[:n]
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
-        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels,
-                               data_range=(-1.0, 1.0), generator=torch.Generator(dev).manual_seed(seed),
-                               device=dev, progress=True)
+        with thread_policy(ds.shape, dev):
+            r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels,
+                                   data_range=(-1.0, 1.0), generator=torch.Generator(dev).manual_seed(seed),
+                                   device=dev, progress=True)
     click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
                f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s)")
 
