@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "plot_loss", "is_image_shape"]
+__all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape"]
 
 
 def _finite(name: str, x: torch.Tensor | None) -> None:
@@ -100,20 +100,26 @@ def plot_samples(samples: torch.Tensor, path: str, data: torch.Tensor | None = N
         scatter_2d(samples, path, data=None if data is None else data[: len(samples)], title=title)
 
 
-def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, path: str,
-                    title: str = "", max_pairs: int = 32) -> None:
-    """Inpainting results as pairs: each row of known images (unknown entries shown black, -1) sits
-    directly above the row of their fills, so every known image is paired with its completion."""
-    _finite("filled", filled)
+def pair_rows(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, max_pairs: int = 32,
+              max_cols: int = 8) -> tuple[torch.Tensor, int]:
+    """(images, columns) for an inpainting grid: each row of known images (unknown entries -1, black)
+    directly above the row of their fills; a last short row is padded with white (1)."""
     n = min(len(filled), max_pairs)
     shown = torch.where(mask[:n].bool(), known[:n], torch.full_like(known[:n], -1.0))
-    cols = min(8, n)
+    cols = min(max_cols, n)
     rows = []
-    for lo in range(0, n, cols):                      # known row, then its fills (last rows padded white)
+    for lo in range(0, n, cols):
         for part in (shown[lo:lo + cols], filled[lo:lo + cols].to(shown)):
-            pad = torch.ones((cols - len(part), *part.shape[1:]), dtype=part.dtype)
-            rows.append(torch.cat([part, pad]))
-    image_grid(torch.cat(rows), path, nrow=cols, title=title)
+            rows += [part, torch.ones((cols - len(part), *part.shape[1:]), dtype=part.dtype)]
+    return torch.cat(rows), cols
+
+
+def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, path: str,
+                    title: str = "", max_pairs: int = 32) -> None:
+    """Inpainting results in pairs of rows: known images (unknown entries black), then their fills."""
+    _finite("filled", filled)
+    images, cols = pair_rows(known, mask, filled, max_pairs)
+    image_grid(images, path, nrow=cols, title=title)
 
 
 def plot_loss(csv_path: str, path: str) -> None:
