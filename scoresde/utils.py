@@ -80,7 +80,8 @@ def policy_threads(data_shape: Sequence[int], device: Any = "cpu", threads: int 
 def thread_policy(data_shape: Sequence[int], device: Any = "cpu", threads: int = 0):
     """Run the block with `policy_threads(data_shape, device, threads)` CPU threads, then restore.
 
-    Only lowers the count: a process already set to fewer threads keeps them.
+    An explicit `threads` is set as given; the automatic choice (one thread for small examples)
+    only lowers the count.
     """
     n, before = policy_threads(data_shape, device, threads), torch.get_num_threads()
     if n is not None and (threads or n < before):
