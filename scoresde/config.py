@@ -20,7 +20,7 @@ import os
 import tomllib
 from typing import Any, Mapping
 
-__all__ = ["DEFAULTS", "default_config", "resolve", "validate", "load_toml", "save_toml", "to_toml",
+__all__ = ["DEFAULTS", "default_config", "resolve", "validate", "check_model_keys", "load_toml", "save_toml", "to_toml",
            "parse_override", "set_dotted"]
 
 # The embedded default: `scoresde train` with no arguments trains this (about a minute on 2 cores).
@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "sample": {
         "sampler": "euler_maruyama",
-        "steps": 500,
+        "steps": 200,        # on the trained 2-D mixture as good as 500 (mode TV + KL 0.032 both), 3x faster
         "n": 4000,           # samples drawn at the end of training (and for the plots)
     },
     "eval": {
@@ -168,7 +168,25 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
                     out[key][sub] = _check_value(name, v, default[sub])
         else:
             out[key] = _check_value(key, value, default)
+    check_model_keys(out["model"])
     return out
+
+
+def check_model_keys(model: Mapping[str, Any]) -> None:
+    """The [model] keys are arguments of the network or of ScoreModel (e.g. `model.widht` is refused,
+    naming the known keys). `data_shape` comes from the data, so it is not a key; an unknown
+    model name is left to the registry lookup."""
+    import inspect
+    from .nets import MODELS, check_model_config
+    from .parameterization import ScoreModel
+    name = model.get("name")
+    if not isinstance(name, str) or name not in MODELS:
+        return
+    score_keys = [k for k in inspect.signature(ScoreModel).parameters if k not in ("net", "sde")]
+    keys = {k: v for k, v in model.items() if k != "name"}
+    if "data_shape" in keys:
+        raise ValueError("config model.data_shape: set from the data (each example's shape), not a config key")
+    check_model_config(name, keys, extra=tuple(score_keys), exclude=("data_shape",), prefix="model.")
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:

@@ -19,7 +19,7 @@ import torch
 from .analytic import GaussianMixture, four_mode_mixture
 from .utils import Registry
 
-__all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "from_array", "load_array", "load_image_folder"]
+__all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array", "load_image_folder"]
 
 DATASETS = Registry("dataset")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -134,18 +134,23 @@ def _check_finite(x: torch.Tensor, source: str) -> None:
         raise ValueError(f"data {source}: {bad} of {x.numel()} values are NaN or infinite")
 
 
+def _check_array_header(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Rank >= 2, at least one example, real numbers: what the shape and dtype alone can tell."""
+    if len(shape) < 2:
+        raise ValueError(f"data {name}: expected an array of shape (N, *D) with at least 2 dims, found shape "
+                         f"{shape}" + ("; reshape 1-D data to (N, 1)" if len(shape) == 1 else ""))
+    if shape[0] == 0 or math.prod(shape) == 0:
+        raise ValueError(f"data {name}: expected at least one example, found shape {shape}")
+    if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"data {name}: expected real numbers, found dtype {dtype}")
+
+
 def from_array(array, name: str = "array", labels=None, normalize: str = "auto") -> Dataset:
     """A dataset from an array or tensor of shape (N, *D); uint8 data become [-1, 1] under "auto"."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
-    if array.ndim < 2:
-        raise ValueError(f"data {name}: expected an array of shape (N, *D) with at least 2 dims, found shape "
-                         f"{array.shape}" + ("; reshape 1-D data to (N, 1)" if array.ndim == 1 else ""))
-    if array.shape[0] == 0 or array.size == 0:
-        raise ValueError(f"data {name}: expected at least one example, found shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise ValueError(f"data {name}: expected real numbers, found dtype {array.dtype}")
+    _check_array_header(name, array.shape, array.dtype)
     is_uint8 = array.dtype == np.uint8
     x = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
     if normalize not in ("auto", "none", "standardize"):
@@ -231,12 +236,53 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Da
                    levels=256)
 
 
-def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str = "auto",
-                 image_size: int = 0, labels: bool = True) -> Dataset:
-    """A built-in dataset by name, or a `.npy`/`.npz` file or an image folder by path."""
+def _first_image(path: str) -> str | None:
+    for root, _, names in os.walk(path):
+        for f in sorted(names):
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                return os.path.join(root, f)
+    return None
+
+
+def check_data_source(name: str) -> str:
+    """Check that `name` is a built-in dataset or a readable data path, without loading it all.
+
+    Returns the kind ("builtin", "images" or "array"). Raises what `load_dataset` would for a
+    missing path (FileNotFoundError), an unreadable or unsupported file, an image folder without
+    images, or a `.npy` whose header is not an array of rank >= 2 (ValueError). `scoresde train
+    --dry-run` calls it so that a bad --data fails before any work.
+    """
     if not isinstance(name, str) or not name:
         raise TypeError(f"data: expected a dataset name or a path, found {name!r}")
     if name in DATASETS:
+        return "builtin"
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"data {name!r}: no such file or directory, and not a built-in dataset "
+                                f"({', '.join(DATASETS)})")
+    if os.path.isdir(name):
+        if _first_image(name) is None:
+            raise ValueError(f"data {name!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return "images"
+    if not os.access(name, os.R_OK):
+        raise ValueError(f"data {name!r}: the file is not readable (permission denied)")
+    if not name.lower().endswith((".npy", ".npz")):
+        raise ValueError(f"data {name!r}: expected a .npy/.npz file or an image folder")
+    try:
+        obj = np.load(name, mmap_mode="r", allow_pickle=False)       # .npy: the header only; .npz: the index
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"data {name!r}: not a readable .npy/.npz array file ({str(e).splitlines()[0]})") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        obj.close()
+    else:
+        _check_array_header(name, obj.shape, obj.dtype)
+    return "array"
+
+
+def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str = "auto",
+                 image_size: int = 0, labels: bool = True) -> Dataset:
+    """A built-in dataset by name, or a `.npy`/`.npz` file or an image folder by path."""
+    kind = check_data_source(name)
+    if kind == "builtin":
         g = torch.Generator().manual_seed(seed)
         ds = DATASETS[name](size, generator=g) if name != "digits" else DATASETS[name]()
         if not labels:
@@ -245,13 +291,6 @@ def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str 
             ds.x = (ds.x - ds.x.mean(0)) / ds.x.std(0).clamp_min(1e-8)
             ds.mixture = None
         return ds
-    if not os.path.exists(name):
-        raise FileNotFoundError(f"data {name!r}: no such file or directory, and not a built-in dataset "
-                                f"({', '.join(DATASETS)})")
-    if os.path.isdir(name):
+    if kind == "images":
         return load_image_folder(name, image_size=image_size, labels=labels)
-    if not os.access(name, os.R_OK):
-        raise ValueError(f"data {name!r}: the file is not readable (permission denied)")
-    if name.lower().endswith((".npy", ".npz")):
-        return load_array(name, normalize=normalize, labels=labels)
-    raise ValueError(f"data {name!r}: expected a .npy/.npz file or an image folder")
+    return load_array(name, normalize=normalize, labels=labels)

@@ -38,6 +38,7 @@ from .checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, lis
 from .config import resolve, save_toml
 from .rundir import RunLock, RunLockedError, append_log
 from .tasks import Task, get_task
+from .utils import policy_threads
 
 __all__ = ["Engine", "TrainResult", "TrainingError", "resolve_run", "run_dir_of"]
 
@@ -196,8 +197,9 @@ class Engine:
         from .ema import EMA
         cfg, T, info, device, task = self.cfg, self.T, self.info, self.device, self.task
         task.prepare()
-        if device.type == "cpu" and (cfg["threads"] or task.example_numel <= 256):
-            torch.set_num_threads(cfg["threads"] or 1)     # small examples: more threads only synchronise
+        threads = policy_threads((task.example_numel,), device, cfg["threads"])
+        if threads is not None:                             # small examples: more threads only synchronise
+            torch.set_num_threads(threads)
         torch.manual_seed(cfg["seed"])                      # weights: the same on every rank
         self.model = model = task.build(device)
         self.opt = torch.optim.Adam(model.parameters(), lr=T["lr"], betas=(T["beta1"], T["beta2"]),

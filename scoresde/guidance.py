@@ -33,10 +33,11 @@ from torch import nn
 from .losses import _check_generator, _check_x0, _noise, _train_time, dsm_loss
 from .nets.layers import check_data_shape, linear, make_embedding
 from .parameterization import CONDITIONINGS, T_SCALE, _check_fn, _check_sde
-from .samplers import progress_range, uniform_grid
+from .checks import CheckedScore, NonFiniteError, nonfinite_count
+from .samplers import check_samples, progress_range, uniform_grid
 from .samplers.langevin import CORRECTORS
 from .samplers.sde_samplers import PREDICTORS, check_discretization
-from .utils import append_dims, as_time, check_choice, check_int, check_positive
+from .utils import append_dims, as_time, check_choice, check_int, check_positive, thread_policy
 
 __all__ = ["label_dropout", "conditional_dsm_loss", "classifier_free_score", "ClassifierFreeScore",
            "NoiseConditionalClassifier", "classifier_loss", "classifier_guided_score", "ClassifierGuidedScore",
@@ -344,6 +345,9 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
         found = f"{x_known.dtype} {tuple(x_known.shape)}" if isinstance(x_known, torch.Tensor) else type(x_known).__name__
         raise TypeError(f"x_known: expected a floating-point tensor of shape (B, *D), found {found}")
     m = _check_mask(mask, x_known)
+    bad = nonfinite_count(torch.where(m, x_known, 0.0))          # unknown entries may be NaN placeholders
+    if bad:
+        raise NonFiniteError(f"x_known: expected finite values where mask == 1 (known), found {bad} NaN/inf")
     check_choice("predictor", predictor, [*PREDICTORS, "none"])
     check_choice("corrector", corrector, [*CORRECTORS, "none"])
     if predictor == "none" and corrector == "none":
@@ -362,6 +366,7 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
         sde = sde.with_steps(steps)
     pred, corr = PREDICTORS.get(predictor), CORRECTORS.get(corrector)
     B = x_known.shape[0]
+    score_fn = CheckedScore(score_fn, where="impute")          # first call checked, NaN caught early
 
     def replace(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # known entries <- alpha(t) x_known + sigma(t) z, a fresh draw of the forward kernel p_0t
@@ -371,7 +376,7 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
 
     ts = uniform_grid(sde, steps, float(eps), device=x_known.device, dtype=x_known.dtype)
     check_discretization(sde, ts, "impute", discretize=predictor == "reverse_diffusion", langevin=corr is not None)
-    with torch.no_grad():
+    with torch.no_grad(), thread_policy(x_known.shape[1:], x_known.device):
         x = replace(sde.prior_sampling(x_known.shape, generator=generator, device=x_known.device,
                                        dtype=x_known.dtype), ts[0].expand(B))
         n = len(ts) - 1
@@ -387,4 +392,5 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
             for _ in range(n_corr):
                 x = replace(corr(sde, score_fn, x, t, snr=snr, generator=generator), t)
             x = replace(pred(sde, score_fn, x, t, s, generator=generator, noise=not (denoise and last)), s)
-        return torch.where(m, x_known, x)                    # known entries exact
+        score_fn.flush()
+        return check_samples(torch.where(m, x_known, x), "impute")   # known entries exact

@@ -26,8 +26,9 @@ from typing import Any, Callable
 
 import torch
 
+from .checks import CheckedScore, NonFiniteError, nonfinite_count
 from .odeint import odeint_rk45
-from .utils import check_choice, check_int
+from .utils import check_choice, check_int, thread_policy
 
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "dataset_likelihood",
            "exact_divergence", "hutchinson_divergence", "DIVERGENCES", "PROBES"]
@@ -109,7 +110,7 @@ def _check_real(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = 
 def log_likelihood(sde, score_fn: Callable, x: torch.Tensor, *, divergence: str = "exact",
                    probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                    generator: torch.Generator | None = None, return_info: bool = False,
-                   max_steps: int = 100_000):
+                   max_steps: int = 100_000, callback: Callable[[float], None] | None = None):
     """log p_eps(x) in nats, (B,), by the probability-flow ODE (Song et al. 2021, App. D.2).
 
     Args:
@@ -129,12 +130,17 @@ def log_likelihood(sde, score_fn: Callable, x: torch.Tensor, *, divergence: str 
         return_info: also return {"nfe", "steps", "rejected", "seconds", "z" (x(T), like x),
             "prior_logp", "delta_logp"} (nfe = score evaluations, as `sample(..., return_info=True)`).
         max_steps: ODE step budget (RuntimeError beyond it).
+        callback: called with the time t of every evaluation of the ODE (eps -> T), e.g. to
+            advance a progress bar.
     Returns:
         logp (B,) in x's dtype, or (logp, info) with `return_info`.
 
     Gradients are taken internally even under `torch.no_grad()`; the result carries no graph.
     Besides the solver error, the result carries the prior mismatch log p_T(z) - log pi(z) (the
     data's p_T is not exactly the prior); with the default SDEs it is ~1e-3 nats in 2-D.
+
+    The first score evaluation is checked (shaped like x, its dtype, finite) and NaN/inf in a
+    score, the state or the divergence raise `NonFiniteError` (a ValueError) within a step.
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
@@ -148,14 +154,20 @@ def log_likelihood(sde, score_fn: Callable, x: torch.Tensor, *, divergence: str 
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, found {type(generator).__name__}")
 
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable callback(t) or None, found {type(callback).__name__}")
+
     shape, B, D = x.shape, x.shape[0], x[0].numel()
-    flow = sde.reverse(score_fn, probability_flow=True)
+    checked = CheckedScore(score_fn, where="log_likelihood")
+    flow = sde.reverse(checked, probability_flow=True)
     v = _draw_probe(x, probe, generator) if divergence == "hutchinson" else None
     nfe = 0
 
     def f(t: float, y: torch.Tensor) -> torch.Tensor:
         nonlocal nfe
         nfe += 1
+        if callback is not None:
+            callback(t)
         with torch.inference_mode(False), torch.enable_grad():    # grads even under no_grad/inference
             xt = y[:, :D].reshape(shape).clone().requires_grad_(True)
             # dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t)    (probability-flow ODE, Song et al. eq. 13)
@@ -166,12 +178,21 @@ def log_likelihood(sde, score_fn: Callable, x: torch.Tensor, *, divergence: str 
 
     start = time.perf_counter()
     y0 = torch.cat([x.detach().reshape(B, D), x.new_zeros(B, 1)], 1)
-    with torch.no_grad():
-        y, stats = odeint_rk45(f, y0, eps, float(sde.T), rtol=rtol, atol=atol, max_steps=max_steps)
+    with torch.no_grad(), thread_policy(shape[1:], x.device):
+        try:
+            y, stats = odeint_rk45(f, y0, eps, float(sde.T), rtol=rtol, atol=atol, max_steps=max_steps)
+        except NonFiniteError:
+            checked.flush()              # the score's own report (where it became NaN) when it has one
+            raise
+        checked.flush()
         z, delta_logp = y[:, :D].reshape(shape), y[:, D]
         prior_logp = sde.prior_logp(z)
         # log p_eps(x) = log p_T(z) + int_eps^T div f~ dt
         logp = prior_logp + delta_logp
+        bad = nonfinite_count(logp)
+        if bad:
+            raise NonFiniteError(f"log_likelihood: {bad} of {B} log-likelihoods are NaN/inf (the prior log-density "
+                                 "of the ODE's end point overflowed)")
     if not return_info:
         return logp
     info = {"nfe": nfe, "steps": stats["steps"], "rejected": stats["rejected"],
@@ -263,6 +284,27 @@ def _model_device_dtype(score_model: Any, data: torch.Tensor):
     return p.device, p.dtype
 
 
+class _ExampleBar:
+    """A tqdm bar over the examples that moves within a batch: a batch of n examples starting at
+    `lo` counts as lo + n (t - eps) / (T - eps) done while its ODE is at time t."""
+
+    def __init__(self, total: int, eps: float, T: float):
+        from tqdm.auto import tqdm
+        self.eps, self.span = eps, T - eps
+        self.bar = tqdm(total=total, desc="likelihood", leave=False, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total} examples [{elapsed}<{remaining}]")
+
+    def batch(self, lo: int, n: int) -> Callable[[float], None]:
+        def advance(t: float) -> None:
+            done = lo + n * min(1.0, max(0.0, (float(t) - self.eps) / self.span))
+            if done > self.bar.n:
+                self.bar.update(done - self.bar.n)
+        return advance
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_size: int = 256, *,
                        divergence: str = "hutchinson", probe: str = "rademacher", rtol: float = 1e-5,
                        atol: float = 1e-5, eps: float = 1e-5, n_bits: int | None = None,
@@ -306,20 +348,21 @@ def dataset_likelihood(score_model: Callable, sde, data: torch.Tensor, batch_siz
     if module is not None:
         module.eval()
     nats, nfe, start = [], 0, time.perf_counter()
-    starts = range(0, data.shape[0], batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="likelihood", leave=False, dynamic_ncols=True)
+    bar = _ExampleBar(data.shape[0], eps, float(sde.T)) if progress else None
     try:
-        for lo in starts:
-            x = data[lo:lo + batch_size].to(device=dev, dtype=dtype)
-            if L is not None and dequantize_data:
-                x = dequantize(x, levels=L, data_range=data_range, generator=generator)
-            logp, info = log_likelihood(sde, score_model, x, divergence=divergence, probe=probe, rtol=rtol,
-                                        atol=atol, eps=eps, generator=generator, return_info=True)
-            nats.append(logp.cpu())
-            nfe += info["nfe"]
+        with thread_policy(data.shape[1:], dev):
+            for lo in range(0, data.shape[0], batch_size):
+                x = data[lo:lo + batch_size].to(device=dev, dtype=dtype)
+                if L is not None and dequantize_data:
+                    x = dequantize(x, levels=L, data_range=data_range, generator=generator)
+                logp, info = log_likelihood(sde, score_model, x, divergence=divergence, probe=probe, rtol=rtol,
+                                            atol=atol, eps=eps, generator=generator, return_info=True,
+                                            callback=bar.batch(lo, x.shape[0]) if bar else None)
+                nats.append(logp.cpu())
+                nfe += info["nfe"]
     finally:
+        if bar is not None:
+            bar.close()
         if module is not None:
             module.train(was_training)
     nats = torch.cat(nats)

@@ -5,13 +5,19 @@ Step-size control and the initial step follow Hairer, Norsett & Wanner, "Solving
 Differential Equations I", Sec. II.4 (as scipy's `solve_ivp(method="RK45")` does), so tolerances
 mean the same as there: the error of each step, in the RMS norm scaled by atol + rtol |y|, is <= 1.
 The whole state is one tensor and one step size serves the whole batch (as score_sde solves the
-batch as one system). One scalar per step crosses to the host to accept or reject the step.
+batch as one system). One scalar per step crosses to the host to accept or reject the step; a
+NaN/inf there (a non-finite state or derivative) stops the solve at once with `NonFiniteError`
+instead of rejecting steps until `max_steps`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
+
+from .checks import NonFiniteError
 
 __all__ = ["odeint_rk45"]
 
@@ -49,6 +55,9 @@ def odeint_rk45(f: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
     # initial step (Hairer et al. II.4): h0 from the scales of y and f, refined by one Euler probe
     scale = atol + y.abs() * rtol
     d0, d1 = _rms(y / scale).item(), _rms(k1 / scale).item()
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        raise NonFiniteError(f"odeint_rk45: the {'initial state' if not math.isfinite(d0) else 'derivative'} "
+                             f"at t = {t:.6g} holds NaN/inf")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, abs(t1 - t0))
     k_probe = f(t + direction * h0, y + direction * h0 * k1)
@@ -73,6 +82,9 @@ def odeint_rk45(f: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tens
         ks.append(k7)
         err = dt * sum(e * k for e, k in zip(_E, ks))
         err_norm = _rms(err / (atol + torch.maximum(y.abs(), y_new.abs()) * rtol)).item()
+        if not math.isfinite(err_norm):          # NaN/inf in a stage: no step size can repair it
+            raise NonFiniteError(f"odeint_rk45: NaN/inf in the step from t = {t:.6g} (h = {dt:.3g}); "
+                                 "the state or its derivative is not finite")
         if err_norm <= 1.0:
             t, y, k1 = t + dt, y_new, k7
             steps += 1

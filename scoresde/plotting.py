@@ -1,4 +1,8 @@
-"""Plots for training runs (matplotlib, Agg backend): samples vs data, image grids, the loss curve."""
+"""Plots for training runs (matplotlib, Agg backend): samples vs data, image grids, the loss curve.
+
+Non-finite samples are refused with one clear error (`NonFiniteError`, a ValueError) before
+matplotlib is reached ("Axis limits cannot be NaN or Inf" is all it would say).
+"""
 from __future__ import annotations
 
 import csv
@@ -9,7 +13,13 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["plot_samples", "scatter_2d", "image_grid", "plot_loss", "is_image_shape"]
+__all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape"]
+
+
+def _finite(name: str, x: torch.Tensor | None) -> None:
+    from .checks import check_finite
+    if x is not None:
+        check_finite(name, x.detach(), "values to plot")
 
 
 def _figure():
@@ -35,6 +45,8 @@ def is_image_shape(shape) -> bool:
 
 def scatter_2d(samples: torch.Tensor, path: str, data: torch.Tensor | None = None, title: str = "") -> None:
     """Scatter of the first two coordinates of samples (and of the data, side by side)."""
+    _finite("samples", samples)
+    _finite("data", data)
     plt = _figure()
     panels = [("data", data), ("samples", samples)] if data is not None else [("samples", samples)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
@@ -57,6 +69,7 @@ def scatter_2d(samples: torch.Tensor, path: str, data: torch.Tensor | None = Non
 
 def image_grid(images: torch.Tensor, path: str, nrow: int | None = None, title: str = "") -> None:
     """A grid of images (B, C, H, W) or (B, H, W) in [-1, 1] (clipped)."""
+    _finite("images", images)
     plt = _figure()
     x = images.detach().float().cpu()
     if x.ndim == 3:
@@ -85,6 +98,28 @@ def plot_samples(samples: torch.Tensor, path: str, data: torch.Tensor | None = N
         image_grid(samples[:64], path, title=title)
     else:
         scatter_2d(samples, path, data=None if data is None else data[: len(samples)], title=title)
+
+
+def pair_rows(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, max_pairs: int = 32,
+              max_cols: int = 8) -> tuple[torch.Tensor, int]:
+    """(images, columns) for an inpainting grid: each row of known images (unknown entries -1, black)
+    directly above the row of their fills; a last short row is padded with white (1)."""
+    n = min(len(filled), max_pairs)
+    shown = torch.where(mask[:n].bool(), known[:n], torch.full_like(known[:n], -1.0))
+    cols = min(max_cols, n)
+    rows = []
+    for lo in range(0, n, cols):
+        for part in (shown[lo:lo + cols], filled[lo:lo + cols].to(shown)):
+            rows += [part, torch.ones((cols - len(part), *part.shape[1:]), dtype=part.dtype)]
+    return torch.cat(rows), cols
+
+
+def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, path: str,
+                    title: str = "", max_pairs: int = 32) -> None:
+    """Inpainting results in pairs of rows: known images (unknown entries black), then their fills."""
+    _finite("filled", filled)
+    images, cols = pair_rows(known, mask, filled, max_pairs)
+    image_grid(images, path, nrow=cols, title=title)
 
 
 def plot_loss(csv_path: str, path: str) -> None:

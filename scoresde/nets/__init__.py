@@ -15,6 +15,7 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -25,7 +26,7 @@ from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
 from .unet import DDPMUNet
 
-__all__ = ["MODELS", "get_model", "list_models", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
+__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
            "autocast", "prepare_model"]
 
 MODELS = Registry("model")
@@ -48,9 +49,39 @@ def get_model(name: str, **config: Any) -> nn.Module:
     """
     if not isinstance(name, str):
         raise TypeError(f"name: expected a model name (str), one of {list_models()}, found {type(name).__name__}")
+    check_model_config(name, config)
     return MODELS[name](**config)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def model_arguments(name: str) -> list[str] | None:
+    """The keyword arguments the network `name` accepts (its constructor's signature), or None
+    when it takes arbitrary keywords. A builder with `**config` names where they go with a
+    `forwards_to` attribute (e.g. ddpmpp -> NCSNpp)."""
+    names: list[str] = []
+    obj: Any = MODELS[name]
+    while obj is not None:
+        params = inspect.signature(obj).parameters.values()
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+        obj = getattr(obj, "forwards_to", None)
+    return None
+
+
+def check_model_config(name: str, config: dict[str, Any], *, extra: tuple[str, ...] = (),
+                       exclude: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Refuse keys of `config` that network `name` does not take (plus `extra`, minus `exclude`),
+    naming the unknown keys and the known ones: TypeError for the Python API, ValueError for
+    config keys (written with `prefix`, e.g. "model.")."""
+    known = model_arguments(name)
+    if known is None:
+        return
+    known = [k for k in [*known, *(k for k in extra if k not in known)] if k not in exclude]
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        what = ", ".join(f"{prefix}{k}" for k in unknown)
+        where = "config " if prefix else ""
+        msg = (f"{where}{what}: unknown {'key' if prefix else 'argument'}{'s' if len(unknown) > 1 else ''} "
+               f"of model {name!r}; known: {', '.join(prefix + k for k in known)}")
+        raise (ValueError if prefix else TypeError)(msg)

@@ -283,3 +283,6 @@ def ddpmpp(data_shape: Sequence[int] = (3, 32, 32), *, embedding: str = "sinusoi
            progressive_input: str = "none", **config) -> NCSNpp:
     """DDPM++ (cont.): the NCSN++ network with sinusoidal features, plain resampling, no progressive input."""
     return NCSNpp(data_shape, embedding=embedding, fir=fir, progressive_input=progressive_input, **config)
+
+
+ddpmpp.forwards_to = NCSNpp          # where **config goes (nets.model_arguments)

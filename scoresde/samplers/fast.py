@@ -68,12 +68,14 @@ def ddim(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "logsnr", rho: float = 7.0) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) on the probability-flow ODE; NFE = steps."""
     g = _Grid(sde, x, ts, denoise, schedule, rho)
-    for i in progress_range(g.n, progress, "ddim"):
+    for i in progress_range(g.n + denoise, progress, "ddim"):    # the bar counts the final step too
         D = _denoised(score_fn, x, g, i)
+        if i == g.n:                                              # final step to noise 0: x = D
+            return D
         # x_{i+1} = sigma_{i+1}/sigma_i x_i + (alpha_{i+1} - alpha_i sigma_{i+1}/sigma_i) D  (Song et al. 2021, eq. 12)
         r = g.sigma[i + 1] / g.sigma[i]
         x = r * x + (g.alpha[i + 1] - g.alpha[i] * r) * D
-    return _denoised(score_fn, x, g, g.n) if denoise else x
+    return x
 
 
 @SAMPLERS.register("heun")
@@ -82,7 +84,9 @@ def heun(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); NFE = 2 steps - 1."""
     g = _Grid(sde, x, ts, denoise, schedule, rho)
     y = x / g.alpha[0]                                            # y = x / alpha, noise level sigma~
-    for i in progress_range(g.n, progress, "heun"):
+    for i in progress_range(g.n + denoise, progress, "heun"):     # the bar counts the final step too
+        if i == g.n:                # final Euler step to sigma~ = 0 lands on D (Alg. 1 with sigma_N = 0)
+            return _denoised(score_fn, g.alpha[g.n] * y, g, g.n)
         dsig = g.sig[i + 1] - g.sig[i]
         d = (y - _denoised(score_fn, g.alpha[i] * y, g, i)) / g.sig[i]      # dy/dsigma~ = (y - D) / sigma~
         y_next = y + dsig * d                                               # Euler step   (Alg. 1, l. 5)
@@ -90,8 +94,7 @@ def heun(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
             d2 = (y_next - _denoised(score_fn, g.alpha[i + 1] * y_next, g, i + 1)) / g.sig[i + 1]
             y_next = y + dsig * 0.5 * (d + d2)
         y = y_next
-    # final Euler step to sigma~ = 0 lands on D (Alg. 1 with sigma_N = 0)
-    return _denoised(score_fn, g.alpha[g.n] * y, g, g.n) if denoise else g.alpha[g.n] * y
+    return g.alpha[g.n] * y
 
 
 @SAMPLERS.register("dpm_solver")
@@ -108,8 +111,10 @@ def dpm_solver(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=F
         raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
     g = _Grid(sde, x, ts, denoise, schedule, rho)
     hist: list[torch.Tensor] = []                                 # data predictions D_i, D_{i-1}, ...
-    for i in progress_range(g.n, progress, "dpm_solver"):
+    for i in progress_range(g.n + denoise, progress, "dpm_solver"):   # the bar counts the final step too
         hist = [_denoised(score_fn, x, g, i)] + hist[: order - 1]
+        if i == g.n:                                              # final step to noise 0: x = D
+            return hist[0]
         q = len(hist)
         if lower_order_final and g.n < 15 and i == g.n - 1:
             q = min(q, 2)
@@ -133,4 +138,4 @@ def dpm_solver(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=F
             phi1 = h - em                                        # e^{-h} - 1 + h
             # 3M: + alpha phi1 D' + alpha (h^2/2 - phi1) D''  (Taylor of D in lambda, integrated exactly)
             x = x + (a * phi1 / h) * D1 + (a * 2 * (0.5 - phi1 / h ** 2)) * D2
-    return _denoised(score_fn, x, g, g.n) if denoise else x
+    return x

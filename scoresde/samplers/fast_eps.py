@@ -89,7 +89,9 @@ def deis(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
 
     hist: list[torch.Tensor] = []                             # P_i, P_{i-1}, ... (newest first)
     x_prev = None
-    for i in progress_range(g.n, progress, "deis"):
+    for i in progress_range(g.n + denoise, progress, "deis"):     # the bar counts the final step too
+        if i == g.n:                                              # final step to noise 0: x = D
+            return _denoised(score_fn, x, g, g.n)
         hist = [predict(x, i)] + hist[: order]
         if corrector and x_prev is not None:
             # UniC: x_i = a x_{i-1} + sum_j w^c_j P_{i-j}, interpolant through the new P_i too
@@ -98,4 +100,4 @@ def deis(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
         x_prev = x
         # x_{i+1} = a_i x_i + sum_j w_j P_{i-j}   (exact integral of the Lagrange interpolant)
         x = a[i] * x + sum(wj * p for wj, p in zip(pred_w[i], hist))
-    return _denoised(score_fn, x, g, g.n) if denoise else x
+    return x

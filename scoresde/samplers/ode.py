@@ -12,24 +12,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checks import NonFiniteError
 from ..odeint import odeint_rk45
 from ..utils import append_dims, check_choice, check_positive
-from . import SAMPLERS, check_options
+from . import SAMPLERS, check_options, flush_checks
 
-__all__ = ["ode", "ODE_METHODS"]
+__all__ = ["ode", "ODE_METHODS", "TimeBar"]
 
 # "RK45": torch, on the data's device; the others: scipy.integrate.solve_ivp on the host (float64)
 ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
-class _TimeBar:
+class TimeBar:
     """A tqdm bar over the integration interval, advanced from the solver's time points."""
 
-    def __init__(self, t0: float, t1: float, enabled: bool):
+    def __init__(self, t0: float, t1: float, enabled: bool, desc: str = "ode"):
         self.t0, self.done, self.bar = t0, 0.0, None
         if enabled:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=abs(t1 - t0), desc="ode", leave=False, dynamic_ncols=True,
+            self.bar = tqdm(total=abs(t1 - t0), desc=desc, leave=False, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| t={postfix} [{elapsed}]")
 
     def update(self, t: float) -> None:
@@ -73,7 +74,7 @@ def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, *
     method = check_choice("method", opts["method"], ODE_METHODS)
     t0, t1 = float(sde.T), float(ts[-1])             # one host read of eps, before solving
     flow = sde.reverse(score_fn, probability_flow=True)
-    bar = _TimeBar(t0, t1, progress)
+    bar = TimeBar(t0, t1, progress)
 
     def f(t: float, y: torch.Tensor) -> torch.Tensor:
         bar.update(t)
@@ -85,10 +86,11 @@ def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, *
             x, _ = odeint_rk45(f, x, t0, t1, rtol=rtol, atol=atol)
         else:
             x = _solve_scipy(f, x, t0, t1, method, rtol, atol)
+    except NonFiniteError:
+        flush_checks(score_fn)        # the score's own report (where it became NaN) when it has one
+        raise
     finally:
         bar.close()
-    if not torch.isfinite(x).all():
-        raise RuntimeError("ode: the solution is not finite; check the score function or tighten rtol/atol")
     if denoise:
         x = tweedie_denoise(sde, score_fn, x, t1)
     return x

@@ -14,6 +14,7 @@ import torch
 
 from ..utils import check_choice, check_positive
 from . import SAMPLERS, check_options
+from .ode import TimeBar
 from .sde_samplers import euler_maruyama_step
 
 __all__ = ["torchsde_sampler", "TORCHSDE_METHODS"]
@@ -28,14 +29,15 @@ class _ReverseInS:
 
     noise_type = "diagonal"
 
-    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str):
+    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str, bar: TimeBar):
         self.reverse, self.forward, self.shape = sde.reverse(score_fn), sde, shape
-        self.T, self.sde_type = float(sde.T), sde_type
+        self.T, self.sde_type, self.bar = float(sde.T), sde_type, bar
 
         self._last = None        # (s, y, f): sdeint's shape check and first step share f(0, y0)
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = float(s)             # host times: no device sync
+        self.bar.update(self.T - s)                 # the bar shows the reverse time t = T - s
         if self._last is not None and self._last[0] == s and self._last[1] is y:
             return self._last[2]
         # dx/ds = -[f(x, t) - g(t)^2 score(x, t)],  t = T - s
@@ -56,7 +58,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     "euler_heun"), dt=(T - eps) / steps. The Brownian motion is a `torchsde.BrownianInterval`
     seeded from `generator`. NFE is the solver's (euler: one per step; srk, heun, midpoint: more).
     With `denoise` the final step of length dt is a noise-free Euler step (one NFE), as in the
-    other SDE samplers. `progress` is not shown (torchsde runs its own loop).
+    other SDE samplers. `progress` shows a bar over time, advanced from the drift's evaluations.
     "reversible_heun" has a small stability region: with sharp data (mode std 0.1) the drift near
     t = eps is stiff and it diverges at 1000 steps (benchmarks/reference_samplers.py); prefer "euler".
     """
@@ -83,8 +85,13 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
         # host float64 times (the solver loop compares them each step); dt padded by 1e-9 so that
         # accumulated round-off cannot add a sliver of a step at the end (the last step is clipped)
         s_grid = torch.tensor([0.0, s_end], dtype=torch.float64)
-        y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method]), y, s_grid,
-                            bm=bm, method=method, dt=dt * (1 + 1e-9), adaptive=False, options=solver_options)[-1]
+        bar = TimeBar(T, eps, progress, desc="torchsde")
+        try:
+            y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method], bar), y, s_grid,
+                                bm=bm, method=method, dt=dt * (1 + 1e-9), adaptive=False,
+                                options=solver_options)[-1]
+        finally:
+            bar.close()
     x = y.reshape(shape)
     if denoise:
         t_last = torch.full((B,), T - s_end, device=x.device, dtype=x.dtype)
