@@ -28,9 +28,9 @@ class _ReverseInS:
 
     noise_type = "diagonal"
 
-    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str):
+    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str, T: float):
         self.reverse, self.forward, self.shape = sde.reverse(score_fn), sde, shape
-        self.T, self.sde_type = float(sde.T), sde_type
+        self.T, self.sde_type = T, sde_type               # T: the grid's first time (sde.T by default)
 
         self._last = None        # (s, y, f): sdeint's shape check and first step share f(0, y0)
 
@@ -53,7 +53,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     """Reverse SDE solved by `torchsde.sdeint` with a fixed step.
 
     Options: method="euler" (also "milstein", "srk", "reversible_heun", "heun", "midpoint",
-    "euler_heun"), dt=(T - eps) / steps. The Brownian motion is a `torchsde.BrownianInterval`
+    "euler_heun"), dt=(T - eps) / steps, with T and eps the grid's first and last times. The Brownian motion is a `torchsde.BrownianInterval`
     seeded from `generator`. NFE is the solver's (euler: one per step; srk, heun, midpoint: more).
     With `denoise` the final step of length dt is a noise-free Euler step (one NFE), as in the
     other SDE samplers. `progress` is not shown (torchsde runs its own loop).
@@ -62,7 +62,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     """
     import torchsde
 
-    T, eps = float(sde.T), float(ts[-1])            # one host read before solving
+    T, eps = ts[[0, -1]].double().tolist()          # one host read before solving: first and last time
     opts = check_options("torchsde", options, {"method": "euler", "dt": (T - eps) / (len(ts) - 1)})
     method = check_choice("method", opts["method"], TORCHSDE_METHODS)
     dt = check_positive("dt", opts["dt"])
@@ -83,7 +83,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
         # host float64 times (the solver loop compares them each step); dt padded by 1e-9 so that
         # accumulated round-off cannot add a sliver of a step at the end (the last step is clipped)
         s_grid = torch.tensor([0.0, s_end], dtype=torch.float64)
-        y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method]), y, s_grid,
+        y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method], T), y, s_grid,
                             bm=bm, method=method, dt=dt * (1 + 1e-9), adaptive=False, options=solver_options)[-1]
     x = y.reshape(shape)
     if denoise:
