@@ -127,7 +127,7 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     if cls_name != "UNet2DModel":
         raise ValueError(f"path_or_module: expected a UNet2DModel (unconditional, pixel space), found "
                          f"{cls_name!r} in {cfg_path!r}")
-    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True)
+    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
     sched = _find_scheduler_config(model_dir)
     return net, (_read_json(sched) if sched else None)
 
