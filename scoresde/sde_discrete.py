@@ -17,12 +17,17 @@ x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) z (Song et al. 2021, arXiv:2011.
   form, alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t + s) / (1 + s) pi / 2), ending at T = 0.9946
   (alpha_bar(T) ~ 7e-5), as DPM-Solver's cosine schedule does (Lu et al. 2022, arXiv:2206.00927).
 
-Timestep i of an M-step table sits at t_i = (i + 1) / M, as in DPM-Solver's discrete schedule.
+Timestep i of an M-step table sits at t_i = (i + 1) / M, as in DPM-Solver's discrete schedule
+(which interpolates log alpha linearly). The spline keeps adaptive solvers cheap: the exact
+likelihood of the 2-D test mixture takes 98 NFE against 446 with the linear interpolation's jumps
+in beta (tests/test_discrete_vp_sampling.py).
 
 Both discretise into N DDPM steps on the uniform grid t_k = k T / N with
 beta_k = 1 - alpha_bar(t_{k+1}) / alpha_bar(t_k) (exact transitions of the SDE), and their
 ancestral step is the DDPM posterior q(x_s | x_t, x_0) with variance "posterior" (beta-tilde,
-diffusers' "fixed_small") or "beta" ("fixed_large").
+diffusers' "fixed_small") or "beta" ("fixed_large"). The posterior variance leaves out the
+uncertainty of x_0 given x_t (Ho et al.'s lower bound), so coarse chains come out narrow: -11% in
+variance for a 0.3-std Gaussian with the exact score at 200 steps, about -4% at 500.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 from .sde import SDE, SDES, _check_x
 from .utils import append_dims, as_time, check_choice, check_int, check_positive
 
-__all__ = ["DiscreteVPSDE", "CosineVPSDE", "beta_schedule", "BETA_SCHEDULES"]
+__all__ = ["AlphaBarVPSDE", "DiscreteVPSDE", "CosineVPSDE", "beta_schedule", "BETA_SCHEDULES"]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 INTERPOLATIONS = ("cubic", "pchip", "linear")

@@ -149,6 +149,26 @@ def test_loading_variants_agree(unet, tmp_path):
     assert sde.sample(model, 2, sampler="ddim", steps=3).shape == SHAPE
 
 
+@pytest.mark.parametrize("name", ["PNDMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler",
+                                  "UniPCMultistepScheduler", "LMSDiscreteScheduler"])
+def test_other_ddpm_type_schedulers_give_the_same_sde(unet, name):
+    _, sde = ss.from_diffusers(unet, getattr(diffusers, name)(beta_schedule="scaled_linear", **SCHEDULES["scaled_linear"]))
+    _, ref = ss.from_diffusers(unet, DDPMScheduler(beta_schedule="scaled_linear", **SCHEDULES["scaled_linear"]))
+    assert torch.equal(sde.alphas_cumprod, ref.alphas_cumprod)
+
+
+def test_class_labels_reach_a_class_conditional_unet():
+    torch.manual_seed(0)
+    net = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(4, 8),
+                      down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                      norm_num_groups=2, num_class_embeds=5)
+    model, sde = ss.from_diffusers(net, DDPMScheduler())
+    x, t, y = torch.randn(SHAPE), torch.tensor([0.3, 0.6]), torch.tensor([1, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eps(x, t, y=y), net(x, sde.timestep(t), class_labels=y).sample)
+        assert not torch.allclose(model.eps(x, t, y=y), model.eps(x, t, y=y.flip(0)))
+
+
 def test_learned_variance_channels_are_dropped(tmp_path):
     net = tiny_unet(out_channels=6)
     sched = DDPMScheduler(variance_type="learned_range")

@@ -132,6 +132,13 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     return net, (_read_json(sched) if sched else None)
 
 
+def _refuse_ve(name: Any) -> None:
+    if name in _VE:
+        raise ValueError(f"scheduler: {name} is a variance-exploding (score-SDE VE / Karras) schedule, which "
+                         "from_diffusers does not express; load score_sde's original checkpoint with "
+                         "scoresde.load_score_sde instead")
+
+
 def _scheduler_config(scheduler: Any) -> dict[str, Any]:
     """A scheduler object, its config dict, or a path to scheduler_config.json / its folder -> dict."""
     if isinstance(scheduler, (str, os.PathLike)):
@@ -142,6 +149,7 @@ def _scheduler_config(scheduler: Any) -> dict[str, Any]:
         return _read_json(p)
     if isinstance(scheduler, dict):
         return dict(scheduler)
+    _refuse_ve(type(scheduler).__name__)
     cfg = getattr(scheduler, "config", None)
     if cfg is None:
         raise TypeError(f"scheduler: expected a diffusers scheduler, its config dict or a path, "
@@ -154,10 +162,7 @@ def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "cubic",
     """(the `DiscreteVPSDE` of a diffusers scheduler config, our parameterisation of its prediction_type)."""
     diffusers = _diffusers()
     name = config.get("_class_name")
-    if name in _VE:
-        raise ValueError(f"scheduler: {name} is a variance-exploding (score-SDE VE / Karras) schedule, which "
-                         "from_diffusers does not express; load score_sde's original checkpoint with "
-                         "scoresde.load_score_sde instead")
+    _refuse_ve(name)
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(f"scheduler: unknown diffusers scheduler class {name!r}; expected a DDPM-type scheduler "

@@ -25,7 +25,7 @@ End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
   final step to sigma = 0, and it costs no extra evaluation. NFE as above.
 - schedule="given": every interval of `ts`, then with denoise the data prediction at its last time
   (diffusers' DDIM with set_alpha_to_one); NFE = len(ts) with denoise, len(ts) - 1 without (heun:
-  2 (len(ts) - 1), one less without denoise).
+  2 len(ts) - 1 and 2 len(ts) - 3).
 """
 from __future__ import annotations
 
