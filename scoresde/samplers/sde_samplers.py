@@ -35,7 +35,8 @@ def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: boo
     bad_chain = bad_alpha = torch.zeros((), dtype=torch.bool, device=ts.device)
     uniform = torch.linspace(sde.T, 0.0, len(ts), dtype=torch.float64, device=ts.device)
     uniform = uniform * (1 - ts[-1].double() / sde.T) + ts[-1].double()       # T ... ts[-1], uniform
-    bad_grid = (ts.double() - uniform).abs().max() > 1e-3 * (sde.T - ts[-1].double()) / max(len(t), 1)
+    tol = 1e-3 * (sde.T - ts[-1].double()) / max(len(t), 1) + 8 * torch.finfo(ts.dtype).eps * sde.T
+    bad_grid = (ts.double() - uniform).abs().max() > tol
     if discretize:
         f, G = sde.discretize(torch.ones(len(t), 1, dtype=torch.float64, device=ts.device), t)
         bad_chain = ~(torch.isfinite(f).all() & torch.isfinite(G).all())
