@@ -144,8 +144,9 @@ def test_loading_variants_agree(unet, tmp_path):
             assert isinstance(model, ss.ScoreModel) and model.data_shape == SHAPE[1:]
             assert sde.config() == loaded[0][1].config()
             torch.testing.assert_close(model(x, t), ref)
-    # the CLI's data shape: a batch size alone
+    # the CLI's data shape: a batch size alone; data space [-1, 1]
     model, sde = loaded[0]
+    assert model.data_range == (-1.0, 1.0) and torch.equal(model.to_unit(model.from_unit(x.clamp(0, 1))), x.clamp(0, 1))
     assert sde.sample(model, 2, sampler="ddim", steps=3).shape == SHAPE
 
 

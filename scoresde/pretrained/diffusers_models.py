@@ -69,6 +69,14 @@ class DiffusersScoreModel(ScoreModel):
     def num_classes(self) -> int | None:
         return None                             # diffusers' class embeddings have no null label
 
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model data [-1, 1] -> [0, 1] (diffusers' image post-processing, without the clamp)."""
+        return (x + 1) / 2
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the model's data space [-1, 1]."""
+        return 2 * x - 1
+
     def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         out = self.net(x, c) if y is None else self.net(x, c, class_labels=y)
         if isinstance(out, (tuple, list)):
