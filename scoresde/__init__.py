@@ -4,6 +4,7 @@ Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differen
 Equations", arXiv:2011.13456.
 """
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
+from .sde_discrete import DiscreteVPSDE, CosineVPSDE
 from .analytic import Gaussian, GaussianMixture
 from .likelihood import bits_per_dim, dataset_likelihood
 from .losses import dsm_loss, ddpm_loss, smld_loss
@@ -33,6 +34,7 @@ def __getattr__(name):                      # pretrained loaders: imported on fi
 
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
+    "DiscreteVPSDE", "CosineVPSDE",
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",

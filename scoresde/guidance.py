@@ -32,7 +32,7 @@ from torch import nn
 
 from .losses import _check_generator, _check_x0, _noise, _train_time, dsm_loss
 from .nets.layers import check_data_shape, linear, make_embedding
-from .parameterization import CONDITIONINGS, T_SCALE, _check_fn, _check_sde
+from .parameterization import CONDITIONINGS, _check_fn, _check_sde, conditioning_value
 from .checks import CheckedScore, NonFiniteError, nonfinite_count
 from .samplers import check_samples, progress_range, uniform_grid
 from .samplers.langevin import CORRECTORS
@@ -179,7 +179,8 @@ class NoiseConditionalClassifier(nn.Module):
     """A noise-conditional classifier p(y | x_t, t): an MLP on flattened x (any rank), logits (B, K).
 
     Conditioning follows `ScoreModel`: the network sees c = 999 t ("t", sinusoidal features; VP /
-    sub-VP) or c = log sigma(t) ("log_sigma", Gaussian Fourier features; VE); "auto" picks the
+    sub-VP), c = sde.timestep(t) ("timestep", sinusoidal; a discrete schedule's timesteps) or
+    c = log sigma(t) ("log_sigma", Gaussian Fourier features; VE); "auto" picks the
     SDE's default. The embedding of c is added to every hidden layer.
     forward(x, t) with t a float or (B,) tensor returns the logits.
     """
@@ -197,7 +198,7 @@ class NoiseConditionalClassifier(nn.Module):
         self.conditioning = conditioning
         self._config = dict(data_shape=list(self.data_shape), num_classes=self.num_classes, width=width,
                             depth=depth, conditioning=conditioning, embed_dim=embed_dim)
-        kind = "sinusoidal" if conditioning == "t" else "fourier"
+        kind = "sinusoidal" if conditioning in ("t", "timestep") else "fourier"
         self.embed = make_embedding(kind, embed_dim if kind == "sinusoidal" else embed_dim // 2 or 1)
         self.temb = nn.Sequential(linear(self.embed.out_dim, width), nn.SiLU(), linear(width, width))
         self.inp = linear(math.prod(self.data_shape), width)
@@ -216,7 +217,7 @@ class NoiseConditionalClassifier(nn.Module):
                              f"found {found}")
         t = as_time(t, x)
         _, sigma = self.sde.marginal_coefs(t)
-        c = T_SCALE * t if self.conditioning == "t" else torch.log(sigma) if self.conditioning == "log_sigma" else sigma
+        c = conditioning_value(self.conditioning, self.sde, t, sigma)
         dtype = self.inp.weight.dtype
         emb = F.silu(self.temb(self.embed(c.to(dtype))))                       # (B, width)
         h = self.inp(x.to(dtype).flatten(1)) + emb

@@ -113,7 +113,10 @@ def _reduce(sq: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
 
 
 def _grid_time(sde: Any, i: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t_i = i T / (N - 1): grid point i of the SDE's N steps (inverse of `sde.grid_index`)."""
+    """t_i = i T / (N - 1): grid point i of the SDE's N steps (inverse of `sde.grid_index`), or the
+    SDE's own time of timestep i when it has one (`DiscreteVPSDE.t_from_timestep`)."""
+    if callable(getattr(sde, "t_from_timestep", None)):
+        return sde.t_from_timestep(i, dtype)
     return i.to(dtype) * (sde.T / max(sde.N - 1, 1))
 
 
@@ -177,7 +180,8 @@ def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = 
     x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) z, the loss is ||eps_fn(x_i, t_i) - z||^2
     reduced over the data dimensions (mean, or half the sum), where t_i = i T / (N - 1) is the
     continuous time of grid point i (a `ScoreModel` with "t" conditioning feeds 999 t_i = i to its
-    network when N = 1000). A `ScoreModel` passed as `eps_fn` is used through its `.eps`.
+    network when N = 1000); for a `DiscreteVPSDE`, N is its number of timesteps and t_i = (i + 1) T / N
+    its time of timestep i. A `ScoreModel` passed as `eps_fn` is used through its `.eps`.
 
     Only the VP SDE has DDPM's discrete schedule *and* a variance-preserving marginal; other SDEs
     raise TypeError.
@@ -192,7 +196,8 @@ def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = 
     if abs(float(a.square() + s.square()) - 1.0) > 1e-8:
         raise TypeError(f"vpsde: expected a variance-preserving marginal (alpha^2 + sigma^2 = 1), found "
                         f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} at t = T/2")
-    x0, i, z = _discrete_draw(x0, t_index, "t_index", vpsde.N, noise, reduce_mean, per_sample, generator)
+    x0, i, z = _discrete_draw(x0, t_index, "t_index", len(vpsde.alphas_cumprod), noise, reduce_mean, per_sample,
+                              generator)
     alpha_bar = append_dims(vpsde.alphas_cumprod.to(x0.device)[i].to(x0.dtype), x0.ndim)
     x_i = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * z     # q(x_i | x0), Ho et al. eq. 4
     eps_hat = _call(eps_fn, "eps_fn", x_i, _grid_time(vpsde, i, x0.dtype))

@@ -10,6 +10,9 @@ Vincent 2011). See docs/ddpm_is_dsm.md.
 Conversions used below, all per sample with alpha = alpha(t), sigma = sigma(t):
     score = -eps / sigma                      eps   = -sigma * score
     x0    = (x + sigma^2 score) / alpha       score = (alpha x0 - x) / sigma^2
+and for the velocity v = alpha eps - sigma x0 (Salimans & Ho 2022, arXiv:2202.00512, App. D),
+with r = alpha^2 + sigma^2 (1 for VP SDEs):
+    x0    = (alpha x - sigma v) / r           eps   = (sigma x + alpha v) / r
 """
 from __future__ import annotations
 
@@ -20,12 +23,23 @@ from torch import nn
 
 from .utils import append_dims, as_time, check_choice
 
-__all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS"]
+__all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value"]
 
-PARAMETERIZATIONS = ("eps", "score", "x0")
-CONDITIONINGS = ("auto", "t", "log_sigma", "sigma")
+PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+CONDITIONINGS = ("auto", "t", "log_sigma", "sigma", "timestep")
 T_SCALE = 999.0   # "t" conditioning: c = 999 t, DDPM's integer timestep for N = 1000 (fixed, so
                   # a network does not depend on the number of sampling steps)
+
+
+def conditioning_value(kind: str, sde: Any, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The (B,) value c a network is fed for conditioning `kind` ("t", "log_sigma", "sigma", "timestep")."""
+    if kind == "t":
+        return T_SCALE * t
+    if kind == "log_sigma":
+        return torch.log(sigma)
+    if kind == "timestep":
+        return sde.timestep(t)
+    return sigma
 
 
 def _check_sde(sde: Any, name: str = "sde") -> Any:
@@ -86,10 +100,12 @@ class ScoreModel(nn.Module):
             "eps":   the noise z;            score = -net / sigma
             "score": the score;              score = net / sigma if `scale_by_sigma`, else net
             "x0":    the clean data;         score = (alpha net - x) / sigma^2
+            "v":     the velocity alpha eps - sigma x0;  eps = (sigma x + alpha net) / (alpha^2 + sigma^2)
         conditioning: what the network is fed as c: "t" -> 999 t (DDPM's timestep scale, suits
             sinusoidal embeddings), "log_sigma" -> log sigma(t) (NCSN++ VE convention),
-            "sigma" -> sigma(t), "auto" -> `sde.default_conditioning` ("t" for VP / sub-VP,
-            "log_sigma" for VE).
+            "sigma" -> sigma(t), "timestep" -> `sde.timestep(t)` (the discrete timestep scale of an
+            SDE built from a discrete schedule, e.g. `DiscreteVPSDE`), "auto" ->
+            `sde.default_conditioning` ("t" for VP / sub-VP, "log_sigma" for VE).
         scale_by_sigma: only for "score": divide the output by sigma(t) (NCSN++). Default: on when
             the SDE's default conditioning is "log_sigma" (VE), off otherwise.
 
@@ -118,6 +134,9 @@ class ScoreModel(nn.Module):
         if conditioning == "auto":
             conditioning = sde_default
             check_choice("sde.default_conditioning", conditioning, CONDITIONINGS[1:])
+        if conditioning == "timestep" and not callable(getattr(sde, "timestep", None)):
+            raise ValueError(f"conditioning: 'timestep' needs an SDE with a discrete timestep scale "
+                             f"(a `timestep(t)` method, e.g. DiscreteVPSDE), found {type(sde).__name__}")
         self.conditioning = conditioning
         if scale_by_sigma is None:
             scale_by_sigma = parameterization == "score" and sde_default == "log_sigma"
@@ -148,11 +167,13 @@ class ScoreModel(nn.Module):
     # --- the network call ---------------------------------------------------------------------
     def condition(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The (B,) conditioning value c fed to the network."""
-        if self.conditioning == "t":
-            return T_SCALE * t
-        if self.conditioning == "log_sigma":
-            return torch.log(sigma)
-        return sigma
+        return conditioning_value(self.conditioning, self.sde, t, sigma)
+
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, y)` when class-conditional.
+        Wrappers of other libraries' networks override this to adapt their call and output."""
+        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
+        return self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
 
     def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
         """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
@@ -161,9 +182,7 @@ class ScoreModel(nn.Module):
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
-        c = self.condition(t, sigma)
-        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
-        out = self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
+        out = self.call_net(x, self.condition(t, sigma), y)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
@@ -176,6 +195,8 @@ class ScoreModel(nn.Module):
             return -out / sigma                                   # score = -eps / sigma
         if self.parameterization == "score":
             return out / sigma if self.scale_by_sigma else out
+        if self.parameterization == "v":                          # score = -eps / sigma
+            return -(sigma * x + alpha * out) / ((alpha.square() + sigma.square()) * sigma)
         return (alpha * out - x) / sigma.square()                 # score = (alpha x0 - x) / sigma^2
 
     def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,6 +206,8 @@ class ScoreModel(nn.Module):
             return out
         if self.parameterization == "score":
             return -out if self.scale_by_sigma else -sigma * out  # eps = -sigma * score
+        if self.parameterization == "v":
+            return (sigma * x + alpha * out) / (alpha.square() + sigma.square())
         return (x - alpha * out) / sigma                          # x = alpha x0 + sigma eps
 
     def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,4 +218,6 @@ class ScoreModel(nn.Module):
         if self.parameterization == "score":
             score = out / sigma if self.scale_by_sigma else out
             return (x + sigma.square() * score) / alpha           # x0 = (x + sigma^2 score) / alpha
+        if self.parameterization == "v":
+            return (alpha * x - sigma * out) / (alpha.square() + sigma.square())
         return out

@@ -162,7 +162,7 @@ class SDE(abc.ABC):
         return torch.ones_like(t)
 
     # --- high-level API -----------------------------------------------------------------------
-    def sample(self, score_fn: ScoreFn, shape: Any, **kwargs: Any) -> torch.Tensor:
+    def sample(self, score_fn: ScoreFn, shape: Any = None, **kwargs: Any) -> torch.Tensor:
         """Sample with a registered sampler; see `scoresde.samplers.sample` for the options."""
         from .samplers import sample
         return sample(self, score_fn, shape, **kwargs)
@@ -359,5 +359,5 @@ class ReverseSDE:
 
 
 def get_sde(name: str, **kwargs: Any) -> SDE:
-    """Build a registered SDE by name ("vp", "subvp", "ve")."""
+    """Build a registered SDE by name ("vp", "subvp", "ve", and "discrete_vp", "cosine_vp" of `sde_discrete`)."""
     return SDES[name](**kwargs)

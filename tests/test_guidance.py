@@ -288,7 +288,7 @@ def replacement_limit(sde, mu, cov, k0, eps, n=4000):
     return m, v
 
 
-@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "ve", "discrete_vp", "cosine_vp"])
 @pytest.mark.parametrize("rho", [0.0, 0.8])
 def test_impute_gaussian(name, rho):
     sde = ss.get_sde(name)

@@ -22,7 +22,7 @@ def _t_from_sigma(sde, sigma):
 
 
 class Oracle(nn.Module):
-    """A 'network' returning the exact eps, score (optionally times sigma) or x0 of the Gaussian data."""
+    """A 'network' returning the exact eps, score (optionally times sigma), x0 or v of the Gaussian data."""
 
     def __init__(self, sde, target, conditioning, scale=False):
         super().__init__()
@@ -39,7 +39,8 @@ class Oracle(nn.Module):
             return -sigma * s
         if self.target == "score":
             return sigma * s if self.scale else s
-        return (x + sigma ** 2 * s) / alpha
+        x0 = (x + sigma ** 2 * s) / alpha
+        return x0 if self.target == "x0" else alpha * (-sigma * s) - sigma * x0    # v = alpha eps - sigma x0
 
 
 def draw(sde, n=64, seed=0):
@@ -51,7 +52,7 @@ def draw(sde, n=64, seed=0):
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
-@pytest.mark.parametrize("param", ["eps", "score", "x0"])
+@pytest.mark.parametrize("param", ["eps", "score", "x0", "v"])
 @pytest.mark.parametrize("conditioning", ["auto", "t", "log_sigma", "sigma"])
 def test_score_eps_x0_of_every_parameterization(name, param, conditioning):
     """An oracle net for each parameterization gives the exact score; .eps = -sigma score and
@@ -144,7 +145,8 @@ def test_validation():
     cases = [
         (lambda: ss.ScoreModel(3, sde), TypeError, "net"),
         (lambda: ss.ScoreModel(net, "vp"), TypeError, "sde"),
-        (lambda: ss.ScoreModel(net, sde, "v"), ValueError, "parameterization: expected one of"),
+        (lambda: ss.ScoreModel(net, sde, "velocity"), ValueError, "parameterization: expected one of"),
+        (lambda: ss.ScoreModel(net, sde, "eps", "timestep"), ValueError, "conditioning: 'timestep' needs"),
         (lambda: ss.ScoreModel(net, sde, None), TypeError, "parameterization"),
         (lambda: ss.ScoreModel(net, sde, "eps", "time"), ValueError, "conditioning: expected one of"),
         (lambda: ss.ScoreModel(net, sde, "eps", 1), TypeError, "conditioning"),

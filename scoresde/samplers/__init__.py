@@ -5,15 +5,18 @@ Every registered sampler is
     fn(sde, score_fn, x, ts, *, generator, denoise, progress, **options) -> x
 
 where `x` is the prior draw x_{t_0} shaped (B, *D) and `ts` the decreasing time grid
-t_0 = T > t_1 > ... > t_steps = eps (a `(steps + 1,)` tensor on x's device and dtype). Step i calls
+t_0 = T > t_1 > ... > t_steps = eps (a `(steps + 1,)` tensor on x's device and dtype), or the
+caller's own grid `times` (T >= t_0 > ... > t_steps >= 0; samplers that lay out their own grid are
+then given `schedule="given"`). Step i calls
 `score_fn` at t_i with the whole batch and moves x to t_{i+1}; with `denoise` the last step adds
 no noise (the "noise removal" of Song et al. 2021). Samplers never dispatch on the SDE type: the
 per-SDE maths (discretisation, ancestral step, Langevin alpha) are SDE methods.
 """
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -21,7 +24,7 @@ from ..checks import CheckedScore, NonFiniteError, check_finite, nonfinite_count
 from ..utils import Registry, check_int, thread_policy
 
 __all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CheckedScore",
-           "check_options", "randn_like", "flush_checks", "check_samples"]
+           "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
 
 SAMPLERS = Registry("sampler")
 
@@ -74,6 +77,22 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def check_times(sde, times: Any) -> torch.Tensor:
+    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, T]."""
+    try:
+        t = (times.detach().double().cpu() if isinstance(times, torch.Tensor)
+             else torch.tensor([float(v) for v in times], dtype=torch.float64))
+    except (TypeError, ValueError):
+        raise TypeError(f"times: expected a 1-D sequence or tensor of times, found {type(times).__name__}") from None
+    if t.ndim != 1 or len(t) < 2 or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"times: expected at least 2 finite times in a 1-D sequence, found shape {tuple(t.shape)}")
+    if not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"times: expected strictly decreasing times, found {t.tolist()[:8]}...")
+    if float(t[0]) > sde.T or float(t[-1]) < 0:
+        raise ValueError(f"times: expected times in [0, T={sde.T}], found {float(t[0])} ... {float(t[-1])}")
+    return t
+
+
 def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int) and not isinstance(shape, bool):
         data_shape = getattr(score_fn, "data_shape", None)
@@ -90,7 +109,8 @@ def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
 def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", steps: int | None = None,
            generator: torch.Generator | None = None, device: Any = None, dtype: torch.dtype | None = None,
            x_init: torch.Tensor | None = None, eps: float | None = None, denoise: bool = True,
-           progress: bool = False, return_info: bool = False, **options: Any):
+           progress: bool = False, return_info: bool = False, times: Sequence[float] | torch.Tensor | None = None,
+           **options: Any):
     """Draw samples from the reverse process of `sde` driven by `score_fn`.
 
     Args:
@@ -104,6 +124,11 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
         denoise: end with one noise-free step (Tweedie / "noise removal").
         progress: show a progress bar.
         return_info: also return a dict with the NFE used, the sampler, steps and wall time.
+        times: an explicit decreasing time grid T >= t_0 > ... > t_n >= 0 that replaces `steps`
+            and `eps` (steps = n): the step samplers step exactly on it (t_n = 0, the data, is
+            allowed for them), the fast ones (ddim, heun, dpm_solver, deis) integrate through
+            every interval and, with `denoise`, add the data prediction at t_n > 0; ode and torchsde
+            use its end points only. E.g. a diffusers timestep grid, `sde.t_from_timestep(...)`.
         **options: sampler-specific options (e.g. `predictor`, `corrector`, `snr` for "pc").
     Returns:
         samples of the requested shape, or `(samples, info)` with `return_info`.
@@ -117,9 +142,18 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     if not callable(score_fn):
         raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
     fn = SAMPLERS[sampler]
+    if times is not None:
+        if steps is not None or eps is not None:
+            raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
+        grid = check_times(sde, times)
+        steps = len(grid) - 1
+        if "schedule" in inspect.signature(fn).parameters:
+            if options.setdefault("schedule", "given") != "given":
+                raise ValueError(f"schedule: an explicit `times` grid is stepped as given; found "
+                                 f"schedule={options['schedule']!r}")
     steps = sde.N if steps is None else check_int("steps", steps)
     eps = sde.default_eps if eps is None else eps
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+    if times is None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T):
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
     if x_init is not None:
         if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point() or x_init.ndim < 1:
@@ -136,7 +170,10 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
                          f"found one on {generator.device}")
     if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
         sde = sde.with_steps(steps)
-    ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
+    if times is None:
+        ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
+    else:
+        ts = grid.to(device=x.device, dtype=x.dtype)
     counted = CheckedScore(score_fn, where=f"sampler {sampler!r}")
     start = time.perf_counter()
     with torch.no_grad(), thread_policy(x.shape[1:], x.device):

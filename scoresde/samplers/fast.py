@@ -11,8 +11,9 @@
 Every SDE here has the kernel x_t = alpha x_0 + sigma z, so the score gives the data prediction
 D = (x + sigma^2 s) / alpha (Tweedie) and the noise prediction eps = -sigma s; lambda = log(alpha /
 sigma) is the half log-SNR. The samplers rebuild their own time grid from the caller's `ts`
-(first time, last time, number of steps) with `schedules.time_grid`; all step coefficients are
-Python floats computed once, so sampling makes no host synchronisation per step.
+(first time, last time, number of steps) with `schedules.time_grid`, or, with `schedule="given"`
+(what `sample(..., times=...)` passes), step through every interval of `ts` itself; all step
+coefficients are Python floats computed once, so sampling makes no host synchronisation per step.
 
 End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
 
@@ -22,6 +23,9 @@ End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
   0, which for every one of these integrators is the data prediction D(x_eps; eps): the sample
   is Tweedie's denoised x_0 at eps, as in score_sde's "noise removal" and in k-diffusion/diffusers'
   final step to sigma = 0, and it costs no extra evaluation. NFE as above.
+- schedule="given": every interval of `ts`, then with denoise the data prediction at its last time
+  (diffusers' DDIM with set_alpha_to_one); NFE = len(ts) with denoise, len(ts) - 1 without (heun:
+  2 len(ts) - 1 and 2 len(ts) - 3).
 """
 from __future__ import annotations
 
@@ -41,16 +45,24 @@ class _Grid:
     """The sampler's own grid (device tensor for score calls) and its coefficients as floats."""
 
     def __init__(self, sde, x: torch.Tensor, ts: torch.Tensor, denoise: bool, schedule: str, rho: float):
-        check_schedule(schedule)
+        if schedule != "given":
+            check_schedule(schedule)
         check_positive("rho", rho)
         steps = len(ts) - 1
-        t_start, t_end = ts[[0, -1]].double().tolist()            # one host read, before sampling
-        self.n = steps - 1 if denoise else steps                  # ODE intervals before the final step
-        if self.n == 0:
-            t = torch.tensor([t_start], dtype=torch.float64)
+        if schedule == "given":                                   # the caller's grid, every interval of it
+            self.n = steps
+            t = ts.double().cpu()                                 # one host read, before sampling
         else:
-            t = time_grid(sde, self.n, t_end, schedule, rho=rho, dtype=torch.float64, t_start=t_start)
+            t_start, t_end = ts[[0, -1]].double().tolist()        # one host read, before sampling
+            self.n = steps - 1 if denoise else steps              # ODE intervals before the final step
+            if self.n == 0:
+                t = torch.tensor([t_start], dtype=torch.float64)
+            else:
+                t = time_grid(sde, self.n, t_end, schedule, rho=rho, dtype=torch.float64, t_start=t_start)
         alpha, sigma = sde.marginal_coefs(t)
+        if not bool((sigma > 0).all()):
+            raise ValueError(f"times: the fast samplers need sigma(t) > 0 at every time; found t = {float(t[-1])} "
+                             "with sigma = 0 (end at the smallest positive time; denoise=True adds the data prediction)")
         self.t = t.to(device=x.device, dtype=x.dtype)             # (n + 1,)
         self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
         self.lam = (alpha.log() - sigma.log()).tolist()           # half log-SNR lambda_i

@@ -2,7 +2,7 @@
 
 Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differential Equations",
 arXiv:2011.13456, Sec. 4.3: the ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (eq. 13) has the same
-marginals p_t as the SDE; it is solved from T down to eps. The default solver is the torch
+marginals p_t as the SDE; it is solved from T (the grid's first time) down to eps. The default solver is the torch
 Dormand-Prince RK45 of `scoresde.odeint` (on the data's device, as score_sde's use of
 scipy's RK45, with the same tolerance semantics); the other scipy `solve_ivp` methods are
 available too, at the cost of one host round trip per function evaluation.
@@ -64,7 +64,8 @@ def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, *
 
     Options: rtol=1e-5, atol=1e-5, method="RK45" (torch, on the data's device) or a scipy
     `solve_ivp` method ("RK23", "DOP853", "Radau", "BDF", "LSODA"; host round trips).
-    Deterministic given x (`generator` only draws the prior); `steps` does not apply.
+    Deterministic given x (`generator` only draws the prior); `steps` does not apply: the ODE runs
+    from the grid's first time (T) to its last (eps).
     NFE is adaptive (see `sample(..., return_info=True)`); `denoise` adds one Tweedie step at eps
     (+1 NFE).
     """
@@ -72,7 +73,7 @@ def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, *
     rtol = check_positive("rtol", opts["rtol"])
     atol = check_positive("atol", opts["atol"], allow_zero=True)
     method = check_choice("method", opts["method"], ODE_METHODS)
-    t0, t1 = float(sde.T), float(ts[-1])             # one host read of eps, before solving
+    t0, t1 = ts[[0, -1]].double().tolist()           # one host read of the ends, before solving
     flow = sde.reverse(score_fn, probability_flow=True)
     bar = TimeBar(t0, t1, progress)
 

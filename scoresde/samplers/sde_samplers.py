@@ -27,17 +27,28 @@ def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: boo
 
     Reverse diffusion follows `sde.discretize` with N = steps; DDPM's beta_i run up to beta_max / N,
     so with few steps 1 - beta_i < 0 and the chain is undefined (NaN), as is the Langevin step
-    size alpha_i = 1 - beta_i. Checked once, before the loop, on every grid time at once.
+    size alpha_i = 1 - beta_i. Both index the SDE's N-step grid by time, so `ts` must be the uniform
+    grid from T (an explicit `times` grid that is not is refused). Checked once, before the loop,
+    on every grid time at once.
     """
     t = ts[:-1].to(torch.float64)
     bad_chain = bad_alpha = torch.zeros((), dtype=torch.bool, device=ts.device)
+    uniform = torch.linspace(sde.T, 0.0, len(ts), dtype=torch.float64, device=ts.device)
+    uniform = uniform * (1 - ts[-1].double() / sde.T) + ts[-1].double()       # T ... ts[-1], uniform
+    tol = 1e-3 * (sde.T - ts[-1].double()) / max(len(t), 1) + 8 * torch.finfo(ts.dtype).eps * sde.T
+    bad_grid = (ts.double() - uniform).abs().max() > tol
     if discretize:
         f, G = sde.discretize(torch.ones(len(t), 1, dtype=torch.float64, device=ts.device), t)
         bad_chain = ~(torch.isfinite(f).all() & torch.isfinite(G).all())
     if langevin:
         alpha = sde.langevin_alpha(t)
         bad_alpha = ~(torch.isfinite(alpha) & (alpha >= 0)).all()
-    bad_chain, bad_alpha = bool(bad_chain), bool(bad_alpha)    # one host sync per run, never in the loop
+    flags = torch.stack([bad_chain, bad_alpha, bad_grid]).tolist()    # one host sync per run, never in the loop
+    bad_chain, bad_alpha, bad_grid = flags
+    if bad_grid:
+        raise ValueError(f"times: {sampler} follows {type(sde).__name__}'s own N-step discretisation, laid out on "
+                         f"the uniform grid from T to eps; found another grid (use ancestral or euler_maruyama "
+                         f"on an explicit grid)")
     if bad_chain or bad_alpha:
         what = " and ".join(part for part, bad in [("its reverse-diffusion step", bad_chain),
                                                    ("its Langevin step size alpha_i = 1 - beta_i", bad_alpha)] if bad)

@@ -29,9 +29,9 @@ class _ReverseInS:
 
     noise_type = "diagonal"
 
-    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str, bar: TimeBar):
+    def __init__(self, sde, score_fn, shape: tuple[int, ...], sde_type: str, T: float, bar: TimeBar):
         self.reverse, self.forward, self.shape = sde.reverse(score_fn), sde, shape
-        self.T, self.sde_type, self.bar = float(sde.T), sde_type, bar
+        self.T, self.sde_type, self.bar = T, sde_type, bar      # T: the grid's first time (sde.T by default)
 
         self._last = None        # (s, y, f): sdeint's shape check and first step share f(0, y0)
 
@@ -55,7 +55,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     """Reverse SDE solved by `torchsde.sdeint` with a fixed step.
 
     Options: method="euler" (also "milstein", "srk", "reversible_heun", "heun", "midpoint",
-    "euler_heun"), dt=(T - eps) / steps. The Brownian motion is a `torchsde.BrownianInterval`
+    "euler_heun"), dt=(T - eps) / steps, with T and eps the grid's first and last times. The Brownian motion is a `torchsde.BrownianInterval`
     seeded from `generator`. NFE is the solver's (euler: one per step; srk, heun, midpoint: more).
     With `denoise` the final step of length dt is a noise-free Euler step (one NFE), as in the
     other SDE samplers. `progress` shows a bar over time, advanced from the drift's evaluations.
@@ -64,7 +64,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
     """
     import torchsde
 
-    T, eps = float(sde.T), float(ts[-1])            # one host read before solving
+    T, eps = ts[[0, -1]].double().tolist()          # one host read before solving: first and last time
     opts = check_options("torchsde", options, {"method": "euler", "dt": (T - eps) / (len(ts) - 1)})
     method = check_choice("method", opts["method"], TORCHSDE_METHODS)
     dt = check_positive("dt", opts["dt"])
@@ -87,7 +87,7 @@ def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, prog
         s_grid = torch.tensor([0.0, s_end], dtype=torch.float64)
         bar = TimeBar(T, eps, progress, desc="torchsde")
         try:
-            y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method], bar), y, s_grid,
+            y = torchsde.sdeint(_ReverseInS(sde, score_fn, shape, TORCHSDE_METHODS[method], T, bar), y, s_grid,
                                 bm=bm, method=method, dt=dt * (1 + 1e-9), adaptive=False,
                                 options=solver_options)[-1]
         finally:

@@ -1,0 +1,255 @@
+"""diffusers models as score models: `from_diffusers(path_or_module) -> (model, sde)`.
+
+A diffusers `UNet2DModel` (von Platen et al., huggingface/diffusers) trained with a discrete DDPM
+schedule (Ho et al. 2020, arXiv:2006.11239) predicts, at integer timestep i in 0..M-1 of the
+table alpha_bar_i, the noise ("epsilon"), the velocity v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
+("v_prediction", Salimans & Ho 2022, arXiv:2202.00512) or the data ("sample"). Here:
+
+- the schedule becomes a `DiscreteVPSDE` whose marginals at t_i = (i + 1) / M equal the table
+  exactly (the scheduler's own float32 `alphas_cumprod`, so every beta schedule and explicit
+  `trained_betas` array of a DDPM-type scheduler is covered);
+- the network is called at its own timestep scale, tau = M t - 1 (`DiscreteVPSDE.timestep`): at
+  t_i exactly the integer i; between two timesteps the fractional tau, which the sinusoidal
+  embedding of `UNet2DModel` is defined for (as k-diffusion's wrappers of discrete models do);
+  below timestep 0 (t < 1 / M) it is called at timestep 0;
+- the output becomes the score through `ScoreModel`'s "eps", "v" and "x0" parameterisations.
+
+Sampling reproduces diffusers' loops on the same timesteps: `ddim` with
+`times=sde.t_from_timestep(scheduler.timesteps)` is `DDIMScheduler` (eta = 0, set_alpha_to_one),
+and `ancestral` with those times followed by 0 is `DDPMScheduler` given the same noise
+(tests/test_diffusers.py). Sampling heuristics of the schedulers (clip_sample, thresholding) are not
+part of the model and are not applied. diffusers is needed only here (`pip install diffusers`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from ..parameterization import ScoreModel
+from ..sde_discrete import DiscreteVPSDE
+
+__all__ = ["from_diffusers", "DiffusersScoreModel"]
+
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+# DDPMScheduler.variance_type -> the ancestral step's variance (learned variances are not used)
+VARIANCES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "fixed_large": "beta",
+             "fixed_large_log": "beta", "learned": "posterior", "learned_range": "posterior"}
+_VE = ("ScoreSdeVeScheduler", "KarrasVeScheduler")
+
+
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError("from_diffusers needs the diffusers package, which scoresde does not install: "
+                          "pip install diffusers") from e
+    return diffusers
+
+
+class DiffusersScoreModel(ScoreModel):
+    """A `ScoreModel` around a diffusers network: `net(x, timestep)` (the UNet, called as diffusers
+    calls it, returning its own output object), fed the SDE's timesteps; the first `C` output
+    channels are the prediction (a learned-variance model's other C channels are dropped)."""
+
+    def __init__(self, net: Any, sde: DiscreteVPSDE, parameterization: str, data_shape: tuple[int, ...] | None,
+                 scheduler_config: dict[str, Any] | None = None):
+        super().__init__(net, sde, parameterization, conditioning="timestep")
+        self._data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
+        self.scheduler_config = dict(scheduler_config or {})
+        self.data_range = (-1.0, 1.0)           # diffusers' image models work on [-1, 1]
+
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        return self._data_shape
+
+    @property
+    def num_classes(self) -> int | None:
+        return None                             # diffusers' class embeddings have no null label
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model data [-1, 1] -> [0, 1] (diffusers' image post-processing, without the clamp)."""
+        return (x + 1) / 2
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the model's data space [-1, 1]."""
+        return 2 * x - 1
+
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.net(x, c) if y is None else self.net(x, c, class_labels=y)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        elif not isinstance(out, torch.Tensor) and hasattr(out, "sample"):
+            out = out.sample                    # UNet2DOutput
+        if isinstance(out, torch.Tensor) and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]          # learned variance: [prediction, variance] channels
+        return out
+
+
+# --- reading a save_pretrained folder -------------------------------------------------------------
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"path_or_module: cannot read {path!r} as a diffusers config: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"path_or_module: {path!r} is not a diffusers config (a JSON object)")
+    return cfg
+
+
+def _find_scheduler_config(model_dir: str) -> str | None:
+    """scheduler_config.json beside the model, or in ../scheduler when the model is a pipeline's unet/."""
+    for cand in (os.path.join(model_dir, "scheduler_config.json"),
+                 os.path.join(model_dir, "scheduler", "scheduler_config.json"),
+                 os.path.join(os.path.dirname(os.path.abspath(model_dir)), "scheduler", "scheduler_config.json")):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
+    """(network, scheduler config or None) of a pipeline folder or a model folder."""
+    diffusers = _diffusers()
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index):
+        components = _read_json(index)
+        latent = [k for k in ("vae", "vqvae", "text_encoder") if components.get(k)]
+        if latent:
+            raise ValueError(f"path_or_module: {path!r} is a {components.get('_class_name', 'pipeline')} with "
+                             f"{', '.join(latent)}: latent / text-conditional pipelines are not supported, only "
+                             "unconditional pixel-space UNet2DModel pipelines (DDPMPipeline, DDIMPipeline)")
+        if "unet" not in components:
+            raise ValueError(f"path_or_module: the pipeline {path!r} has no 'unet' component, found "
+                             f"{sorted(k for k in components if not k.startswith('_'))}")
+        model_dir = os.path.join(path, "unet")
+    else:
+        model_dir = path
+    cfg_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"path_or_module: expected a diffusers save_pretrained folder (model_index.json, or "
+                         f"config.json with the weights), found no config.json in {model_dir!r}")
+    cls_name = _read_json(cfg_path).get("_class_name")
+    if cls_name != "UNet2DModel":
+        raise ValueError(f"path_or_module: expected a UNet2DModel (unconditional, pixel space), found "
+                         f"{cls_name!r} in {cfg_path!r}")
+    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
+    sched = _find_scheduler_config(model_dir)
+    return net, (_read_json(sched) if sched else None)
+
+
+def _refuse_ve(name: Any) -> None:
+    if name in _VE:
+        raise ValueError(f"scheduler: {name} is a variance-exploding (score-SDE VE / Karras) schedule, which "
+                         "from_diffusers does not express; load score_sde's original checkpoint with "
+                         "scoresde.load_score_sde instead")
+
+
+def _scheduler_config(scheduler: Any) -> dict[str, Any]:
+    """A scheduler object, its config dict, or a path to scheduler_config.json / its folder -> dict."""
+    if isinstance(scheduler, (str, os.PathLike)):
+        p = os.fspath(scheduler)
+        p = os.path.join(p, "scheduler_config.json") if os.path.isdir(p) else p
+        if not os.path.isfile(p):
+            raise ValueError(f"scheduler: expected a scheduler_config.json or its folder, found {os.fspath(scheduler)!r}")
+        return _read_json(p)
+    if isinstance(scheduler, dict):
+        return dict(scheduler)
+    _refuse_ve(type(scheduler).__name__)
+    cfg = getattr(scheduler, "config", None)
+    if cfg is None:
+        raise TypeError(f"scheduler: expected a diffusers scheduler, its config dict or a path, "
+                        f"found {type(scheduler).__name__}")
+    return {"_class_name": type(scheduler).__name__, **dict(cfg)}
+
+
+def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "cubic",
+                    ancestral_variance: str | None = None) -> tuple[DiscreteVPSDE, str]:
+    """(the `DiscreteVPSDE` of a diffusers scheduler config, our parameterisation of its prediction_type)."""
+    diffusers = _diffusers()
+    name = config.get("_class_name")
+    _refuse_ve(name)
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or not hasattr(cls, "from_config"):
+        raise ValueError(f"scheduler: unknown diffusers scheduler class {name!r}; expected a DDPM-type scheduler "
+                         "(DDPMScheduler, DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, ...)")
+    pred = config.get("prediction_type", "epsilon")
+    if pred not in PREDICTIONS:
+        raise ValueError(f"scheduler: prediction_type {pred!r} is not supported; expected one of {sorted(PREDICTIONS)}")
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError("scheduler: rescale_betas_zero_snr=True gives alpha_bar = 0 at the last timestep, where the "
+                         "score is undefined; not supported")
+    if config.get("timestep_type", "discrete") != "discrete":
+        raise ValueError(f"scheduler: timestep_type {config['timestep_type']!r} feeds the network a continuous noise "
+                         "level, not a discrete timestep; not supported")
+    sched = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    table = getattr(sched, "alphas_cumprod", None)
+    if not isinstance(table, torch.Tensor) or table.ndim != 1:
+        raise ValueError(f"scheduler: {name} has no discrete alpha-bar table (alphas_cumprod): not a DDPM-type "
+                         "variance-preserving schedule, which from_diffusers needs")
+    if ancestral_variance is None:
+        ancestral_variance = VARIANCES.get(config.get("variance_type", "fixed_small"), "posterior")
+    sde = DiscreteVPSDE(table.double(), interpolation=interpolation, ancestral_variance=ancestral_variance)
+    return sde, PREDICTIONS[pred]
+
+
+def _data_shape(net: Any) -> tuple[int, ...] | None:
+    cfg = getattr(net, "config", None)
+    size, channels = getattr(cfg, "sample_size", None), getattr(cfg, "in_channels", None)
+    if size is None or channels is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(channels), *hw)
+
+
+def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "cubic",
+                   ancestral_variance: str | None = None) -> tuple[DiffusersScoreModel, DiscreteVPSDE]:
+    """(score model, SDE) of a diffusers model trained with a discrete VP (DDPM) schedule.
+
+    Args:
+        path_or_module: a local `save_pretrained` folder: a pipeline (model_index.json with unet/ and
+            scheduler/, e.g. DDPMPipeline), or a UNet2DModel folder with its scheduler_config.json
+            beside it (or in ../scheduler); or a built network (a UNet2DModel, or any module called
+            as net(sample, timestep) returning a tensor or an object with `.sample`), or a pipeline
+            object (with .unet and .scheduler). Nothing is downloaded.
+        scheduler: the schedule, when `path_or_module` does not carry one (or to override it): a
+            diffusers scheduler, its config dict, or a path to scheduler_config.json or its folder.
+        interpolation: of log alpha_bar between timesteps (see `DiscreteVPSDE`).
+        ancestral_variance: "posterior" or "beta"; default from the scheduler's variance_type
+            ("fixed_small" -> posterior, "fixed_large" -> beta; posterior otherwise).
+
+    Returns:
+        (model, sde): `model(x, t)` is the score, `model.net` the diffusers network itself,
+        `model.data_shape` (C, H, W) from its config; `sde` a `DiscreteVPSDE` (use
+        `sde.t_from_timestep` to run samplers on diffusers' timesteps via `times=`).
+
+    Raises:
+        ImportError: diffusers is not installed. ValueError: not a supported model or schedule
+        (a VE / flow-matching / zero-terminal-SNR scheduler, an unknown class, a latent pipeline).
+    """
+    sched_cfg = None
+    if isinstance(path_or_module, (str, os.PathLike)):
+        path = os.fspath(path_or_module)
+        if not os.path.isdir(path):
+            raise ValueError(f"path_or_module: expected a diffusers save_pretrained folder, found {path!r} "
+                             "(not a directory)")
+        net, sched_cfg = _load_dir(path)
+    elif hasattr(path_or_module, "unet") and hasattr(path_or_module, "scheduler"):      # a pipeline object
+        net = path_or_module.unet
+        sched_cfg = _scheduler_config(path_or_module.scheduler)
+    elif callable(path_or_module):
+        net = path_or_module
+    else:
+        raise TypeError(f"path_or_module: expected a folder, a diffusers network or pipeline, found "
+                        f"{type(path_or_module).__name__}")
+    if scheduler is not None:
+        sched_cfg = _scheduler_config(scheduler)
+    if sched_cfg is None:
+        raise ValueError("scheduler: the model comes without a scheduler config (no scheduler_config.json found); "
+                         "pass scheduler= (a diffusers scheduler, its config dict or its folder)")
+    sde, parameterization = discrete_vp_sde(sched_cfg, interpolation=interpolation,
+                                            ancestral_variance=ancestral_variance)
+    model = DiffusersScoreModel(net, sde, parameterization, _data_shape(net), sched_cfg)
+    return model.eval(), sde
