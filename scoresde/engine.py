@@ -112,10 +112,10 @@ def _newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
 
 
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str = "score"):
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
-    trains `task`; a resumed one the task its checkpoint names."""
+    trains `task` (default: the config's `task`); a resumed one the task its checkpoint names."""
     overrides = {"out": out} if out else {}
     state = None
     if resume:
@@ -124,10 +124,12 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
             raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
         state = _newest_intact(run_dir_of(first))
         cfg = resolve(config, overrides, base=state[2]["config"])
-        task_cls = get_task(state[2].get("task", "score"))      # checkpoints before the engine: "score"
+        task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
     else:
         cfg = resolve(config, overrides)
-        task_cls = get_task(task)
+        task = task or cfg["task"]
+    task_cls = get_task(task)
+    cfg["task"] = task
     task_cls.check_config(cfg)
     return cfg, task_cls, state
 

@@ -12,6 +12,10 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 | `ddpm_unet` | DDPM U-Net, Ho et al. 2020 (arXiv:2006.11239) | sinusoidal |
 | `ddpmpp` | DDPM++ cont., Song et al. 2021 (arXiv:2011.13456, App. H) | sinusoidal |
 | `ncsnpp` | NCSN++ cont., Song et al. 2021 (App. H) | Gaussian Fourier, scale 16 |
+| `seq_transformer` | bidirectional transformer over tokens (masked diffusion, `nets.transformer`) | optional |
+| `causal_transformer` | the same network with causal attention (autoregressive baseline) | none |
+
+The token networks take `forward(x, t)` with x (B, L) token ids and return logits (B, L, K).
 """
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ from ..utils import Registry
 from .cuda import autocast, prepare_model
 from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
+from .transformer import SeqTransformer, causal_transformer
 from .unet import DDPMUNet
 
 __all__ = ["MODELS", "get_model", "list_models", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
+           "SeqTransformer",
            "autocast", "prepare_model"]
 
 MODELS = Registry("model")
@@ -33,6 +39,8 @@ MODELS.register("mlp")(MLP)
 MODELS.register("ddpm_unet")(DDPMUNet)
 MODELS.register("ddpmpp")(ddpmpp)
 MODELS.register("ncsnpp")(NCSNpp)
+MODELS.register("seq_transformer")(SeqTransformer)
+MODELS.register("causal_transformer")(causal_transformer)
 
 
 def list_models() -> list[str]:
