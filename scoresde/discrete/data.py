@@ -81,7 +81,7 @@ def _check_seq_len(seq_len) -> int:
 
 
 def load_tokens(name: str, *, seq_len: int = 0, size: int = 50000, seed: int = 0, tokenizer: str = "char",
-                text_mode: str = "lines", vocab_size: int = 0, eos_id: int = -1, max_depth: int = 4,
+                text_mode: str = "lines", vocab_size: int = 0, eos_id: int = -1, max_depth: int = 3,
                 digits: int = 2, existing: CharTokenizer | None = None) -> TokenData:
     """Load token data by built-in language name or path. `existing` (a trained model's tokenizer) encodes
     text with that vocabulary instead of building one (characters it lacks are a ValueError)."""
@@ -89,7 +89,7 @@ def load_tokens(name: str, *, seq_len: int = 0, size: int = 50000, seed: int = 0
     if not isinstance(name, str) or not name:
         raise TypeError(f"data: expected a language name or a path, found {name!r}")
     if name in LANGUAGES:
-        lang = get_language(name, max_depth=max_depth, max_len=max(2, seq_len - 1) if seq_len else 30,
+        lang = get_language(name, max_depth=max_depth, max_len=max(2, seq_len - 1) if seq_len else 16,
                             digits=digits)
         tok = existing or CharTokenizer(lang.alphabet)
         L = seq_len or lang.max_len + 1

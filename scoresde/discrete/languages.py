@@ -47,7 +47,7 @@ class Brackets(Language):
     name, alphabet = "brackets", "()[]"
     PAIRS = ("()", "[]")
 
-    def __init__(self, max_depth: int = 4, max_len: int = 30):
+    def __init__(self, max_depth: int = 3, max_len: int = 16):
         self.max_depth = check_int("max_depth", max_depth)
         self.max_len = check_int("max_len", max_len, minimum=2) // 2 * 2
 
@@ -131,7 +131,7 @@ class Sums(Language):
         return bool(m) and int(m.group(1)) + int(m.group(2)) == int(m.group(3))
 
 
-def get_language(name: str, *, max_depth: int = 4, max_len: int = 30, digits: int = 2) -> Language:
+def get_language(name: str, *, max_depth: int = 3, max_len: int = 16, digits: int = 2) -> Language:
     """A built-in language by name with its options (KeyError listing the known names)."""
     cls = LANGUAGES[name]
     return cls(max_depth=max_depth, max_len=max_len) if cls is Brackets else cls(digits=digits)

@@ -191,21 +191,36 @@ class MaskedProcess:
         return (ce * (xt == self.mask_id)).sum(1)
 
     def loss(self, denoiser: Denoiser, x0: torch.Tensor, *, t: torch.Tensor | None = None, antithetic: bool = True,
-             generator: torch.Generator | None = None, reduce: bool = True) -> torch.Tensor:
-        """The training loss: a one-sample estimate of the NELBO in nats per token, t in [eps, 1].
+             estimator: str = "time", generator: torch.Generator | None = None, reduce: bool = True,
+             check: bool = True) -> torch.Tensor:
+        """The training loss: a one-sample estimate of the NELBO in nats per token.
 
-            loss = w(t) sum_{i masked} -log p_theta(x_0^i | x_t) / L     (MDLM eq. 10; LLaDA eq. 3 for w = 1/t)
+            time:   w(t) sum_{i masked} -log p_theta(x_0^i | x_t) / L,  t in [eps, 1]   (MDLM eq. 10; LLaDA eq. 3)
+            count:  sum_{i masked} -log p_theta(x_0^i | x_t) / l,  exactly l ~ U{1..L} masked   (LLaDA eq. 6)
 
-        With eps > 0 it estimates the integral over [eps, 1] / (1 - eps), as MDLM and LLaDA train; the
-        exact bound is `nelbo`. `t` (B,) may be given; the mask draws come from `generator`.
+        "time" with eps > 0 estimates the integral over [eps, 1] / (1 - eps), as MDLM and LLaDA train;
+        "count" is unbiased for the whole bound, with bounded weights (the mean cross-entropy of the masked
+        tokens). Antithetic draws stratify t (or l) across the batch. `t` (B,) may be given for "time"; the
+        draws come from `generator`. `check=False` skips the token-range check (a host synchronisation) for
+        data validated when loaded.
         """
-        x0 = self.check_tokens(x0, "x0")
+        if check:
+            x0 = self.check_tokens(x0, "x0")
+        if estimator not in ("time", "count"):
+            raise ValueError(f"estimator: expected 'time' or 'count', found {estimator!r}")
         B, L = x0.shape
-        if t is None:
-            t = self.sample_t(B, antithetic=antithetic, generator=generator, device=x0.device)
-        xt = self.corrupt(x0, t, generator)
-        nll = self.masked_nll(denoiser(xt, t), x0, xt)
-        out = self.schedule.weight(t.to(torch.float64)).float() * nll / L
+        if estimator == "count":
+            u = self.sample_t(B, antithetic=antithetic, eps=0.0, generator=generator, device=x0.device)
+            l = (u * L).long().clamp(max=L - 1) + 1                                  # (B,) uniform on 1..L
+            xt = self.mask_exactly(x0, l, generator)
+            t = self.schedule.t_of_alpha(1 - l.double() / L).float()
+            out = self.masked_nll(denoiser(xt, t), x0, xt) / l
+        else:
+            if t is None:
+                t = self.sample_t(B, antithetic=antithetic, generator=generator, device=x0.device)
+            xt = self.corrupt(x0, t, generator)
+            nll = self.masked_nll(denoiser(xt, t), x0, xt)
+            out = self.schedule.weight(t.to(torch.float64)).float() * nll / L
         return out.mean() if reduce else out
 
     def nelbo(self, denoiser: Denoiser, x0: torch.Tensor, *, draws: int = 1, estimator: str = "count",

@@ -36,6 +36,8 @@ class Task:
 
     name = ""
     defaults: dict[str, dict[str, Any]] = {}   # config defaults of this task (see the module docstring)
+    sections: tuple[str, ...] = ()      # optional config sections this task reads (e.g. "discrete"); the
+    #                                     others are left out of its resolved config
     eval_fields: tuple[str, ...] = ()    # what `evaluate` returns, in log.csv column order; the first is
     #                                      the figure of merit (lower is better) that marks the best checkpoint
 

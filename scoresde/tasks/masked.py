@@ -23,6 +23,7 @@ class _TokenTask(Task):
     """Data, network and hooks shared by the two sequence tasks."""
 
     net_name = ""
+    sections = ("discrete",)
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -116,8 +117,10 @@ class MaskedTask(_TokenTask):
     """A masked diffusion language model trained by the continuous-time NELBO."""
 
     name, net_name = "masked", "seq_transformer"
-    defaults = {"model": {"name": "seq_transformer"}, "data": {"name": "brackets"},
-                "train": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999},
+    # the embedded default job (`scoresde train --task masked`): brackets of depth <= 3, length <= 16, on CPU
+    defaults = {"model": {"name": "seq_transformer", "width": 64, "depth": 2, "heads": 4},
+                "data": {"name": "brackets"},
+                "train": {"steps": 2000, "batch_size": 64, "lr": 3e-3, "warmup": 100, "ema_decay": 0.999},
                 "sample": {"sampler": "llada", "steps": 64, "n": 256}, "eval": {"n": 256}}
 
     def prepare(self) -> None:
@@ -134,8 +137,9 @@ class MaskedTask(_TokenTask):
         return {**super().meta(), "process": self.process.config()}
 
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
-        return self.process.loss(model, self._batch(data_gen), antithetic=self.cfg["discrete"]["antithetic"],
-                                 generator=noise_gen)
+        D = self.cfg["discrete"]
+        return self.process.loss(model, self._batch(data_gen), antithetic=D["antithetic"], estimator=D["loss"],
+                                 generator=noise_gen, check=False)          # the data were checked when loaded
 
     def _sample_kw(self) -> dict[str, Any]:
         s, D = self.cfg["sample"], self.cfg["discrete"]
@@ -153,7 +157,7 @@ class AutoregressiveTask(_TokenTask):
     """The autoregressive baseline: next-token cross-entropy of a causal transformer."""
 
     name, net_name = "autoregressive", "causal_transformer"
-    defaults = {**MaskedTask.defaults, "model": {"name": "causal_transformer"}}
+    defaults = {**MaskedTask.defaults, "model": {**MaskedTask.defaults["model"], "name": "causal_transformer"}}
 
     def _make(self, net):
         from ..discrete.model import AutoregressiveLM
