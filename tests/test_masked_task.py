@@ -58,6 +58,9 @@ def test_bidirectional_and_causal_transformers():
         assert a.shape == (3, 8, 5) and a.dtype == torch.float32
         assert (not torch.allclose(a[:, :5], b[:, :5])) == sees_later
         assert not torch.allclose(a[:, 5:], b[:, 5:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):                # the dtype mix of bf16 autocast (CUDA path)
+        low = bi(x)
+    assert low.dtype == torch.float32 and (low - bi(x)).abs().max() < 0.1 * bi(x).abs().max()
     learned = get_model("seq_transformer", **kw, positions="learned", time_conditioning=True)
     assert get_model("seq_transformer", **learned.config).config == learned.config
     assert learned(x, torch.rand(3)).shape == (3, 8, 5)
