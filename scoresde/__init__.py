@@ -20,6 +20,7 @@ from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
 from . import pretrained
 from . import metrics
+from . import discrete                      # masked diffusion for token sequences (MDLM / LLaDA)
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,5 @@ __all__ = [
     "Registry", "append_dims",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",
+    "discrete",
 ]

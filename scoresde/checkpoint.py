@@ -277,12 +277,17 @@ def build_model(meta: dict[str, Any], device: Any = None):
 
 def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None):
     """Load a trained model: `(score_model, sde)` from a run directory (its latest checkpoint) or a
-    checkpoint file. With `ema` (the default) the weights are the EMA weights used for sampling."""
+    checkpoint file. With `ema` (the default) the weights are the EMA weights used for sampling.
+    A sequence run (task "masked" / "autoregressive") gives `(MaskedLM, MaskedProcess)` /
+    `(AutoregressiveLM, None)` (`scoresde.discrete.model`)."""
     file = find_checkpoint(path)
     tensors, meta = read_checkpoint(file)
+    build = build_model
+    if meta.get("task") in ("masked", "autoregressive"):
+        from .discrete.model import build_token_model as build
     try:
-        check_shapes(lambda: build_model(meta)[0], tensors, "model/", file)
-        model, sde = build_model(meta)
+        check_shapes(lambda: build(meta)[0], tensors, "model/", file)
+        model, sde = build(meta)
         weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         model.load_state_dict(weights, strict=True)
         if ema:

@@ -56,8 +56,9 @@ def _names(kind: str) -> list[str]:
     if kind == "model":
         from .nets import list_models
         return list_models()
+    from .discrete import list_discrete_samplers
     from .samplers import list_samplers
-    return list_samplers()
+    return list_samplers() + list_discrete_samplers()       # the discrete ones: task masked
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,15 +76,21 @@ def cli():
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out class3.png
       scoresde likelihood --checkpoint runs/moons --data moons
       scoresde evaluate runs/digits --json quality.json
+      scoresde train --task masked --data brackets --out runs/brackets    # masked diffusion on tokens
+      scoresde sample --checkpoint runs/brackets --sampler llada --steps 64 --n 8
     """
 
 
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="TOML config; flags override it.")
+@click.option("--task", type=click.Choice(["score", "masked", "autoregressive"]), show_default=DEFAULTS["task"],
+              help="What is trained: a score model, a masked diffusion language model, or its autoregressive "
+                   "baseline (both on tokens, options in [discrete]).")
 @click.option("--data", metavar="NAME|PATH", show_default=DEFAULTS["data"]["name"],
               help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits), a .npy/.npz "
-                   "array (N, *D) or an image folder.")
+                   "array (N, *D) or an image folder; for --task masked: a language (brackets, sums), a text "
+                   "file or a .npy array of token ids (N, L).")
 @click.option("--sde", type=click.Choice(_names("sde")), show_default=DEFAULTS["sde"]["name"], help="Forward SDE.")
 @click.option("--model", type=click.Choice(_names("model")), show_default=DEFAULTS["model"]["name"],
               help="Score network.")
@@ -106,9 +113,10 @@ def cli():
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--debug-dump-weights", is_flag=True, hidden=True)
-def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, sets, resume,
+def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, sets, resume,
           progress, dry_run, debug_dump_weights):
-    """Train a score model; writes config.toml, checkpoints, log.csv, loss.png and samples.png.
+    """Train a model (a score model; --task masked: a masked diffusion LM); writes config.toml, checkpoints,
+    log.csv, loss.png and samples.png.
 
     \b
     Examples:
@@ -116,10 +124,12 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
       scoresde train --data points.npy --sde subvp --set model.width=256
       scoresde train --out runs/digits --resume --steps 6000     # continue to 6000 steps
       torchrun --nproc-per-node=2 -m scoresde train --data moons  # data-parallel
+      scoresde train --task masked --data brackets --out runs/brackets
+      scoresde train --task masked --data poems.txt --set model.width=256 --out runs/poems
     """
     from .config import load_toml, set_dotted
     from .train import resolve_config, train as run
-    flags = {"data.name": data, "sde.name": sde, "model.name": model, "train.steps": steps,
+    flags = {"task": task, "data.name": data, "sde.name": sde, "model.name": model, "train.steps": steps,
              "train.batch_size": batch_size, "train.lr": lr, "sample.sampler": sampler, "seed": seed,
              "name": name, "device": device, "train.progress": progress}
     with _user_errors():
@@ -127,9 +137,7 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
         for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
             set_dotted(cfg, key, value)
         if dry_run:
-            from .data import check_data_source
-            resolved = resolve_config(cfg, out=out, resume=resume)
-            check_data_source(resolved["data"]["name"])                 # a bad --data fails here too
+            resolved = resolve_config(cfg, out=out, resume=resume)    # the task checks its data source
             click.echo(to_toml(resolved), nl=False)
             return 0
         result = run(cfg, out=out, resume=resume, dump_weights=debug_dump_weights)
@@ -141,6 +149,7 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
         return 0
     m = result.metrics
     extra = f", mode-weight TV {m['mode_weight_tv']:.3f}" if "mode_weight_tv" in m else ""
+    extra += f", {100 * m['valid_fraction']:.1f}% valid samples" if "valid_fraction" in m else ""
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s, final loss {loss}, "
                f"{result.skipped} skipped{extra}\nrun directory: {result.run_dir}\n"
@@ -203,10 +212,11 @@ def _to_unit(model, x):
 @click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler; deis (pretrained)")
 @click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps; 20 (pretrained)",
               help="Sampler steps.")
-@click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of samples.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Output: .npy (the array; pretrained image models: in [0, 1]) or .png (2-D scatter or "
-                   "image grid).")
+@click.option("--n", "n", type=click.IntRange(min=1), show_default="1000; 16 for a sequence run",
+              help="Number of samples.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Output: .npy (the array; pretrained image models: in [0, 1]) or .png (2-D scatter or image "
+                   "grid); a sequence run prints its samples, or writes .txt (one per line) or .npy (token ids).")
 @click.option("--label", metavar="CLASS",
               help="Class to generate, an index or a class name (a model trained with model.num_classes).")
 @click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label",
@@ -219,8 +229,18 @@ def _to_unit(model, x):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw):
-    """Draw samples from a trained model, optionally of one class (guided) or completing known data.
+@click.option("--prompt", help="Sequence runs: text the samples start with (fixed; the rest is generated).")
+@click.option("--mask-char", metavar="C", help="Sequence runs: positions of --prompt marked C are filled in.")
+@click.option("--temperature", type=click.FloatRange(min=0), show_default="the run's discrete.temperature",
+              help="Sequence runs: sampling temperature (0: argmax).")
+@click.option("--remasking", type=click.Choice(["low_confidence", "random"]), show_default="the run's",
+              help="Sequence runs, llada sampler: which predictions are kept each step.")
+@click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
+              help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
+def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw, prompt, mask_char,
+           temperature, remasking, block_length):
+    """Draw samples from a trained model, optionally of one class (guided) or completing known data;
+    from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
 
     \b
     Examples:
@@ -231,6 +251,7 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
                       --sampler deis --steps 20 --n 64 --out grid.png
       scoresde sample --list-configs
+      scoresde sample --checkpoint runs/sums --sampler llada --steps 16 --prompt "12+34=" --n 4
     """
     import torch
     from .checkpoint import find_checkpoint, load, read_checkpoint
@@ -238,7 +259,25 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
     from .guidance import classifier_free_score
     from .plotting import inpainting_grid, is_image_shape, plot_samples
     from .utils import thread_policy
+    from .discrete.commands import sample_tokens, task_of
+    seq = {"--prompt": prompt, "--mask-char": mask_char, "--temperature": temperature, "--remasking": remasking,
+           "--block-length": block_length}
     with _user_errors():
+        if task_of(checkpoint) in ("masked", "autoregressive"):
+            for flag, v in (("--label", label), ("--guidance", w), ("--known", known), ("--mask", mask)):
+                if v is not None:
+                    raise ValueError(f"{flag}: an option of score models; this checkpoint is a sequence model")
+            for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
+                                      device=device, raw=raw, prompt=prompt, mask_char=mask_char,
+                                      temperature=temperature, remasking=remasking, block_length=block_length):
+                click.echo(line)
+            return
+        given = [k for k, v in seq.items() if v is not None]
+        if given:
+            raise ValueError(f"{given[0]}: an option of sequence runs (task masked / autoregressive)")
+        n = n or 1000
+        if out is None:
+            raise ValueError("--out: expected a .npy or .png file name for the samples, found none")
         ext = os.path.splitext(out)[1].lower()
         if ext not in (".npy", ".png"):
             raise ValueError(f"--out {out!r}: expected a .npy or .png file name")
@@ -369,16 +408,20 @@ def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
               "on the benchmark mixture and ~2x faster).")
 @click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]), default="auto", show_default=True,
               help="auto: exact for up to 16 dimensions, else Hutchinson.")
+@click.option("--draws", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Sequence runs (masked): mask draws per sequence for the NELBO bound.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, seed, device):
-    """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE.
+def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, seed, device):
+    """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE; for a sequence run, the
+    NELBO bound (masked) or the exact NLL (autoregressive) in nats and bits per token, and the perplexity.
 
     \b
     Examples:
       scoresde likelihood --checkpoint runs/moons --data moons --n 500
       scoresde likelihood --checkpoint checkpoint_26.pth --config vp/cifar10_ddpmpp_continuous \\
                           --data cifar10_test.npy --n 100
+      scoresde likelihood --checkpoint runs/poems --data heldout.txt     # a sequence run: the NELBO bound
     """
     import torch
     from .checkpoint import load
@@ -386,7 +429,12 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, seed, d
     from .distributed import resolve_device
     from .likelihood import dataset_likelihood
     from .utils import SMALL_EXAMPLE, thread_policy
+    from .discrete.commands import likelihood_tokens, task_of
     with _user_errors():
+        if task_of(checkpoint) in ("masked", "autoregressive"):
+            click.echo(likelihood_tokens(checkpoint, data, n=n, batch_size=batch_size or 256, draws=draws, seed=seed,
+                                         device=device))
+            return
         dev = resolve_device(device)
         pretrained, config = _pretrained_config(checkpoint, config)
         if pretrained:

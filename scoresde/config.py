@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",        # auto | cpu | cuda
     "threads": 0,            # CPU threads (0: auto, one thread for small examples of <= 256 values,
                              # where more threads only add synchronisation; else torch's default)
+    "task": "score",         # what is trained (scoresde.tasks): score | masked | autoregressive; a task's
+                             # own defaults (e.g. masked: model seq_transformer, data brackets) apply under the file
     "data": {
         "name": "mixture",   # built-in name (see list_datasets) or a path (.npy/.npz/image folder)
         "size": 50000,       # points drawn once for the built-in 2-D datasets
@@ -74,10 +76,32 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "n": 2000,           # samples per evaluation during training (with the [sample] sampler and steps)
     },
+    "discrete": {            # only task = "masked" / "autoregressive": token sequences (scoresde.discrete)
+        "seq_len": 0,        # tokens per sequence (0: from the data: the longest string / line + EOS)
+        "schedule": "linear",  # masking schedule alpha_t: linear (1 - t) | cosine
+        "eps": 1e-3,         # smallest t of the training loss (LLaDA, MDLM)
+        "antithetic": True,  # stratified t across the batch (MDLM's low-discrepancy sampler)
+        "loss": "time",      # NELBO estimator of the loss: time (t ~ U[eps, 1], weight w(t); MDLM, LLaDA eq. 3)
+                             # | count (l ~ U{1..L} tokens masked, the mean masked cross-entropy; LLaDA eq. 6)
+        "tokenizer": "char", # text files: char (the text's characters) | byte
+        "text_mode": "lines",  # text files: lines (a sequence per line, EOS-padded) | stream (rows of seq_len)
+        "vocab_size": 0,     # .npy token arrays: V (0: the largest id + 1)
+        "eos_id": -1,        # .npy token arrays: the end / padding token (-1: none)
+        "max_depth": 3,      # brackets: nesting depth bound (the length bound is seq_len - 1, default 16)
+        "digits": 2,         # sums: digits of a and b
+        "holdout": 0.05,     # fraction of the sequences kept out of training, for the bound at eval_every
+        "remasking": "low_confidence",  # llada sampler: low_confidence | random
+        "block_length": 0,   # llada sampler: semi-autoregressive block length (0: one block)
+        "temperature": 1.0,  # sampling temperature (0: argmax)
+        "eval_draws": 4,     # mask draws per held-out sequence for the bound
+    },
 }
 
 _FREE_SECTIONS = ("sde", "model")
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize")}
+_TASK_SECTIONS = ("discrete",)   # kept only for the tasks that list them in `Task.sections`
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
+            "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
+            "discrete.remasking": ("low_confidence", "random"), "discrete.loss": ("time", "count")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
     "seed": (0, False), "threads": (0, False), "data.size": (1, False), "data.image_size": (0, False),
@@ -88,8 +112,12 @@ _BOUNDS = {
     "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
     "train.keep": (1, False), "train.max_nonfinite": (1, False),
     "sample.steps": (1, False), "sample.n": (1, False),
+    "discrete.seq_len": (0, False), "discrete.eps": (0.0, False), "discrete.vocab_size": (0, False),
+    "discrete.eos_id": (-1, False), "discrete.max_depth": (1, False), "discrete.digits": (1, False),
+    "discrete.holdout": (0.0, False), "discrete.block_length": (0, False), "discrete.temperature": (0.0, False),
+    "discrete.eval_draws": (1, False),
 }
-_BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps")
+_BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 
 
 def default_config() -> dict[str, Any]:
@@ -147,6 +175,8 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
     if not isinstance(cfg, Mapping):
         raise TypeError(f"config: expected a mapping of sections, found {type(cfg).__name__}")
     out = default_config()
+    task = cfg.get("task", (base or {}).get("task", DEFAULTS["task"]))
+    _apply_task_defaults(out, task)
     for key, value in (base or {}).items():          # a resolved config (e.g. a checkpoint's)
         out[key] = copy.deepcopy(value) if not isinstance(value, Mapping) else {**out.get(key, {}), **copy.deepcopy(dict(value))}
     for key, value in cfg.items():
@@ -168,8 +198,27 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
                     out[key][sub] = _check_value(name, v, default[sub])
         else:
             out[key] = _check_value(key, value, default)
+    for key in _TASK_SECTIONS:                   # sections only some tasks read are kept for those tasks
+        if key not in _task_attr(task, "sections", ()):
+            if key in cfg:
+                raise ValueError(f"config [{key}]: options of the tasks that read them, but task = {task!r}; "
+                                 "set task (e.g. --task masked) or remove the section")
+            out.pop(key)
     check_model_keys(out["model"])
     return out
+
+
+def _task_attr(task: Any, name: str, default: Any) -> Any:
+    """An attribute of the registered task class `task` (scoresde.tasks), or `default` for unknown names
+    (reported where the task is looked up)."""
+    from .tasks import TASKS
+    return getattr(TASKS[task], name) if isinstance(task, str) and task in TASKS else default
+
+
+def _apply_task_defaults(out: dict[str, Any], task: Any) -> None:
+    """Overlay the `defaults` of the task `task` (scoresde.tasks) on the built-in defaults `out`."""
+    for key, value in _task_attr(task, "defaults", {}).items():
+        out[key] = copy.deepcopy(value) if key in _FREE_SECTIONS else {**out[key], **copy.deepcopy(value)}
 
 
 def check_model_keys(model: Mapping[str, Any]) -> None:

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -35,7 +35,7 @@ from . import distributed as D
 from .checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, list_checkpoints, prune_checkpoints,
                          read_checkpoint, remove_stale_temporaries, save_checkpoint, tensor_digests,
                          unflatten_state)
-from .config import resolve, save_toml
+from .config import load_toml, resolve, save_toml
 from .rundir import RunLock, RunLockedError, append_log
 from .tasks import Task, get_task
 from .utils import policy_threads
@@ -113,22 +113,28 @@ def _newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
 
 
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str = "score"):
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
-    trains `task`; a resumed one the task its checkpoint names."""
-    overrides = {"out": out} if out else {}
+    trains `task` (default: the config's `task`); a resumed one the task its checkpoint names."""
+    overrides: dict[str, Any] = {"out": out} if out else {}
+    if task and not resume:
+        overrides["task"] = task
     state = None
-    if resume:
-        first = resolve(config, overrides)
+    if resume:      # the run directory first (the task, and so the sections it reads, come from its checkpoint)
+        raw = load_toml(config) if isinstance(config, (str, os.PathLike)) else config
+        first = resolve({k: raw[k] for k in ("out", "name") if k in raw} if isinstance(raw, Mapping) else raw,
+                        overrides)
         if not (first["out"] or first["name"]):
             raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
         state = _newest_intact(run_dir_of(first))
         cfg = resolve(config, overrides, base=state[2]["config"])
-        task_cls = get_task(state[2].get("task", "score"))      # checkpoints before the engine: "score"
+        task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
     else:
         cfg = resolve(config, overrides)
-        task_cls = get_task(task)
+        task = cfg["task"]
+    task_cls = get_task(task)
+    cfg["task"] = task
     task_cls.check_config(cfg)
     return cfg, task_cls, state
 

@@ -20,7 +20,8 @@ def resolve_config(config: Any = None, *, out: str | None = None, resume: bool =
 
 def train(config: Any = None, *, data: Any = None, out: str | None = None, resume: bool = False,
           progress: bool | None = None, dump_weights: bool = False) -> TrainResult:
-    """Train a score model; returns a `TrainResult` (the model with EMA weights, paths, metrics).
+    """Train the config's task (`task`: a score model by default; "masked" / "autoregressive": a sequence model,
+    `scoresde.tasks.masked`); returns a `TrainResult` (the model with EMA weights, paths, metrics).
 
     Args:
         config: a TOML path or a (partial) nested dict over `scoresde.config.DEFAULTS`, e.g.

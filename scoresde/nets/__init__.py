@@ -12,6 +12,10 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 | `ddpm_unet` | DDPM U-Net, Ho et al. 2020 (arXiv:2006.11239) | sinusoidal |
 | `ddpmpp` | DDPM++ cont., Song et al. 2021 (arXiv:2011.13456, App. H) | sinusoidal |
 | `ncsnpp` | NCSN++ cont., Song et al. 2021 (App. H) | Gaussian Fourier, scale 16 |
+| `seq_transformer` | bidirectional transformer over tokens (masked diffusion, `nets.transformer`) | optional |
+| `causal_transformer` | the same network with causal attention (autoregressive baseline) | none |
+
+The token networks take `forward(x, t)` with x (B, L) token ids and return logits (B, L, K).
 """
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ from ..utils import Registry
 from .cuda import autocast, prepare_model
 from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
+from .transformer import SeqTransformer, causal_transformer
 from .unet import DDPMUNet
 
-__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
+__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP",
+           "DDPMUNet", "NCSNpp", "SeqTransformer",
            "autocast", "prepare_model"]
 
 MODELS = Registry("model")
@@ -34,6 +40,8 @@ MODELS.register("mlp")(MLP)
 MODELS.register("ddpm_unet")(DDPMUNet)
 MODELS.register("ddpmpp")(ddpmpp)
 MODELS.register("ncsnpp")(NCSNpp)
+MODELS.register("seq_transformer")(SeqTransformer)
+MODELS.register("causal_transformer")(causal_transformer)
 
 
 def list_models() -> list[str]:
@@ -85,3 +93,8 @@ def check_model_config(name: str, config: dict[str, Any], *, extra: tuple[str, .
         msg = (f"{where}{what}: unknown {'key' if prefix else 'argument'}{'s' if len(unknown) > 1 else ''} "
                f"of model {name!r}; known: {', '.join(prefix + k for k in known)}")
         raise (ValueError if prefix else TypeError)(msg)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

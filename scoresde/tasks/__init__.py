@@ -12,6 +12,9 @@ files' places, signals or ranks; the engine knows nothing of SDEs.
         def build(self, device): return module              # weights from torch's global RNG
         def loss(self, model, data_gen, noise_gen): ...     # one batch -> scalar loss
         def meta(self): return {...}                        # JSON, enough to rebuild the model
+
+A task may set `defaults` ({section: {key: value}}): they replace the built-in defaults for a run of that
+task (a free section, `model` or `sde`, is replaced whole), under the user's config.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ class Task:
     (`sample`, `plot`, `evaluate`, `final_metrics`) are optional."""
 
     name = ""
+    defaults: dict[str, dict[str, Any]] = {}   # config defaults of this task (see the module docstring)
+    sections: tuple[str, ...] = ()      # optional config sections this task reads (e.g. "discrete"); the
+    #                                     others are left out of its resolved config
     eval_fields: tuple[str, ...] = ()    # what `evaluate` returns, in log.csv column order; the first is
     #                                      the figure of merit (lower is better) that marks the best checkpoint
 
@@ -84,3 +90,4 @@ def get_task(name: str) -> type[Task]:
 
 
 from . import score  # noqa: E402,F401  (registers "score")
+from . import masked  # noqa: E402,F401  (registers "masked" and "autoregressive")

@@ -33,7 +33,9 @@ class ScoreTask(Task):
         from ..nets import MODELS
         from ..samplers import SAMPLERS
         from ..sde import SDES
+        from ..data import check_data_source
         SDES[cfg["sde"]["name"]], MODELS[cfg["model"]["name"]], SAMPLERS[cfg["sample"]["sampler"]]
+        check_data_source(cfg["data"]["name"])              # a bad --data fails before anything runs
 
     @property
     def eval_fields(self) -> tuple[str, ...]:

@@ -1,0 +1,223 @@
+"""Masked diffusion language models against an autoregressive transformer of the same size, on CPU.
+
+    OMP_NUM_THREADS=1 python benchmarks/discrete.py --budget 60 --out benchmarks/results/discrete.md
+
+Three parts, one run:
+
+1. Exact denoiser (V = 3, L = 3, a correlated law): total variation between the samplers' output and
+   the law, against the steps, 20000 samples. One token per step is exact (in any order: random
+   remasking, MDLM with many steps); several tokens per step draw from products of conditionals;
+   confidence-ordered remasking is biased at any step count.
+2. The `brackets` language (two kinds, depth <= 3, length <= 16, L = 17 with EOS) and 3. a small text
+   (the lower-cased docstring lines of 30 standard-library modules, about 200 kB, every tenth line held
+   out, cut into rows of L = 48 characters, `text_mode = "stream"`; a quarter of the samples per row):
+   a masked diffusion model (`seq_transformer`) and an autoregressive one (`causal_transformer`, the same
+   parameter count) are each trained through the engine for `--budget` seconds of wall time (a timer
+   sends SIGTERM; the engine stops at a step boundary), then
+   - the held-out bound: the masked model's NELBO (LLaDA's count estimator, 8 mask draws per sequence)
+     against the autoregressive model's exact NLL, in bits per token and perplexity, and their ratio;
+   - sample quality against sampling steps (8 ... 256) for mdlm, llada (low_confidence) and llada
+     (random): on brackets the exact fraction of valid samples and the fraction of distinct ones; on the
+     text the autoregressive model's NLL of the samples (generative perplexity, as MDLM scores samples
+     with GPT-2) and the distinct fraction; with network calls per sequence and wall time.
+Goals (issue 18): >= 99% valid at 64 steps on brackets; a bound within 1.2x of the autoregressive
+perplexity at equal training time. Machines here are shared: wall times vary run to run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import scoresde as ss  # noqa: E402
+from scoresde.discrete import MaskedProcess, sample_llada, sample_mdlm  # noqa: E402
+from scoresde.discrete.data import load_tokens  # noqa: E402
+from scoresde.discrete.exact import ExactDenoiser, empirical_law, total_variation  # noqa: E402
+from scoresde.discrete.tokenizer import CharTokenizer  # noqa: E402
+from scoresde.nets import count_parameters  # noqa: E402
+
+LOG2 = math.log(2)
+SAMPLERS = [("mdlm", {}), ("llada", {"remasking": "low_confidence"}), ("llada", {"remasking": "random"})]
+MODULES = ["os", "re", "json", "collections", "itertools", "functools", "argparse", "random", "string", "textwrap",
+           "math", "statistics", "csv", "pathlib", "subprocess", "logging", "unittest", "datetime", "decimal",
+           "fractions", "heapq", "bisect", "shutil", "tempfile", "typing", "dataclasses", "enum", "inspect", "ast",
+           "difflib"]
+
+
+def stdlib_corpus() -> list[str]:
+    """Distinct lower-cased docstring lines (printable ASCII) of 30 standard-library modules (about 200 kB)."""
+    lines = []
+    for name in MODULES:
+        m = importlib.import_module(name)
+        objs = [m] + [getattr(m, k) for k in sorted(dir(m)) if not k.startswith("_")]
+        for o in objs:
+            if o is m or inspect.isfunction(o) or inspect.isclass(o) or inspect.isbuiltin(o):
+                for ln in (inspect.getdoc(o) or "").splitlines():
+                    ln = " ".join(ln.split())
+                    if ln and ln.isascii() and ln.isprintable() and not ln.startswith(">>>"):
+                        lines.append(ln.lower())
+    return list(dict.fromkeys(lines))
+
+
+def train_for(cfg: dict, out: str, seconds: float):
+    """Train through the engine until a timer's SIGTERM; (result, wall seconds)."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    t0 = time.perf_counter()
+    timer.start()
+    try:
+        r = ss.train(cfg, out=out, progress=False)
+    finally:
+        timer.cancel()
+    return r, time.perf_counter() - t0
+
+
+def exact_table(n: int = 20000) -> list[str]:
+    V, L = 3, 3
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(V ** L, generator=g, dtype=torch.float64) ** 3
+    p[::4] = 0
+    p = p / p.sum()
+    den, proc = ExactDenoiser(p, V, L), MaskedProcess(V)
+    rows = ["| sampler | steps | TV to the law | network calls |", "|---|---:|---:|---:|"]
+    for name, fn, kw, steps in [("mdlm", sample_mdlm, {}, (1, 2, 4, 16, 64, 256)),
+                                ("llada random", sample_llada, {"remasking": "random"}, (1, 2, 3)),
+                                ("llada low_confidence", sample_llada, {}, (1, 2, 3))]:
+        for s in steps:
+            st = {}
+            x = fn(den, torch.full((n, L), V), proc, steps=s, generator=torch.Generator().manual_seed(0), stats=st, **kw)
+            rows.append(f"| {name} | {s} | {total_variation(empirical_law(x, V), p):.4f} | {st['nfe']} |")
+    return rows
+
+
+def brackets_entropy(max_depth: int, max_len: int, seq_len: int) -> float:
+    """The exact entropy of the brackets data in bits per token: a uniform length n among the even lengths,
+    then a uniform string among the c(n) valid ones: log2(#lengths) + mean_n log2 c(n), over seq_len tokens."""
+    from scoresde.discrete.languages import Brackets
+    lang = Brackets(max_depth, max_len)
+    ns = range(2, lang.max_len + 1, 2)
+    return (math.log2(len(ns)) + sum(math.log2(float(lang._completions(n)[0, 0])) for n in ns) / len(ns)) / seq_len
+
+
+def compare(name: str, cfg: dict, hold: torch.Tensor, budget: float, root: str, quality, steps_list, n_samples: int,
+            entropy: float | None = None):
+    """Train both models for `budget` s, then the bound table and the quality-vs-steps table."""
+    runs = {}
+    for task, net in (("masked", "seq_transformer"), ("autoregressive", "causal_transformer")):
+        c = {**cfg, "task": task, "model": {**cfg["model"], "name": net}}
+        r, wall = train_for(c, os.path.join(root, f"{name}_{task}"), budget)
+        runs[task] = (r.model.eval(), r.step, wall)
+        print(f"[{name}] {task}: {r.step} steps in {wall:.0f} s, {count_parameters(r.model)} parameters", flush=True)
+    masked, ar = runs["masked"][0], runs["autoregressive"][0]
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    bound = float(masked.nelbo(hold, draws=8, generator=g).double().mean())
+    t_bound = time.perf_counter() - t0
+    nll = float(ar.nll(hold).double().mean())
+    out = [f"### {name}", "",
+           "| model | parameters | train steps | train wall s | held-out bits/token | perplexity |",
+           "|---|---:|---:|---:|---:|---:|",
+           f"| masked diffusion (NELBO bound) | {count_parameters(masked)} | {runs['masked'][1]} | "
+           f"{runs['masked'][2]:.0f} | {bound / LOG2:.4f} | {math.exp(bound):.3f} |",
+           f"| autoregressive (exact NLL) | {count_parameters(ar)} | {runs['autoregressive'][1]} | "
+           f"{runs['autoregressive'][2]:.0f} | {nll / LOG2:.4f} | {math.exp(nll):.3f} |",
+           *([f"| the data (exact entropy) | | | | {entropy:.4f} | {2 ** entropy:.3f} |"] if entropy else []), "",
+           f"Perplexity ratio masked / autoregressive: **{math.exp(bound - nll):.3f}** (goal <= 1.2); "
+           f"{len(hold)} held-out sequences of {hold.shape[1]} tokens; the bound took {t_bound:.1f} s.", ""]
+    cols = quality(None, None)
+    out += ["| sampler | steps | " + " | ".join(cols) + " | distinct % | calls / sequence | wall s |",
+            "|---|---:|" + "---:|" * (len(cols) + 3)]
+    for sampler, kw in SAMPLERS:
+        label = sampler + (f" ({kw['remasking']})" if kw else "")
+        for steps in steps_list:
+            st = {}
+            t0 = time.perf_counter()
+            x = masked.sample(n_samples, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(1),
+                              stats=st, **kw)
+            wall = time.perf_counter() - t0
+            q = quality(masked, x, ar)
+            distinct = 100 * len(set(masked.decode(x))) / len(x)
+            out.append(f"| {label} | {steps} | " + " | ".join(q) + f" | {distinct:.1f} | "
+                       f"{st['nfe_per_sequence']:.1f} | {wall:.1f} |")
+            print(out[-1], flush=True)
+    st = {}
+    t0 = time.perf_counter()
+    x = ar.sample(n_samples, generator=torch.Generator().manual_seed(1), stats=st)
+    wall = time.perf_counter() - t0
+    out.append(f"| autoregressive | {hold.shape[1]} | " + " | ".join(quality(ar, x, ar)) +
+               f" | {100 * len(set(ar.decode(x))) / len(x):.1f} | {st['nfe_per_sequence']:.1f} | {wall:.1f} |")
+    return out + [""]
+
+
+def validity(model, x, ar=None):
+    if model is None:
+        return ["valid %"]
+    v = model.is_valid(x)
+    return [f"{100 * sum(v) / len(v):.1f}"]
+
+
+def gen_nll(model, x, ar=None):
+    if model is None:
+        return ["AR bits/token of samples"]
+    return [f"{float(ar.nll(x).double().mean()) / LOG2:.3f}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=float, default=60.0, help="training wall seconds per model")
+    ap.add_argument("--samples", type=int, default=256, help="samples per (sampler, steps)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    ap.add_argument("--parts", nargs="+", default=["exact", "brackets", "text"])
+    ap.add_argument("--out", help="write the markdown tables here")
+    a = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])      # imports done before any timed run
+    import matplotlib.pyplot  # noqa: F401
+    lines = [f"# benchmarks/discrete.py (budget {a.budget:.0f} s per model, {a.samples} samples per row, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} thread(s))", ""]
+    base = {"device": "cpu", "seed": 0, "model": {"width": 64, "depth": 2, "heads": 4},
+            "train": {"steps": 10 ** 6, "batch_size": 64, "lr": 3e-3, "warmup": 100, "log_every": 50,
+                      "ckpt_every": 10 ** 6, "progress": False, "ema_decay": 0.999},
+            "sample": {"n": 1, "steps": 1}}
+    with tempfile.TemporaryDirectory() as root:
+        if "exact" in a.parts:
+            lines += ["### exact denoiser (V = 3, L = 3)", "", *exact_table(), ""]
+            print("\n".join(lines[-12:]), flush=True)
+        if "brackets" in a.parts:
+            cfg = {**base, "data": {"name": "brackets", "size": 50000},
+                   "discrete": {"seq_len": 17, "max_depth": 3, "holdout": 0.0}}
+            hold = load_tokens("brackets", seq_len=17, max_depth=3, size=1000, seed=12345).x
+            lines += compare("brackets (depth <= 3, L = 17)", cfg, hold, a.budget, root, validity, a.steps, a.samples,
+                             entropy=brackets_entropy(3, 16, 17))
+        if "text" in a.parts:
+            corpus = stdlib_corpus()
+            held = corpus[9::10]                                    # every tenth line held out
+            train = [ln for i, ln in enumerate(corpus) if i % 10 != 9]
+            path = os.path.join(root, "train.txt")
+            with open(path, "w") as f:
+                f.write("\n".join(train))
+            tok = CharTokenizer.from_text("\n".join(train))
+            ids = tok.encode("\n".join(ln for ln in held if set(ln) <= set(tok.alphabet)))
+            hold = torch.tensor(ids[:len(ids) // 48 * 48]).reshape(-1, 48)
+            cfg = {**base, "data": {"name": path}, "discrete": {"seq_len": 48, "text_mode": "stream", "holdout": 0.0}}
+            kb = os.path.getsize(path) // 1000
+            lines += compare(f"text ({kb} kB of docstrings, rows of L = 48 characters)",
+                             cfg, hold, a.budget, root, gen_nll, a.steps, max(a.samples // 4, 16))
+    text = "\n".join(lines)
+    print("\n" + text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
