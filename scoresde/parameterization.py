@@ -164,6 +164,8 @@ class ScoreModel(nn.Module):
         c = self.condition(t, sigma)
         # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
         out = self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
+        if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
+            out = out[:, : x.shape[1]]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")

@@ -12,6 +12,7 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 | `ddpm_unet` | DDPM U-Net, Ho et al. 2020 (arXiv:2006.11239) | sinusoidal |
 | `ddpmpp` | DDPM++ cont., Song et al. 2021 (arXiv:2011.13456, App. H) | sinusoidal |
 | `ncsnpp` | NCSN++ cont., Song et al. 2021 (App. H) | Gaussian Fourier, scale 16 |
+| `dit` | Diffusion Transformer, Peebles & Xie 2023 (arXiv:2212.09748); presets DiT-S/2 ... DiT-XL/8 | sinusoidal |
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from torch import nn
 
 from ..utils import Registry
 from .cuda import autocast, prepare_model
+from .dit import DiT
 from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
 from .unet import DDPMUNet
 
-__all__ = ["MODELS", "get_model", "list_models", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
+__all__ = ["MODELS", "get_model", "list_models", "count_parameters", "MLP", "DDPMUNet", "NCSNpp", "DiT",
            "autocast", "prepare_model"]
 
 MODELS = Registry("model")
@@ -33,6 +35,7 @@ MODELS.register("mlp")(MLP)
 MODELS.register("ddpm_unet")(DDPMUNet)
 MODELS.register("ddpmpp")(ddpmpp)
 MODELS.register("ncsnpp")(NCSNpp)
+MODELS.register("dit")(DiT)
 
 
 def list_models() -> list[str]:
