@@ -16,8 +16,11 @@ the images/s and per-image figures from those few iterations are what is printed
 DiT (Peebles & Xie 2023, arXiv:2212.09748): `--dit` preset (default DiT-S/2) on 4x32x32 latents,
 class-conditional on 1000 classes, learn_sigma off; diffusers' model gets the same depth, width,
 heads, patch, classes and output channels (it carries its own timestep/label embedder in every
-block, so its parameter count differs). Each of ours / diffusers is measured `--repeats` times,
-interleaved, best kept; `ratio` is our time per image over diffusers' (<= 1: ours as fast or faster).
+block, so its parameter count differs). Both are built in one process and timed in alternating
+iterations (A B B A ...), so that load from other processes hits both alike (on one CPU thread by
+the process's CPU time, which leaves out the time other processes get); the table gives the
+medians, and `ratio` is our median time over diffusers' (<= 1: ours as fast or faster). Their
+peak memory comes from one training step and one evaluation of each in a fresh process.
 
 train img/s: AdamW steps on a denoising loss ||net(x + sigma z, c) - z||^2.
 sample img/s: network evaluations per second per image in a sampler-like loop
@@ -152,10 +155,77 @@ def bench(name, cfg, mode, device, batch, iters, warmup, check_sync):
     return nparams, train_ips, sample_ips, peak_mb(device, base), sync_ok
 
 
-def isolated(*args):
-    """`bench(*args)` in a fresh process (its own peak memory, no state left from other cases)."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(bench, args)
+def _isolated(fn):
+    """`fn` run in a fresh process (its own peak memory, no state left from other cases)."""
+    def call(*args):
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args)
+    return call
+
+
+isolated = _isolated(bench)
+
+
+def dit_pair(preset, mode, device, batch, iters, warmup):
+    """Ours and diffusers' DiT timed in alternating iterations of one process, so that both see the
+    same machine state: {label: (params, [train step s], [sampling evaluation s], no-sync)}."""
+    device = torch.device(device)
+    amp = mode != "fp32"
+    nets, calls, opts, nparams = {}, {}, {}, {}
+    for label, name in (("dit (ours)", "dit"), ("diffusers", "diffusers_dit")):
+        torch.manual_seed(0)
+        net, adapter, shape, classes = build(name, {"preset": preset})
+        run = prepare_model(net, device, channels_last=False, compile=(mode == "bf16+compile"))
+        nets[label], nparams[label] = net, count_parameters(net)
+        calls[label] = (lambda r, ad: lambda x, c, y: ad(r, x, c, y))(run, adapter)
+        opts[label] = torch.optim.AdamW(net.parameters(), lr=2e-4)
+    x0 = torch.randn(batch, *shape, device=device)
+    c = 999 * torch.rand(batch, device=device)
+    sigma = torch.exp(torch.randn(batch, device=device))
+    y = torch.randint(0, classes, (batch,), device=device)
+    z = torch.randn_like(x0)
+    state = {label: x0.clone() for label in nets}
+
+    def train_step(label):
+        with autocast(device, amp):
+            loss = (calls[label](x0 + sigma[:, None, None, None] * z, c, y) - z).square().mean()
+        opts[label].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[label].step()
+
+    @torch.no_grad()
+    def sample_step(label):
+        with autocast(device, amp):
+            state[label] = state[label] - 0.01 * calls[label](state[label], c, y)
+
+    # one CPU thread: process CPU time, which leaves out the time the OS gives other processes on a
+    # shared machine (on an idle one it equals wall time); otherwise wall time
+    clock = time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    times = {label: {"train": [], "sample": []} for label in nets}
+    for kind, step in (("train", train_step), ("sample", sample_step)):
+        for label, net in nets.items():
+            net.train(kind == "train")
+            for _ in range(warmup):
+                step(label)
+        for i in range(iters):
+            for label in (list(nets) if i % 2 == 0 else list(nets)[::-1]):   # ABBA: no order bias
+                sync(device)
+                t0 = clock()
+                step(label)
+                sync(device)
+                times[label][kind].append(clock() - t0)
+    sync_ok = {label: "-" for label in nets}
+    if device.type == "cuda":
+        label = "dit (ours)"
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sample_step(label)
+            sync_ok[label] = "ok"
+        except RuntimeError:
+            sync_ok[label] = "SYNC"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return {label: (nparams[label], times[label]["train"], times[label]["sample"], sync_ok[label]) for label in nets}
 
 
 def run_case(label, name, cfg, mode, device, a, check_sync=True, quiet=False):
@@ -184,8 +254,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 5 CUDA / 1 CPU)")
     p.add_argument("--models", default="ddpm_unet,ddpmpp,ncsnpp,dit", help="comma list; dit = ours vs diffusers")
     p.add_argument("--dit", default="DiT-S/2", help="DiT preset for the comparison")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="DiT: interleaved repeats, best kept (default 2 CPU, 1 CUDA)")
+    p.add_argument("--dit-iters", type=int, default=None,
+                   help="DiT: timed iterations of each model, alternating (default 6 CPU, 20 CUDA)")
     p.add_argument("--modes", default=None, help="comma list of fp32,bf16,bf16+compile (CUDA default: all)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false", help="run every case in this process")
     a = p.parse_args(argv)
@@ -196,7 +266,6 @@ def main(argv=None):
     a.batch = a.batch or (128 if cuda else 8)
     a.iters = a.iters or (20 if cuda else 3)
     a.warmup = a.warmup if a.warmup is not None else (5 if cuda else 1)
-    repeats = a.repeats or (1 if cuda else 2)
     modes = a.modes.split(",") if a.modes else (["fp32", "bf16", "bf16+compile"] if cuda else ["fp32"])
     models = a.models.split(",")
     if cuda:
@@ -221,28 +290,34 @@ def main(argv=None):
             for mode in modes:
                 run_case(name, name, CONFIGS[config][name], mode, device, a)
     if "dit" in models:
+        import statistics
+
         import diffusers
+        iters = a.dit_iters or (20 if cuda else 6)
         print(f"\n## {a.dit}, 4x32x32 latents, 1000 classes: ours vs diffusers {diffusers.__version__} "
-              f"DiTTransformer2DModel; best of {repeats}")
+              f"DiTTransformer2DModel; medians of {iters} alternating iterations after {a.warmup} warm-up"
+              + ("; timed by process CPU time (1 thread)" if not cuda and torch.get_num_threads() == 1 else ""))
         print(hdr + f" {'ratio train':>11} {'ratio sample':>12}")
         print("-" * (len(hdr) + 25))
         for mode in modes:
-            best = {}
-            for _ in range(repeats):
-                for label, name in (("dit (ours)", "dit"), ("diffusers", "diffusers_dit")):
-                    res = run_case(label, name, {"preset": a.dit}, mode, device, a, check_sync=name == "dit",
-                                   quiet=True)
-                    if res is not None:   # best throughputs, largest peak memory, over the repeats
-                        old = best.get(label, res)
-                        best[label] = (res[0], max(res[1], old[1]), max(res[2], old[2]), max(res[3], old[3]), res[4])
-            for label, res in best.items():
-                n, tr, sa, mem, ok = res
-                line = f"{label:<14} {n / 1e6:>8.2f}M {mode:<13} {tr:>11.2f} {sa:>12.2f} {mem:>11.0f} {ok:>7}"
-                if label == "dit (ours)" and "diffusers" in best:
-                    d = best["diffusers"]
-                    line += f" {d[1] / tr:>11.3f} {d[2] / sa:>12.3f}"    # our time / diffusers' time
+            try:
+                pair = (_isolated(dit_pair) if a.isolate else dit_pair)(a.dit, mode, str(device), a.batch, iters,
+                                                                      a.warmup)
+            except Exception as e:  # e.g. torch.compile unavailable: report and go on
+                print(f"{'dit pair':<14} {'':>9} {mode:<13} failed: {type(e).__name__}: {str(e)[:80]}", flush=True)
+                continue
+            med = {label: (statistics.median(r[1]), statistics.median(r[2])) for label, r in pair.items()}
+            for label, name in (("dit (ours)", "dit"), ("diffusers", "diffusers_dit")):
+                # peak memory of one training step and one evaluation, in a fresh process of its own
+                mem = run_case(label, name, {"preset": a.dit}, mode, device,
+                               argparse.Namespace(**{**vars(a), "iters": 1, "warmup": 0}), check_sync=False, quiet=True)
+                n, _, _, ok = pair[label]
+                line = (f"{label:<14} {n / 1e6:>8.2f}M {mode:<13} {a.batch / med[label][0]:>11.2f} "
+                        f"{a.batch / med[label][1]:>12.2f} {mem[3] if mem else float('nan'):>11.0f} {ok:>7}")
+                if label == "dit (ours)":                                   # our time / diffusers' time
+                    line += (f" {med[label][0] / med['diffusers'][0]:>11.3f} "
+                             f"{med[label][1] / med['diffusers'][1]:>12.3f}")
                 print(line, flush=True)
-
 
 if __name__ == "__main__":
     main()

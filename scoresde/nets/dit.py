@@ -33,6 +33,8 @@ from .layers import GaussianFourierProjection, check_data_shape, check_inputs, c
 
 __all__ = ["DiT", "DIT_PRESETS", "timestep_embedding", "sincos_pos_embed_2d"]
 
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)   # torch.compile traces: no value checks
+
 # name -> (depth, hidden_size, num_heads, patch_size)   (Peebles & Xie 2023, Table 1)
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 DIT_PRESETS = {f"DiT-{s}/{p}": dict(depth=d, hidden_size=h, num_heads=n, patch_size=p)
@@ -80,7 +82,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous tokens (a no-op for channels_last): the residual stream keeps this layout, and a
+        # transposed one would cost a copy before every LayerNorm and linear map
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):
@@ -102,8 +106,8 @@ class LabelEmbedder(nn.Module):
     """Class labels (B,) in [0, K) -> (B, D); row K of the table is the null label (when `null_label`).
 
     Label dropout for classifier-free guidance is the loss's business (`conditional_dsm_loss`), not
-    the network's: the forward pass never drops labels. The range check runs on CPU tensors only
-    (on a GPU it would synchronise the host; the embedding lookup asserts there).
+    the network's: the forward pass never drops labels. The range check runs on CPU tensors only,
+    outside torch.compile (on a GPU it would synchronise the host; the embedding lookup asserts there).
     """
 
     def __init__(self, num_classes: int, hidden_size: int, null_label: bool = True):
@@ -127,7 +131,7 @@ class LabelEmbedder(nn.Module):
             raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
         elif y.shape != (batch,):
             raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
-        elif y.device.type == "cpu" and bool(((y < 0) | (y > hi)).any()):
+        elif y.device.type == "cpu" and not _compiling() and bool(((y < 0) | (y > hi)).any()):
             raise ValueError(f"y: expected {what}, found min {int(y.min())}, max {int(y.max())}")
         return self.embedding_table(y.to(device=device, dtype=torch.long))
 
@@ -175,8 +179,8 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond).chunk(6, dim=1)
         # x <- x + gate * F(LN(x) (1 + scale) + shift), for F = attention, then F = MLP
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = torch.addcmul(x, gate1.unsqueeze(1), self.attn(modulate(self.norm1(x), shift1, scale1)))
+        return torch.addcmul(x, gate2.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class FinalLayer(nn.Module):
