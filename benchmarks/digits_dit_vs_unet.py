@@ -1,10 +1,10 @@
 """DiT vs the DDPM U-Net on 8x8 digits at equal training time (Peebles & Xie 2023, arXiv:2212.09748;
 Ho et al. 2020, arXiv:2006.11239).
 
-The U-Net of configs/digits.toml trains for `--unet-steps`; its wall-clock time is the budget. The
-DiT of configs/digits_dit.toml is first timed over `--calib` steps, then trained for as many steps
-as fit the same budget (both on 80 % of scikit-learn's digits, the first 20 %, 359 images, held
-out; same SDE, batch, seed, one CPU thread). Each model then draws `--n` samples with the same
+The U-Net of configs/digits.toml trains for `--unet-steps`; the wall-clock time of its training
+loop is the budget for the DiT of configs/digits_dit.toml, stopped (by a SIGTERM to itself, with a
+checkpoint) when the budget is spent (both on 80 % of scikit-learn's digits, the first 20 %, 359
+images, held out; same SDE, batch, seed, one CPU thread). Each model then draws `--n` samples with the same
 sampler and seed; the metric is the Frechet distance to the held-out images in raw 64-pixel space
 (as in benchmarks/samplers.py; lower is better), with its floor: as many training images against
 the held-out ones.
@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,24 +37,32 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from samplers import frechet_distance  # noqa: E402
 
 
-def train(config: str, steps: int, data: torch.Tensor, out: Path, progress: bool) -> tuple[float, Path]:
-    """Seconds of the training loop (the log's clock at the last step: without building the model,
-    the end-of-run checkpoint and plots) to train `config` for `steps` steps into `out`."""
+def train(config: str, steps: int | None, data: torch.Tensor, out: Path, progress: bool,
+          budget: float | None = None) -> tuple[float, int, Path]:
+    """Train `config` into `out` for `steps` steps, or until `budget` seconds have passed (a SIGTERM to
+    this process, which ss.train answers by stopping at the next step with a checkpoint). Returns the
+    seconds of the training loop (the log's clock at its last row), the steps done, and `out`."""
     cfg = load_toml(str(ROOT / "configs" / config))
     cfg.update(seed=0, device="cpu", threads=1)
-    cfg["train"].update(steps=steps, ckpt_every=steps, log_every=steps, progress=progress,
-                        warmup=min(cfg["train"]["warmup"], steps))
+    cfg["train"].update(steps=steps or 10**7, ckpt_every=steps or 10**7, log_every=10, progress=progress,
+                        warmup=min(cfg["train"]["warmup"], steps or 10**7))
     cfg["sample"] = {"n": 4, "steps": 2, "sampler": "ddim"}        # end-of-run plot only; sampling is below
-    ss.train(cfg, data=data, out=str(out))
+    timer = threading.Timer(budget, os.kill, (os.getpid(), signal.SIGTERM)) if budget else None
+    if timer:
+        timer.start()
+    try:
+        res = ss.train(cfg, data=data, out=str(out))
+    finally:
+        if timer:
+            timer.cancel()
     with open(out / "log.csv") as f:
         last = list(csv.DictReader(f))[-1]
-    return float(last["seconds"]), out
+    return float(last["seconds"]), res.step, out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--unet-steps", type=int, default=1500, help="U-Net training steps (sets the time budget)")
-    ap.add_argument("--calib", type=int, default=50, help="DiT steps timed to convert the budget into steps")
     ap.add_argument("--n", type=int, default=359, help="samples per model (359 = the held-out set)")
     ap.add_argument("--sampler", default="euler_maruyama")
     ap.add_argument("--steps", type=int, default=200, help="sampler steps")
@@ -66,10 +77,8 @@ def main(argv=None):
     n_test = len(x) // 5
     test, train_x = x[:n_test], x[n_test:]
     out = Path(a.out)
-    t_unet, unet_dir = train("digits.toml", a.unet_steps, train_x, out / "unet", a.progress)
-    t_cal, _ = train("digits_dit.toml", a.calib, train_x, out / "dit_calib", False)
-    dit_steps = max(1, round(a.calib * t_unet / t_cal))
-    t_dit, dit_dir = train("digits_dit.toml", dit_steps, train_x, out / "dit", a.progress)
+    t_unet, _, unet_dir = train("digits.toml", a.unet_steps, train_x, out / "unet", a.progress)
+    t_dit, dit_steps, dit_dir = train("digits_dit.toml", None, train_x, out / "dit", a.progress, budget=t_unet)
     floor = frechet_distance(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:a.n]],
                              test)
     rows, grids = [], []

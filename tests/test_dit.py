@@ -255,6 +255,26 @@ def test_errors():
         get_model("dit", data_shape=(1, 8, 8), **TINY)(x, c, torch.tensor([0, 1]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_forward_has_no_host_sync_and_compiles():
+    from scoresde.nets import autocast, prepare_model
+    net = randomize_(get_model("dit", data_shape=(4, 16, 16), num_classes=10, **TINY))
+    run = prepare_model(net, "cuda", channels_last=False)
+    x, c = torch.randn(4, 4, 16, 16, device="cuda"), 999 * torch.rand(4, device="cuda")
+    y = torch.arange(4, device="cuda")
+    ref = run(x, c, y)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with autocast("cuda"), torch.no_grad():
+            out = run(x, c, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05 * ref.abs().max()
+    compiled = torch.compile(net, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, c, y), ref, rtol=1e-3, atol=1e-3)
+
+
 def test_score_model_drops_the_variance_channels():
     net = randomize_(get_model("dit", data_shape=(2, 8, 8), learn_sigma=True, **TINY))
     sde = ss.VPSDE()
