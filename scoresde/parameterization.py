@@ -183,6 +183,8 @@ class ScoreModel(nn.Module):
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
         out = self.call_net(x, self.condition(t, sigma), y)
+        if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
+            out = out[:, : x.shape[1]]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")

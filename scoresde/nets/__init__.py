@@ -14,6 +14,7 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 | `ncsnpp` | NCSN++ cont., Song et al. 2021 (App. H) | Gaussian Fourier, scale 16 |
 | `seq_transformer` | bidirectional transformer over tokens (masked diffusion, `nets.transformer`) | optional |
 | `causal_transformer` | the same network with causal attention (autoregressive baseline) | none |
+| `dit` | Diffusion Transformer, Peebles & Xie 2023 (arXiv:2212.09748); presets DiT-S/2 ... DiT-XL/8 | sinusoidal |
 
 The token networks take `forward(x, t)` with x (B, L) token ids and return logits (B, L, K).
 """
@@ -26,13 +27,14 @@ from torch import nn
 
 from ..utils import Registry
 from .cuda import autocast, prepare_model
+from .dit import DiT
 from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
 from .transformer import SeqTransformer, causal_transformer
 from .unet import DDPMUNet
 
 __all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP",
-           "DDPMUNet", "NCSNpp", "SeqTransformer",
+           "DDPMUNet", "NCSNpp", "SeqTransformer", "DiT",
            "autocast", "prepare_model"]
 
 MODELS = Registry("model")
@@ -42,6 +44,7 @@ MODELS.register("ddpmpp")(ddpmpp)
 MODELS.register("ncsnpp")(NCSNpp)
 MODELS.register("seq_transformer")(SeqTransformer)
 MODELS.register("causal_transformer")(causal_transformer)
+MODELS.register("dit")(DiT)
 
 
 def list_models() -> list[str]:
