@@ -68,7 +68,7 @@ def cli():
 
     \b
     Examples:
-      scoresde train                                  # the default 2-D job, about a minute on CPU
+      scoresde train                                  # the default 2-D job, about 2 minutes on 2 cores
       scoresde train --data moons --steps 4000 --out runs/moons
       scoresde train --config configs/digits.toml
       scoresde sample --checkpoint runs/moons --sampler ode --out moons.png

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 __all__ = ["DEFAULTS", "default_config", "resolve", "validate", "check_model_keys", "load_toml", "save_toml", "to_toml",
            "parse_override", "set_dotted"]
 
-# The embedded default: `scoresde train` with no arguments trains this (about a minute on 2 cores).
+# The embedded default: `scoresde train` with no arguments trains this (about 2 minutes on 2 cores: 6000 steps + 4000 samples).
 DEFAULTS: dict[str, Any] = {
     "name": "",              # run name; the run directory defaults to runs/<name or timestamp>
     "out": "",               # run directory (overrides runs/<name>)
