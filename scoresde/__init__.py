@@ -17,6 +17,7 @@ from .utils import Registry, append_dims
 from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
+from .latent import Autoencoder, load_autoencoder
 from . import pretrained
 
 __version__ = "0.1.0"
@@ -42,4 +43,5 @@ __all__ = [
     "Registry", "append_dims",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",
+    "Autoencoder", "load_autoencoder",
 ]

@@ -18,7 +18,8 @@ from .config import DEFAULTS, parse_override, to_toml
 
 __all__ = ["cli", "main"]
 
-_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError)
+_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
+                ModuleNotFoundError)
 
 
 @contextlib.contextmanager
@@ -74,6 +75,8 @@ def cli():
       scoresde train --data mixture --set model.num_classes=auto --out runs/cond
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out class3.png
       scoresde likelihood --checkpoint runs/moons --data moons
+      scoresde train-autoencoder --data digits32 --out runs/ae     # latent diffusion: the autoencoder,
+      scoresde train --autoencoder runs/ae --data digits32 --model ddpm_unet --out runs/latent   # then its latents
     """
 
 
@@ -99,14 +102,17 @@ def cli():
               help="Run directory.")
 @click.option("--name", help="Run name (run directory runs/NAME).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default="auto")
+@click.option("--autoencoder", metavar="RUN|DIR", show_default="none (pixel space)",
+              help="Latent diffusion: train on the scaled latents of this autoencoder (a train-autoencoder run "
+                   "or a diffusers AutoencoderKL directory); samples are decoded to images.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set train.ema_decay=0.9999 --set model.width=256 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--debug-dump-weights", is_flag=True, hidden=True)
-def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, sets, resume,
-          progress, dry_run, debug_dump_weights):
+def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, autoencoder, sets,
+          resume, progress, dry_run, debug_dump_weights):
     """Train a score model; writes config.toml, checkpoints, log.csv, loss.png and samples.png.
 
     \b
@@ -120,7 +126,7 @@ def train(config_file, data, sde, model, steps, batch_size, lr, sampler, seed, o
     from .train import resolve_config, train as run
     flags = {"data.name": data, "sde.name": sde, "model.name": model, "train.steps": steps,
              "train.batch_size": batch_size, "train.lr": lr, "sample.sampler": sampler, "seed": seed,
-             "name": name, "device": device, "train.progress": progress}
+             "name": name, "device": device, "train.progress": progress, "autoencoder": autoencoder}
     with _user_errors():
         cfg: dict[str, Any] = load_toml(config_file) if config_file else {}
         for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
@@ -172,7 +178,9 @@ def _write_array(path: str, x) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, device, raw):
+@click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
+              help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
+def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, device, raw, autoencoder):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data.
 
     \b
@@ -201,7 +209,11 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
         meta = read_checkpoint(file)[1]
         cfg = meta["config"]
         dev = resolve_device(device)
-        model, sde = load(file, ema=not raw, device=dev)
+        model, sde = load(file, ema=not raw, device=dev, autoencoder=autoencoder)
+        ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
+        if ae is not None and known is not None:
+            raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
+                             "pixels, the model works on its autoencoder's latents); sample without them")
         g = torch.Generator(dev).manual_seed(seed)
         score, title = model, f"{n} samples"
         if label is not None:
@@ -212,8 +224,9 @@ def sample(checkpoint, sampler, steps, n, out, label, w, known, mask, seed, devi
         sampler = sampler or cfg["sample"]["sampler"]
         steps = steps or cfg["sample"]["steps"]
         if known is None:
-            x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True).cpu()
-            title += f", {sampler}"
+            x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+            x = (ae.decode_all(x) if ae is not None else x).cpu()
+            title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
         else:
             x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
             x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
@@ -309,16 +322,28 @@ def likelihood(checkpoint, data, n, batch_size, divergence, seed, device):
         ds = load_dataset(data, size=n, seed=seed + 1)
         dev = resolve_device(device)
         model, sde = load(checkpoint, device=dev)
-        if tuple(ds.shape) != tuple(model.data_shape):
+        ae, levels, note = getattr(model, "autoencoder", None), ds.levels, ""
+        if ae is not None:           # a latent model: the density of the encoded data, in latent space
+            ae.check_fits(ds.shape, f"--data {data!r}")
+            x, levels = ae.encode_all(ds.x[:n], batch_size)[0].cpu(), None
+            note = ("; LATENT SPACE: the log-density of the autoencoder's scaled posterior means, per latent "
+                    "dimension, not a likelihood of the images")
+        elif tuple(ds.shape) != tuple(model.data_shape):
             raise ValueError(f"--data {data!r}: examples of shape {tuple(ds.shape)}, the model was trained on "
                              f"{tuple(model.data_shape)}")
-        x = ds.x[:n]
+        else:
+            x = ds.x[:n]
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
-        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels,
+        r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=levels,
                                data_range=(-1.0, 1.0), generator=torch.Generator(dev).manual_seed(seed),
                                device=dev, progress=True)
     click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
-               f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s)")
+               f"bits/dim ({div} divergence, {r['nfe']} NFE, {r['seconds']:.1f} s){note}")
+
+
+from .cli_latent import train_autoencoder  # noqa: E402  (the autoencoder of latent diffusion)
+
+cli.add_command(train_autoencoder)
 
 
 def main(args: list[str] | None = None) -> None:

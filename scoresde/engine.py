@@ -112,10 +112,11 @@ def _newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
 
 
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str = "score"):
-    """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
-    config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
-    trains `task`; a resumed one the task its checkpoint names."""
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
+    """(cfg, task class, resume state) of a run: the config resolved over the defaults (and the task's own
+    `defaults`; over the checkpoint's config on `resume`) and validated; the resume state is (path, tensors,
+    meta, damaged) or None. A new run trains `task` (default: the config's `task`; a score model with an
+    `autoencoder` is the "latent" task); a resumed one the task its checkpoint names."""
     overrides = {"out": out} if out else {}
     state = None
     if resume:
@@ -127,7 +128,10 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
         task_cls = get_task(state[2].get("task", "score"))      # checkpoints before the engine: "score"
     else:
         cfg = resolve(config, overrides)
+        task = task or ("latent" if cfg["task"] == "score" and cfg["autoencoder"] else cfg["task"])
         task_cls = get_task(task)
+        if task_cls.defaults:
+            cfg = resolve(config, overrides, base=task_cls.defaults)
     task_cls.check_config(cfg)
     return cfg, task_cls, state
 

@@ -34,6 +34,8 @@ class Task:
     name = ""
     eval_fields: tuple[str, ...] = ()    # what `evaluate` returns, in log.csv column order; the first is
     #                                      the figure of merit (lower is better) that marks the best checkpoint
+    defaults: dict[str, Any] = {}        # config values this task changes from config.DEFAULTS (a partial
+    #                                      nested dict, under the user's config; applied to new runs)
 
     def __init__(self, cfg: dict[str, Any], data: Any = None):
         self.cfg, self.data = cfg, data
@@ -83,4 +85,4 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-from . import score  # noqa: E402,F401  (registers "score")
+from . import score, autoencoder, latent  # noqa: E402,F401  (register "score", "autoencoder", "latent")
