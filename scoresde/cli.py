@@ -84,7 +84,7 @@ def cli():
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="TOML config; flags override it.")
 @click.option("--data", metavar="NAME|PATH", show_default=DEFAULTS["data"]["name"],
-              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits), a .npy/.npz "
+              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits, digits32), a .npy/.npz "
                    "array (N, *D) or an image folder.")
 @click.option("--sde", type=click.Choice(_names("sde")), show_default=DEFAULTS["sde"]["name"], help="Forward SDE.")
 @click.option("--model", type=click.Choice(_names("model")), show_default=DEFAULTS["model"]["name"],

@@ -265,3 +265,17 @@ def test_train_autoencoder_dry_run_and_help():
                  "kl_weight = 1e-05", 'name = "digits32"', "ema_decay = 0.0", "lr = 0.001"):
         assert line in r.output, (line, r.output)
     assert "--autoencoder" in run("train", "--help").output and "--downsample" in run("train-autoencoder", "--help").output
+
+
+def test_benchmark_frechet_distance_against_closed_form():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "bench_latent", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "latent.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    m, s = np.array([1.0, -2.0, 0.5]), np.array([0.5, 2.0, 1.0])
+    a, b = rng.standard_normal((200000, 3)), m + s * rng.standard_normal((200000, 3))
+    # N(0, I) vs N(m, diag s^2): |m|^2 + sum (1 - s)^2
+    assert bench.frechet(a, b) == pytest.approx((m ** 2).sum() + ((1 - s) ** 2).sum(), rel=0.01)
+    assert bench.frechet(a, a) == pytest.approx(0.0, abs=1e-8)
