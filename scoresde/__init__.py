@@ -18,6 +18,7 @@ from .utils import Registry, append_dims
 from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
+from .latent import Autoencoder, load_autoencoder
 from . import pretrained
 from . import metrics
 from . import discrete                      # masked diffusion for token sequences (MDLM / LLaDA)
@@ -47,4 +48,5 @@ __all__ = [
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",
     "discrete",
+    "Autoencoder", "load_autoencoder",
 ]

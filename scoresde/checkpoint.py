@@ -275,13 +275,21 @@ def build_model(meta: dict[str, Any], device: Any = None):
     return model.to(device) if device is not None else model, sde
 
 
-def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None):
+def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoencoder: Any = None):
     """Load a trained model: `(score_model, sde)` from a run directory (its latest checkpoint) or a
     checkpoint file. With `ema` (the default) the weights are the EMA weights used for sampling.
     A sequence run (task "masked" / "autoregressive") gives `(MaskedLM, MaskedProcess)` /
-    `(AutoregressiveLM, None)` (`scoresde.discrete.model`)."""
+    `(AutoregressiveLM, None)` (`scoresde.discrete.model`).
+
+    A latent run's model works on latents and carries its autoencoder as `model.autoencoder`
+    (`model.autoencoder.decode(z)` gives images), read from where the run recorded it, or from
+    `autoencoder` (a path) if it moved; its weights must be the ones the run was trained with."""
     file = find_checkpoint(path)
     tensors, meta = read_checkpoint(file)
+    if meta.get("task") == "autoencoder":
+        raise CheckpointError(f"checkpoint {file!r}: an autoencoder run (scoresde train-autoencoder), not a score "
+                              "model; load it with scoresde.load_autoencoder, or train a latent model on it with "
+                              "scoresde train --autoencoder")
     build = build_model
     if meta.get("task") in ("masked", "autoregressive"):
         from .discrete.model import build_token_model as build
@@ -300,7 +308,23 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None):
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {file!r}: does not match the model it describes "
                               f"({str(e).splitlines()[0]})") from None
+    if meta.get("task") == "latent":
+        model.autoencoder = _latent_autoencoder(file, meta["autoencoder"], autoencoder)
     model.eval()
     if device is not None:
         model.to(device)
     return model, sde
+
+
+def _latent_autoencoder(file: str, info: dict[str, Any], path: Any):
+    """The autoencoder a latent run recorded (or the one at `path`), checked against its digest."""
+    from .latent import load_autoencoder
+    source = info.get("source") if path is None else path
+    if source is None:
+        raise ValueError(f"checkpoint {file!r}: a latent model whose autoencoder has no recorded path; pass "
+                         "autoencoder=PATH (scoresde sample --autoencoder PATH)")
+    try:
+        return load_autoencoder(source, expect=info)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; the latent model {file!r} was trained on it: pass its new place as "
+                                "autoencoder=PATH (scoresde sample --autoencoder PATH)") from None

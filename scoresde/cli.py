@@ -18,7 +18,8 @@ from .config import DEFAULTS, parse_override, to_toml
 
 __all__ = ["cli", "main"]
 
-_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError)
+_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
+                ModuleNotFoundError)
 
 
 @contextlib.contextmanager
@@ -78,6 +79,8 @@ def cli():
       scoresde evaluate runs/digits --json quality.json
       scoresde train --task masked --data brackets --out runs/brackets    # masked diffusion on tokens
       scoresde sample --checkpoint runs/brackets --sampler llada --steps 64 --n 8
+      scoresde train-autoencoder --data digits32 --out runs/ae     # latent diffusion: the autoencoder,
+      scoresde train --autoencoder runs/ae --data digits32 --model ddpm_unet --out runs/latent   # then its latents
     """
 
 
@@ -88,7 +91,7 @@ def cli():
               help="What is trained: a score model, a masked diffusion language model, or its autoregressive "
                    "baseline (both on tokens, options in [discrete]).")
 @click.option("--data", metavar="NAME|PATH", show_default=DEFAULTS["data"]["name"],
-              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits), a .npy/.npz "
+              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits, digits32), a .npy/.npz "
                    "array (N, *D) or an image folder; for --task masked: a language (brackets, sums), a text "
                    "file or a .npy array of token ids (N, L).")
 @click.option("--sde", type=click.Choice(_names("sde")), show_default=DEFAULTS["sde"]["name"], help="Forward SDE.")
@@ -107,14 +110,17 @@ def cli():
               help="Run directory.")
 @click.option("--name", help="Run name (run directory runs/NAME).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default="auto")
+@click.option("--autoencoder", metavar="RUN|DIR", show_default="none (pixel space)",
+              help="Latent diffusion: train on the scaled latents of this autoencoder (a train-autoencoder run "
+                   "or a diffusers AutoencoderKL directory); samples are decoded to images.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set train.ema_decay=0.9999 --set model.width=256 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--debug-dump-weights", is_flag=True, hidden=True)
-def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, sets, resume,
-          progress, dry_run, debug_dump_weights):
+def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, autoencoder,
+          sets, resume, progress, dry_run, debug_dump_weights):
     """Train a model (a score model; --task masked: a masked diffusion LM); writes config.toml, checkpoints,
     log.csv, loss.png and samples.png.
 
@@ -131,7 +137,7 @@ def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, s
     from .train import resolve_config, train as run
     flags = {"task": task, "data.name": data, "sde.name": sde, "model.name": model, "train.steps": steps,
              "train.batch_size": batch_size, "train.lr": lr, "sample.sampler": sampler, "seed": seed,
-             "name": name, "device": device, "train.progress": progress}
+             "name": name, "device": device, "train.progress": progress, "autoencoder": autoencoder}
     with _user_errors():
         cfg: dict[str, Any] = load_toml(config_file) if config_file else {}
         for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
@@ -237,8 +243,10 @@ def _to_unit(model, x):
               help="Sequence runs, llada sampler: which predictions are kept each step.")
 @click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
               help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
+@click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
+              help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
 def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw, prompt, mask_char,
-           temperature, remasking, block_length):
+           temperature, remasking, block_length, autoencoder):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
 
@@ -311,7 +319,11 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
         meta = read_checkpoint(file)[1]
         cfg = meta["config"]
         dev = resolve_device(device)
-        model, sde = load(file, ema=not raw, device=dev)
+        model, sde = load(file, ema=not raw, device=dev, autoencoder=autoencoder)
+        ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
+        if ae is not None and known is not None:
+            raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
+                             "pixels, the model works on its autoencoder's latents); sample without them")
         g = torch.Generator(dev).manual_seed(seed)
         score, title = model, f"{n} samples"
         if label is not None:
@@ -323,8 +335,9 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
         steps = steps or cfg["sample"]["steps"]
         with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
             if known is None:
-                x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True).cpu()
-                title += f", {sampler}"
+                x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+                x = (ae.decode_all(x) if ae is not None else x).cpu()
+                title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
             else:
                 x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
                 x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
@@ -445,22 +458,29 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
         else:
             ds = load_dataset(data, size=n, seed=seed + 1)
             model, sde = load(checkpoint, device=dev)
-        if tuple(ds.shape) != tuple(model.data_shape):
+        ae, levels, note = getattr(model, "autoencoder", None), ds.levels, ""
+        if ae is not None:           # a latent model: the density of the encoded data, in latent space
+            ae.check_fits(ds.shape, f"--data {data!r}")
+            x, levels = ae.encode_all(ds.x[:n], batch_size or 256)[0].cpu(), None
+            note = ("; LATENT SPACE: the log-density of the autoencoder's scaled posterior means, per latent "
+                    "dimension, not a likelihood of the images")
+        elif tuple(ds.shape) != tuple(model.data_shape):
             raise ValueError(f"--data {data!r}: examples of shape {tuple(ds.shape)}, the model was trained on "
                              f"{tuple(model.data_shape)}")
-        x = ds.x[:n]
+        else:
+            x = ds.x[:n]
         data_range = (-1.0, 1.0)                                  # images are loaded in [-1, 1]
         if pretrained and hasattr(model, "from_unit"):            # score_sde's data space ([0, 1] for VE)
             x, data_range = model.from_unit((x + 1) / 2), tuple(model.data_range)
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
         # one solve for small examples: the batch shares its steps, so two solves cost twice the NFE
         batch_size = batch_size or (len(x) if x[0].numel() <= SMALL_EXAMPLE else 256)
-        with thread_policy(ds.shape, dev):
-            r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=ds.levels, rtol=tol, atol=tol,
+        with thread_policy(x.shape[1:], dev):
+            r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=levels, rtol=tol, atol=tol,
                                    data_range=data_range, generator=torch.Generator(dev).manual_seed(seed),
                                    device=dev, progress=True)
     click.echo(f"{len(x)} examples: {r['mean_nats']:.4f} nats, {r['mean_bpd']:.4f} +- {r['stderr_bpd']:.4f} "
-               f"bits/dim ({div} divergence, tol {tol:g}, {r['nfe']} NFE, {r['seconds']:.1f} s)")
+               f"bits/dim ({div} divergence, tol {tol:g}, {r['nfe']} NFE, {r['seconds']:.1f} s){note}")
 
 
 @cli.command()
@@ -530,6 +550,11 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
         from .checkpoint import atomic_write_bytes
         atomic_write_bytes(json_out, json.dumps(r, indent=1).encode())
     return 0
+
+
+from .cli_latent import train_autoencoder  # noqa: E402  (the autoencoder of latent diffusion)
+
+cli.add_command(train_autoencoder)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -31,8 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",        # auto | cpu | cuda
     "threads": 0,            # CPU threads (0: auto, one thread for small examples of <= 256 values,
                              # where more threads only add synchronisation; else torch's default)
-    "task": "score",         # what is trained (scoresde.tasks): score | masked | autoregressive; a task's
-                             # own defaults (e.g. masked: model seq_transformer, data brackets) apply under the file
+    "task": "score",         # what is trained (scoresde.tasks): score | masked | autoregressive | autoencoder
+                             # (the [vae] first stage); a task's own defaults apply under the file
+    "autoencoder": "",       # latent diffusion: a scoresde autoencoder run or a diffusers AutoencoderKL
+                             # directory; the score model is trained on its scaled latents
     "data": {
         "name": "mixture",   # built-in name (see list_datasets) or a path (.npy/.npz/image folder)
         "size": 50000,       # points drawn once for the built-in 2-D datasets
@@ -95,13 +97,29 @@ DEFAULTS: dict[str, Any] = {
         "temperature": 1.0,  # sampling temperature (0: argmax)
         "eval_draws": 4,     # mask draws per held-out sequence for the bound
     },
+    "vae": {                 # task = "autoencoder": the KL autoencoder of LDM (Rombach et al. 2022)
+        "ch": 32,            # base width
+        "ch_mult": [1, 2, 2],  # widths per level; downsampling f = 2^(len - 1) (LDM kl-f8: [1, 2, 4, 4])
+        "num_res_blocks": 1, # ResNet blocks per level
+        "z_channels": 4,     # latent channels c
+        "mid_attn": True,    # self-attention in the mid-blocks
+        "num_groups": 8,     # GroupNorm groups (must divide every width)
+        "dropout": 0.0,
+        "loss": "l1",        # reconstruction loss: l1 | l2 (summed over pixels)
+        "kl_weight": 1e-6,   # weight of KL(q(z|x) || N(0, I)) (LDM: 1e-6)
+        "disc_weight": 0.0,  # patch-discriminator (hinge) loss weight, adaptive as LDM (0: no discriminator)
+        "disc_start": 0,     # step from which the discriminator loss counts (LDM: 50001)
+        "disc_ch": 32,       # discriminator base width
+        "disc_layers": 2,    # discriminator stride-2 layers
+    },
 }
 
 _FREE_SECTIONS = ("sde", "model")
-_TASK_SECTIONS = ("discrete",)   # kept only for the tasks that list them in `Task.sections`
+_TASK_SECTIONS = ("discrete", "vae")   # kept only for the tasks that list them in `Task.sections`
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
-            "discrete.remasking": ("low_confidence", "random"), "discrete.loss": ("time", "count")}
+            "discrete.remasking": ("low_confidence", "random"), "discrete.loss": ("time", "count"),
+            "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
     "seed": (0, False), "threads": (0, False), "data.size": (1, False), "data.image_size": (0, False),
@@ -116,6 +134,9 @@ _BOUNDS = {
     "discrete.eos_id": (-1, False), "discrete.max_depth": (1, False), "discrete.digits": (1, False),
     "discrete.holdout": (0.0, False), "discrete.block_length": (0, False), "discrete.temperature": (0.0, False),
     "discrete.eval_draws": (1, False),
+    "vae.ch": (1, False), "vae.num_res_blocks": (1, False), "vae.z_channels": (1, False), "vae.num_groups": (1, False),
+    "vae.dropout": (0.0, False), "vae.kl_weight": (0.0, False), "vae.disc_weight": (0.0, False),
+    "vae.disc_start": (0, False), "vae.disc_ch": (1, False), "vae.disc_layers": (1, False),
 }
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 

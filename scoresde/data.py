@@ -1,4 +1,5 @@
-"""Training data: built-in 2-D datasets, scikit-learn's digits, `.npy`/`.npz` arrays, image folders.
+"""Training data: built-in 2-D datasets, scikit-learn's digits (8x8, and 32x32 upsampled), `.npy`/`.npz`
+arrays, image folders.
 
 Every loader returns a `Dataset`: a float32 tensor `x` of shape (N, *D) (any rank), optional integer
 labels, and, for the four-mode mixture, the exact `GaussianMixture` it was drawn from (so sample
@@ -125,6 +126,16 @@ def digits(n: int | None = None, generator: torch.Generator | None = None) -> Da
     x = torch.from_numpy(bunch.images.astype(np.float32)).unsqueeze(1) / 8.0 - 1.0   # 0..16 -> [-1, 1]
     y = torch.from_numpy(bunch.target.astype(np.int64))
     return Dataset(x, "digits", labels=y, kind="images", classes=[str(i) for i in range(10)], levels=17)
+
+
+@DATASETS.register("digits32")
+def digits32(n: int | None = None, generator: torch.Generator | None = None) -> Dataset:
+    """The 8x8 digits upsampled bilinearly to 32x32, (1797, 1, 32, 32) in [-1, 1]: smooth images with much
+    pixel redundancy, where an autoencoder's latents pay off (as for photographs); labels = the digit."""
+    small = digits()
+    x = torch.nn.functional.interpolate(small.x, size=(32, 32), mode="bilinear", align_corners=False)
+    return Dataset(x.clamp(-1.0, 1.0).contiguous(), "digits32", labels=small.labels, kind="images",
+                   classes=small.classes)
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -284,7 +295,7 @@ def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str 
     kind = check_data_source(name)
     if kind == "builtin":
         g = torch.Generator().manual_seed(seed)
-        ds = DATASETS[name](size, generator=g) if name != "digits" else DATASETS[name]()
+        ds = DATASETS[name](size, generator=g) if name not in ("digits", "digits32") else DATASETS[name]()
         if not labels:
             ds.labels = None
         if normalize == "standardize":

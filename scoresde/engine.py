@@ -116,7 +116,8 @@ def _newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str
 def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
-    trains `task` (default: the config's `task`); a resumed one the task its checkpoint names."""
+    trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
+    "latent" task); a resumed one the task its checkpoint names."""
     overrides: dict[str, Any] = {"out": out} if out else {}
     if task and not resume:
         overrides["task"] = task
@@ -133,6 +134,9 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
     else:
         cfg = resolve(config, overrides)
         task = cfg["task"]
+        if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
+            task = overrides["task"] = "latent"
+            cfg = resolve(config, overrides)                  # with the latent task's own defaults
     task_cls = get_task(task)
     cfg["task"] = task
     task_cls.check_config(cfg)

@@ -89,5 +89,5 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-from . import score  # noqa: E402,F401  (registers "score")
-from . import masked  # noqa: E402,F401  (registers "masked" and "autoregressive")
+from . import score, masked, autoencoder, latent  # noqa: E402,F401  (register "score", "masked",
+#                                                    "autoregressive", "autoencoder", "latent")
