@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import check_int, check_positive
-from .layers import GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes
+from .layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
+                     class_labels)
 
 __all__ = ["DiT", "DIT_PRESETS", "timestep_embedding", "sincos_pos_embed_2d"]
 
-_compiling = getattr(torch.compiler, "is_compiling", lambda: False)   # torch.compile traces: no value checks
 
 # name -> (depth, hidden_size, num_heads, patch_size)   (Peebles & Xie 2023, Table 1)
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -121,19 +121,7 @@ class LabelEmbedder(nn.Module):
         K, hi = self.num_classes, self.num_classes - 1 + int(self.null_label)
         what = f"labels in [0, {hi}]" + (f" ({K} = the null label)" if self.null_label else
                                          " (this network has no null label: built with null_label=False)")
-        if y is None:
-            if not self.null_label:
-                raise ValueError(f"y: expected {what}, found None")
-            y = torch.full((batch,), K, dtype=torch.long, device=device)
-        elif not isinstance(y, torch.Tensor):
-            raise TypeError(f"y: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
-        elif y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
-        elif y.shape != (batch,):
-            raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
-        elif y.device.type == "cpu" and not _compiling() and bool(((y < 0) | (y > hi)).any()):
-            raise ValueError(f"y: expected {what}, found min {int(y.min())}, max {int(y.max())}")
-        return self.embedding_table(y.to(device=device, dtype=torch.long))
+        return self.embedding_table(class_labels(y, batch, device, hi, what, null=K if self.null_label else None))
 
 
 class Attention(nn.Module):

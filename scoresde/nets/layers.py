@@ -91,6 +91,28 @@ def check_num_classes(num_classes) -> int | None:
     return num_classes
 
 
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)   # torch.compile traces: no value checks
+
+
+def class_labels(y, batch: int, device, hi: int, what: str, null: int | None) -> torch.Tensor:
+    """`y` as (B,) long class labels in [0, hi] on `device`, checked: type, dtype, shape, and the range for
+    CPU tensors (a check on a GPU would sync the host; `nn.Embedding` asserts there). None means all
+    `null` (an error where the network has no null label). `what` describes the valid labels."""
+    if y is None:
+        if null is None:
+            raise ValueError(f"y: expected {what}, found None")
+        return torch.full((batch,), null, dtype=torch.long, device=device)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
+    if y.device.type == "cpu" and not _compiling() and bool(((y < 0) | (y > hi)).any()):
+        raise ValueError(f"y: expected {what}, found min {int(y.min())}, max {int(y.max())}")
+    return y.to(device=device, dtype=torch.long)
+
+
 class LabelEmbedding(nn.Module):
     """Class-label embedding with a learned null label (classifier-free guidance, Ho & Salimans 2022,
     arXiv:2207.12598): labels 0..K-1 are classes, label K = `num_classes` is "no label".
@@ -107,18 +129,7 @@ class LabelEmbedding(nn.Module):
 
     def forward(self, y, batch: int, device) -> torch.Tensor:
         K = self.num_classes
-        if y is None:
-            y = torch.full((batch,), K, dtype=torch.long, device=device)
-        elif not isinstance(y, torch.Tensor):
-            raise TypeError(f"y: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
-        elif y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
-        elif y.shape != (batch,):
-            raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
-        elif y.device.type == "cpu" and bool(((y < 0) | (y > K)).any()):  # no host sync on GPUs
-            raise ValueError(f"y: expected labels in [0, {K}] ({K} = the null label), found min "
-                             f"{int(y.min())}, max {int(y.max())}")
-        return self.table(y.to(device=device, dtype=torch.long))
+        return self.table(class_labels(y, batch, device, K, f"labels in [0, {K}] ({K} = the null label)", null=K))
 
 
 def check_unconditional(net: nn.Module, y) -> None:
