@@ -26,8 +26,8 @@ from .mlp import MLP
 from .ncsnpp import NCSNpp, ddpmpp
 from .unet import DDPMUNet
 
-__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP", "DDPMUNet", "NCSNpp",
-           "autocast", "prepare_model"]
+__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters",
+           "MLP", "DDPMUNet", "NCSNpp", "autocast", "prepare_model"]
 
 MODELS = Registry("model")
 MODELS.register("mlp")(MLP)
@@ -85,3 +85,8 @@ def check_model_config(name: str, config: dict[str, Any], *, extra: tuple[str, .
         msg = (f"{where}{what}: unknown {'key' if prefix else 'argument'}{'s' if len(unknown) > 1 else ''} "
                f"of model {name!r}; known: {', '.join(prefix + k for k in known)}")
         raise (ValueError if prefix else TypeError)(msg)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
