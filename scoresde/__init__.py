@@ -15,6 +15,7 @@ from .nets import get_model, list_models
 from .ema import EMA
 from .samplers import list_samplers
 from .utils import Registry, append_dims
+from .checks import NonFiniteError
 from .train import train, TrainResult, TrainingError
 from .checkpoint import load, CheckpointError
 from .data import load_dataset, list_datasets
@@ -44,7 +45,7 @@ __all__ = [
     "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout",
     "list_samplers",
-    "Registry", "append_dims",
+    "Registry", "append_dims", "NonFiniteError",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",
     "discrete",

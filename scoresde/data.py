@@ -20,7 +20,8 @@ import torch
 from .analytic import GaussianMixture, four_mode_mixture
 from .utils import Registry
 
-__all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array", "load_image_folder"]
+__all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array",
+           "load_image_folder"]
 
 DATASETS = Registry("dataset")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -78,7 +78,8 @@ def test_state_that_overflows_with_finite_scores_is_named_as_the_state():
 
 
 def test_nan_score_in_log_likelihood_fails_fast():
-    with time_limit(60), pytest.raises(NonFiniteError, match="score_fn returned 8 NaN/inf of 8 values at t = 1e-05 .* in log_likelihood"):
+    with time_limit(60), pytest.raises(NonFiniteError,
+                                       match="score_fn returned 8 NaN/inf of 8 values at t = 1e-05 .* in log_likelihood"):
         SDE.log_likelihood(lambda x, t: torch.full_like(x, float("nan")), torch.randn(4, 2))
     with time_limit(60), pytest.raises(NonFiniteError, match=r"at t = 0\.[3-4]"):
         SDE.log_likelihood(lambda x, t: torch.where((t > 0.3)[:, None], float("nan"), SCORE(x, t)),
