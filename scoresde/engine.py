@@ -32,9 +32,10 @@ from typing import Any, Mapping
 import torch
 
 from . import distributed as D
-from .checkpoint import (CheckpointError, atomic_write_bytes, flatten_state, list_checkpoints, prune_checkpoints,
-                         read_checkpoint, remove_stale_temporaries, save_checkpoint, tensor_digests,
-                         unflatten_state)
+from .checks import nonfinite_count
+from .checkpoint import (CheckpointError, atomic_write_bytes, check_shapes, flatten_state, list_checkpoints,
+                         prune_checkpoints, read_checkpoint, remove_stale_temporaries, save_checkpoint,
+                         tensor_digests, unflatten_state)
 from .config import load_toml, resolve, save_toml
 from .rundir import RunLock, RunLockedError, append_log
 from .tasks import Task, get_task
@@ -222,7 +223,6 @@ class Engine:
             self._restore(*self.resume_state)
 
     def _restore(self, path, tensors, meta, damaged) -> None:
-        from .checkpoint import check_shapes
         T, info, device = self.T, self.info, self.device
         for msg in damaged:
             log.warning("resume: skipped a damaged checkpoint: %s", msg)
@@ -426,7 +426,7 @@ class Engine:
 
 def _check_finite_samples(x: torch.Tensor, title: str) -> None:
     """Samples with NaN or inf are an error, never a plot (matplotlib would fail on the axis limits)."""
-    bad = (~torch.isfinite(x)).sum().item()
+    bad = nonfinite_count(x)
     if bad:
         raise TrainingError(f"sampling at {title!r} produced {bad} non-finite values out of {x.numel()}: the model "
                             "or the sampler diverged (try more sampler steps, a lower lr or more training)")
