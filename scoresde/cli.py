@@ -335,7 +335,9 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
         steps = steps or cfg["sample"]["steps"]
         with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
             if known is None:
-                x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+                from .cli_steps import stored_steps           # RUN/steps/<sampler>-<NFE>.json, when made
+                kw = stored_steps(checkpoint, file, sampler, steps)
+                x = sde.sample(score, n, sampler=sampler, generator=g, device=dev, progress=True, **kw)
                 x = (ae.decode_all(x) if ae is not None else x).cpu()
                 title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
             else:
@@ -555,6 +557,9 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
 from .cli_latent import train_autoencoder  # noqa: E402  (the autoencoder of latent diffusion)
 
 cli.add_command(train_autoencoder)
+from .cli_steps import optimize_steps_command  # noqa: E402  (time steps fitted to a model)
+
+cli.add_command(optimize_steps_command)
 
 
 def main(args: list[str] | None = None) -> None:
