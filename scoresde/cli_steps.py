@@ -61,7 +61,7 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
               help="Calibration draws from the prior.")
 @click.option("--reference-steps", type=click.IntRange(min=2), default=500, show_default=True,
               help="DPM-Solver++ 3M steps of the reference solve.")
-@click.option("--maxfev", type=click.IntRange(min=1), show_default="60 per grid time, >= 120",
+@click.option("--maxfev", type=click.IntRange(min=1), show_default="40 per grid time, >= 100",
               help="Sampler runs the search may spend.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -104,7 +104,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
             (drawn from `generator`; needs `score_fn.data_shape`, as a trained model has).
         eps: the smallest time allowed (default `sde.default_eps`); the grid runs from T to >= eps.
         reference_steps: DPM-Solver++ 3M steps of the reference solve (to eps, with `denoise`).
-        maxfev: sampler runs the search may spend (default 60 per free grid point, at least 120).
+        maxfev: sampler runs the search may spend (default 40 per grid time, at least 100).
         progress: progress bar over the search.
         return_info: also return a dict with the errors of the default, best fixed and optimised
             grids on the calibration batch, the grid tried first, sizes and CPU seconds.
@@ -185,7 +185,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
 
     if L >= 2:
         from scipy.optimize import minimize
-        maxfev = max(120, 60 * L) if maxfev is None else check_int("maxfev", maxfev, minimum=1)
+        maxfev = max(100, 40 * L) if maxfev is None else check_int("maxfev", maxfev, minimum=1)
         w = _logits_from_grid(sde.half_log_snr(cands[start]).numpy(), lam0, lam_end)
         for _ in range(3):                                     # Nelder-Mead, restarted from its best point
             left = maxfev - best["fev"]
