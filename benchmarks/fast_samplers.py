@@ -260,7 +260,8 @@ def goals(table, budgets=BUDGETS) -> str:
     if 5 not in col or 20 not in col:
         return ""
     best20 = min(row[col[20]][0] for k, row in table.items() if _is_fixed(k))
-    best5 = min((row[col[5]][0], k) for k, row in table.items() if not _is_fixed(k) and not k.startswith(("exact", "floor")))
+    best5 = min((row[col[5]][0], k) for k, row in table.items()
+                if not _is_fixed(k) and not k.startswith(("exact", "floor")))
     best5f = min((row[col[5]][0], k) for k, row in table.items() if _is_fixed(k))
     out = (f"Goal 1 (5 NFE within 2x of the best fixed grid at 20 NFE = {best20:.4g}): best at 5 NFE "
            f"{best5[0]:.4g} ({best5[1]}; best fixed grid {best5f[0]:.4g}, {best5f[1]}), "
@@ -325,7 +326,8 @@ def digits_table(args, costs: dict, budgets=BUDGETS):
     p = sb.digits_problem(ns, budgets, ())
     sde, model = p.sde, p.score_fn
     x_T = sde.prior_sampling(p.shape, generator=torch.Generator().manual_seed(args.seed))
-    x_cal = sde.prior_sampling((args.digits_calib, *p.shape[1:]), generator=torch.Generator().manual_seed(args.seed + 1))
+    x_cal = sde.prior_sampling((args.digits_calib, *p.shape[1:]),
+                               generator=torch.Generator().manual_seed(args.seed + 1))
     eps = sde.default_eps
 
     def fixed(sampler, opts):

@@ -8,7 +8,14 @@ arXiv:2503.21774): fix a small calibration batch of prior draws x_T, solve the O
 accurately once (DPM-Solver++ 3M with `reference_steps` steps), and choose the grid whose few-step
 samples are closest to those reference samples:
 
-    minimise  E(grid) = sqrt(mean_b |x_B(x_T^b; grid) - x_ref(x_T^b)|^2 / d)      (RMSE per value)
+    minimise  E(grid) = (prod_b e_b)^(1/n),  e_b = sqrt(|x_B(x_T^b; grid) - x_ref(x_T^b)|^2 / d)
+
+the geometric mean over the n calibration samples of their RMS error per value (`loss="geometric"`;
+`"l2"` takes the arithmetic mean of the e_b, as OSS does, and `"rmse"` the root of the mean square,
+AYS's squared-error view). The geometric mean lets the search sharpen most samples instead of
+chasing the few that sit on a boundary between modes. None of the three wins every problem and
+budget on held-out distribution metrics; the geometric mean is the default because with unipc on
+the sharp 2-D mixture at 10 NFE it scored 0.013 against 0.074 (l2) and 0.43 (rmse).
 
 The grid is parametrised in the half log-SNR lambda = log(alpha / sigma) between lambda(T) and
 lambda(eps): its n increments, plus one slack that lets the last time sit above eps, are a softmax
@@ -106,6 +113,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         reference_steps: DPM-Solver++ 3M steps of the reference solve (to eps, with `denoise`).
         maxfev: sampler runs the search may spend (default 40 per grid time, at least 100).
         progress: progress bar over the search.
+        loss: "geometric" (default), "l2" or "rmse": how the per-sample errors are pooled (module docstring).
         return_info: also return a dict with the errors of the default, best fixed and optimised
             grids on the calibration batch, the grid tried first, sizes and CPU seconds.
     Returns:
@@ -123,7 +131,6 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
     x_T = _calibration_batch(sde, score_fn, calibration, generator, device, dtype)
-    SAMPLERS[sampler]                                          # noqa: B018  (registered: KeyError otherwise)
 
     def run(times=None, **kw):
         x = sample(sde, score_fn, x_init=x_T, sampler=sampler, times=times, denoise=denoise, **options, **kw)
