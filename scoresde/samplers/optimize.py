@@ -127,6 +127,9 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     if "schedule" in options:
         raise ValueError(f"schedule: the optimised grid replaces the schedule; found schedule={options['schedule']!r}")
     reference_steps = check_int("reference_steps", reference_steps, minimum=2)
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
+    maxfev = max(100, 40 * L) if maxfev is None else check_int("maxfev", maxfev, minimum=1)
     eps = sde.default_eps if eps is None else eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
@@ -139,9 +142,6 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     with torch.no_grad():
         x_ref = sample(sde, score_fn, x_init=x_T, sampler="dpm_solver", order=3, steps=reference_steps, eps=eps,
                        denoise=denoise).double()
-
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
 
     def distance(x) -> float:
         e2 = (x - x_ref).square().reshape(len(x), -1).mean(1)                  # (B,) mean square per sample
@@ -192,7 +192,6 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
 
     if L >= 2:
         from scipy.optimize import minimize
-        maxfev = max(100, 40 * L) if maxfev is None else check_int("maxfev", maxfev, minimum=1)
         w = _logits_from_grid(sde.half_log_snr(cands[start]).numpy(), lam0, lam_end)
         for _ in range(3):                                     # Nelder-Mead, restarted from its best point
             left = maxfev - best["fev"]
