@@ -14,6 +14,7 @@ from .guidance import (classifier_free_score, classifier_guided_score, impute, N
 from .nets import get_model, list_models
 from .ema import EMA
 from .samplers import list_samplers
+from .samplers.optimize import optimize_steps
 from .utils import Registry, append_dims
 from .checks import NonFiniteError
 from .train import train, TrainResult, TrainingError
@@ -44,7 +45,7 @@ __all__ = [
     "get_model", "list_models", "EMA",
     "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout",
-    "list_samplers",
+    "list_samplers", "optimize_steps",
     "Registry", "append_dims", "NonFiniteError",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",

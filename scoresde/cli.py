@@ -335,7 +335,9 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
         steps = steps or cfg["sample"]["steps"]
         with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
             if known is None:
-                x = sde.sample(score, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+                from .cli_steps import stored_steps           # RUN/steps/<sampler>-<NFE>.json, when made
+                kw = stored_steps(checkpoint, file, sampler, steps)
+                x = sde.sample(score, n, sampler=sampler, generator=g, device=dev, progress=True, **kw)
                 x = (ae.decode_all(x) if ae is not None else x).cpu()
                 title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
             else:
@@ -408,8 +410,9 @@ def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
 
 from .cli_latent import train_autoencoder  # noqa: E402  (the autoencoder of latent diffusion)
 from .cli_measure import evaluate, likelihood  # noqa: E402  (likelihood, sample quality)
+from .cli_steps import optimize_steps_command  # noqa: E402  (time steps fitted to a model)
 
-for _command in (likelihood, evaluate, train_autoencoder):
+for _command in (likelihood, evaluate, train_autoencoder, optimize_steps_command):
     cli.add_command(_command)
 
 

@@ -28,6 +28,7 @@ BUDGET = {
     "euler_maruyama": ({}, 200, 0.035), "reverse_diffusion": ({}, 200, 0.045), "ancestral": ({}, 500, 0.06),
     "pc": ({}, 200, 0.07), "torchsde": ({}, 200, 0.035), "ode": ({}, None, 0.01),
     "ddim": ({}, 200, 0.07), "heun": ({}, 50, 0.08), "dpm_solver": ({}, 50, 0.05), "deis": ({}, 50, 0.12),
+    "unipc": ({}, 50, 0.05),
 }
 
 
@@ -67,7 +68,7 @@ def test_ode_and_fast_samplers_follow_the_exact_flow_map(name):
     x = sample(sde, data.score_fn(sde), sampler="ode", x_init=x_T, denoise=False, rtol=1e-6, atol=1e-6)
     assert (x - ref).abs().max() < 1e-3
     for sampler, band, tol in [("ddim", (1.7, 2.3), 0.2), ("heun", (3.0, 5.5), 0.05), ("dpm_solver", (3.0, 5.5), 0.05),
-                               ("deis", (3.0, 5.5), 0.05)]:
+                               ("deis", (3.0, 5.5), 0.05), ("unipc", (5.0, 12.0), 0.05)]:
         err = [(sample(sde, data.score_fn(sde), sampler=sampler, steps=n, x_init=x_T, denoise=False) - ref).abs().max().item()
                for n in (40, 80)]
         print(f"{name} {sampler}: max |x - flow map| = {err[0]:.2e} (40 steps), {err[1]:.2e} (80 steps)")

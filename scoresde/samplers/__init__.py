@@ -126,7 +126,7 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
         return_info: also return a dict with the NFE used, the sampler, steps and wall time.
         times: an explicit decreasing time grid T >= t_0 > ... > t_n >= 0 that replaces `steps`
             and `eps` (steps = n): the step samplers step exactly on it (t_n = 0, the data, is
-            allowed for them), the fast ones (ddim, heun, dpm_solver, deis) integrate through
+            allowed for them), the fast ones (ddim, heun, dpm_solver, deis, unipc) integrate through
             every interval and, with `denoise`, add the data prediction at t_n > 0; ode and torchsde
             use its end points only. E.g. a diffusers timestep grid, `sde.t_from_timestep(...)`.
         **options: sampler-specific options (e.g. `predictor`, `corrector`, `snr` for "pc").
@@ -187,4 +187,4 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
 
 # The samplers register themselves on import (one module per family).
 from . import sde_samplers, langevin, ode, sdeint  # noqa: E402,F401
-from . import fast, fast_eps  # noqa: E402,F401
+from . import fast, fast_eps, unipc  # noqa: E402,F401
