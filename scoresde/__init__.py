@@ -49,6 +49,6 @@ __all__ = [
     "Registry", "append_dims", "NonFiniteError",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",
     "load_score_sde", "from_diffusers", "load_dit",
-    "discrete",
+    "discrete", "metrics", "pretrained",
     "Autoencoder", "load_autoencoder",
 ]

@@ -30,12 +30,11 @@ End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
 from . import SAMPLERS, progress_range
-from ..utils import append_dims, check_int, check_positive
+from ..utils import check_positive
 from .schedules import check_schedule, time_grid
 
 __all__ = ["ddim", "heun", "dpm_solver"]
