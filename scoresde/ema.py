@@ -61,7 +61,7 @@ class EMA:
         decay = self.current_decay()
         self.num_updates += 1
         shadow, params = self._pairs(model)
-        torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - decay)
+        torch._foreach_lerp_(shadow, params, 1.0 - decay)        # no_grad: the parameters need no detach
 
     @torch.no_grad()
     def copy_to(self, model_or_params: nn.Module | Iterable[torch.Tensor]) -> None:

@@ -41,10 +41,23 @@ from .rundir import RunLock, RunLockedError, append_log
 from .tasks import Task, get_task
 from .utils import policy_threads
 
-__all__ = ["Engine", "TrainResult", "TrainingError", "resolve_run", "run_dir_of"]
+__all__ = ["Engine", "TrainResult", "TrainingError", "make_adam", "resolve_run", "run_dir_of"]
 
 log = logging.getLogger("scoresde")
 _LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "skipped", "seconds"]
+
+
+def make_adam(params, T: Mapping[str, Any]) -> torch.optim.Adam:
+    """The engine's Adam (Kingma & Ba 2015, arXiv:1412.6980) from a resolved [train] table (lr, beta1,
+    beta2, adam_eps, weight_decay), with the multi-tensor ("foreach") implementation on every device.
+
+    torch's default on CPU is a Python loop of about ten dispatched ops per parameter tensor; foreach
+    issues each op once for all tensors and gives bit-identical weights on CPU (so runs written before
+    still reproduce and resume exactly): half the optimiser time of a 148-tensor U-Net on one CPU thread.
+    torch's fused kernel is faster again but rounds differently (about 1 ulp), which would break that.
+    """
+    return torch.optim.Adam(params, lr=T["lr"], betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"],
+                            weight_decay=T["weight_decay"], foreach=True)
 
 
 class TrainingError(RuntimeError):
@@ -213,8 +226,7 @@ class Engine:
             torch.set_num_threads(threads)
         torch.manual_seed(cfg["seed"])                      # weights: the same on every rank
         self.model = model = task.build(device)
-        self.opt = torch.optim.Adam(model.parameters(), lr=T["lr"], betas=(T["beta1"], T["beta2"]),
-                                    eps=T["adam_eps"], weight_decay=T["weight_decay"])
+        self.opt = make_adam(model.parameters(), T)
         self.ema = EMA(model, decay=T["ema_decay"])
         self.gens = {"data": torch.Generator().manual_seed(cfg["seed"] + info.rank),
                      "noise": torch.Generator(device).manual_seed(cfg["seed"] + 7919 * (info.rank + 1))}
@@ -248,7 +260,8 @@ class Engine:
             torch.cuda.set_rng_state(rng["cuda"][info.rank], device)
         self.step, self.counts = int(meta["step"]), {**self.counts, **meta["counts"]}
         for g in self.opt.param_groups:                # the config's optimiser settings win on resume
-            g.update(betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"], weight_decay=T["weight_decay"])
+            g.update(betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"], weight_decay=T["weight_decay"],
+                     foreach=True, fused=None)
         self.resumed_from = path
 
     def _checkpoint(self, name: str | None = None) -> str | None:

@@ -267,15 +267,19 @@ def test_train_autoencoder_dry_run_and_help():
     assert "--autoencoder" in run("train", "--help").output and "--downsample" in run("train-autoencoder", "--help").output
 
 
-def test_benchmark_frechet_distance_against_closed_form():
+def test_benchmark_brings_digits32_back_to_the_digits_exactly():
     import importlib.util
     spec = importlib.util.spec_from_file_location(
         "bench_latent", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "latent.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rng = np.random.default_rng(0)
-    m, s = np.array([1.0, -2.0, 0.5]), np.array([0.5, 2.0, 1.0])
-    a, b = rng.standard_normal((200000, 3)), m + s * rng.standard_normal((200000, 3))
-    # N(0, I) vs N(m, diag s^2): |m|^2 + sum (1 - s)^2
-    assert bench.frechet(a, b) == pytest.approx((m ** 2).sum() + ((1 - s) ** 2).sum(), rel=0.01)
-    assert bench.frechet(a, a) == pytest.approx(0.0, abs=1e-8)
+    small, big = ss.load_dataset("digits").x, ss.load_dataset("digits32").x
+    assert (bench.to_digits8(big) - small).abs().max() < 1e-5          # the inverse of digits32's upsampling
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    up = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    assert (bench.to_digits8(up) - x).abs().max() < 1e-5
+    # 4x4 average pooling is not: it blurs by (1/8, 3/4, 1/8) along each axis (inside the image)
+    blur = torch.tensor([1 / 8, 3 / 4, 1 / 8])
+    pooled = bench.pool8(up)[:, :, 1:-1, 1:-1]
+    expect = torch.nn.functional.conv2d(x, torch.outer(blur, blur)[None, None])
+    assert (pooled - expect).abs().max() < 1e-5 and (pooled - x[:, :, 1:-1, 1:-1]).abs().max() > 0.05
