@@ -238,3 +238,19 @@ def test_benchmark_entropy_and_exact_table():
     assert bench.brackets_entropy(2, 6, 7) == pytest.approx(h / 7, rel=1e-12)
     rows = bench.exact_table(n=2000)
     assert len(rows) == 2 + 12 and rows[2].startswith("| mdlm | 1 | 0.3")
+
+
+def test_benchmark_budget_is_cpu_time_of_the_process(tmp_path):
+    """benchmarks/discrete.py stops each training run after a CPU-time budget (ITIMER_PROF), not wall time."""
+    import importlib.util
+    import time
+    spec = importlib.util.spec_from_file_location("bench_discrete", os.path.join(HERE, "..", "benchmarks", "discrete.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = tiny(train={"steps": 10 ** 6, "ckpt_every": 10 ** 6})
+    from scoresde.config import validate
+    assert validate(cfg)["discrete"]["loss"] == "count"                        # the lower-variance default
+    w0 = time.perf_counter()
+    r, cpu, wall = bench.train_for(cfg, str(tmp_path / "run"), 1.5)
+    assert 0 < r.step < 10 ** 6 and r.interrupted == "SIGTERM"
+    assert 1.5 <= cpu < 4 and wall <= time.perf_counter() - w0
