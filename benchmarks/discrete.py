@@ -47,8 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import scoresde as ss  # noqa: E402
 from scoresde.discrete import MaskedProcess, sample_llada, sample_mdlm  # noqa: E402
 from scoresde.discrete.data import load_tokens  # noqa: E402
-from scoresde.discrete.exact import ExactDenoiser, empirical_law, total_variation  # noqa: E402
-from scoresde.discrete.tokenizer import CharTokenizer  # noqa: E402
+from scoresde.discrete.exact import ExactDenoiser, SupportDenoiser, empirical_law, total_variation  # noqa: E402
+from scoresde.discrete.tokenizer import EOS, CharTokenizer  # noqa: E402
 from scoresde.nets import count_parameters  # noqa: E402
 
 LOG2 = math.log(2)
@@ -114,6 +114,59 @@ def exact_table(n: int = 20000) -> list[str]:
             x = fn(den, torch.full((n, L), V), proc, steps=s, generator=torch.Generator().manual_seed(0), stats=st, **kw)
             rows.append(f"| {name} | {s} | {total_variation(empirical_law(x, V), p):.4f} | {st['nfe']} |")
     return rows
+
+
+def brackets_support(max_depth: int, max_len: int, seq_len: int):
+    """Every string of the brackets data as EOS-padded tokens (N, seq_len), with its probability (a uniform
+    length among the even ones, then a uniform string of that length): the exact law of the data."""
+    from scoresde.discrete.languages import Brackets
+    lang, tok = Brackets(max_depth, max_len), CharTokenizer("()[]")
+    rows, probs, lengths = [], [], range(2, lang.max_len + 1, 2)
+
+    def grow(prefix: str, stack: str, n: int, out: list):
+        if len(prefix) == n:
+            out.append(prefix)
+            return
+        if len(stack) < max_depth and len(stack) < n - len(prefix):
+            for o, c in ("()", "[]"):
+                grow(prefix + o, stack + c, n, out)
+        if stack:
+            grow(prefix + stack[-1], stack[:-1], n, out)
+
+    for n in lengths:
+        found: list[str] = []
+        grow("", "", n, found)
+        rows += [tok.encode(w) + [EOS] * (seq_len - n) for w in found]
+        probs += [1 / len(lengths) / len(found)] * len(found)
+    return torch.tensor(rows), torch.tensor(probs, dtype=torch.float64), lang, tok
+
+
+def oracle_table(n: int, max_depth: int = 3, max_len: int = 16) -> list[str]:
+    """Samplers driven by the exact denoiser of the brackets data (L = 17): their own error, apart from the
+    model's (one token per step is exact; mdlm at T steps reveals several tokens at once in some steps)."""
+    L = max_len + 1
+    seqs, probs, lang, tok = brackets_support(max_depth, max_len, L)
+    den, proc = SupportDenoiser(seqs, probs, tok.vocab_size), MaskedProcess(tok.vocab_size)
+    rows = [f"### brackets with the exact denoiser ({len(seqs)} strings, L = {L}, {n} samples per row)", "",
+            "| sampler | temperature | steps | valid % | distinct % | calls / sequence | TV of the length law |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, fn, kw, temp, steps in [("mdlm", sample_mdlm, {}, 1.0, 64),
+                                      ("mdlm", sample_mdlm, {}, 1.0, 256), ("llada (random)", sample_llada,
+                                      {"remasking": "random"}, 1.0, 64),
+                                      ("llada (low_confidence)", sample_llada, {}, 1.0, 64),
+                                      ("llada (low_confidence)", sample_llada, {}, 0.0, 64)]:
+        st = {}
+        x = fn(den, torch.full((n, L), proc.mask_id), proc, steps=steps, temperature=temp,
+               generator=torch.Generator().manual_seed(0), stats=st, **kw)
+        texts = [tok.decode(r) for r in x.tolist()]
+        valid = [EOS in r and lang.is_valid(w) for r, w in zip(x.tolist(), texts)]
+        lens = torch.bincount(torch.tensor([len(w) for w in texts]), minlength=L)[:L].double() / n
+        law = torch.zeros(L, dtype=torch.float64)
+        law[2::2] = 1 / len(law[2::2])
+        rows.append(f"| {name} | {temp:g} | {steps} | {100 * sum(valid) / n:.1f} | {100 * len(set(texts)) / n:.1f} | "
+                    f"{st['nfe_per_sequence']:.1f} | {total_variation(lens, law):.3f} |")
+        print(rows[-1], flush=True)
+    return rows + [""]
 
 
 def brackets_entropy(max_depth: int, max_len: int, seq_len: int) -> float:
@@ -233,7 +286,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=60.0, help="training CPU seconds per model (process time)")
     ap.add_argument("--samples", type=int, default=256, help="samples per (sampler, steps)")
     ap.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
-    ap.add_argument("--parts", nargs="+", default=["exact", "brackets", "text"])
+    ap.add_argument("--parts", nargs="+", default=["exact", "oracle", "brackets", "text"])
     ap.add_argument("--out", help="write the markdown tables here")
     ap.add_argument("--plot", help="write the learning curves (bits/token against CPU s) here (.png)")
     a = ap.parse_args()
@@ -255,6 +308,8 @@ def main() -> None:
         if "exact" in a.parts:
             lines += ["### exact denoiser (V = 3, L = 3)", "", *exact_table(), ""]
             print("\n".join(lines[-12:]), flush=True)
+        if "oracle" in a.parts:
+            lines += oracle_table(a.samples)
         if "brackets" in a.parts:
             cfg = {**base, "data": {"name": "brackets", "size": 50000},
                    "discrete": {"seq_len": 17, "max_depth": 3, "holdout": 0.0}}

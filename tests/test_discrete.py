@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scoresde.discrete import MaskedProcess, sample_llada, sample_mdlm
-from scoresde.discrete.exact import (ExactDenoiser, all_sequences, empirical_law, exact_nelbo, model_nll,
+from scoresde.discrete.exact import (ExactDenoiser, SupportDenoiser, all_sequences, empirical_law, exact_nelbo, model_nll,
                                      sequence_index, subset_logprobs, total_variation)
 
 V, L = 3, 3
@@ -123,6 +123,17 @@ def test_count_estimator_has_lower_variance_than_time():
     var = {est: float(MaskedProcess(V).loss(den, x, estimator=est, generator=torch.Generator().manual_seed(0),
                                             reduce=False).double().var()) for est in ("time", "count")}
     assert var["count"] < var["time"] / 3, var
+
+
+def test_support_denoiser_equals_the_table_denoiser():
+    """The exact denoiser computed against the support (for long sequences) is the enumerated table."""
+    p = law()
+    keep = p > 0
+    sup = SupportDenoiser(all_sequences(V, L)[keep], p[keep], V, chunk=7)
+    states = all_sequences(V + 1, L)
+    assert torch.allclose(sup(states, None), ExactDenoiser(p, V, L)(states, None), atol=1e-12)
+    with pytest.raises(ValueError, match="summing to 1"):
+        SupportDenoiser(all_sequences(V, L)[keep], p[keep] * 2, V)
 
 
 # --- samplers with exact denoisers -----------------------------------------------------------------------------
