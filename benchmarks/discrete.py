@@ -178,8 +178,18 @@ def brackets_entropy(max_depth: int, max_len: int, seq_len: int) -> float:
     return (math.log2(len(ns)) + sum(math.log2(float(lang._completions(n)[0, 0])) for n in ns) / len(ns)) / seq_len
 
 
+def brackets_nll(x: torch.Tensor, max_depth: int, max_len: int) -> float:
+    """The data law's own NLL of the sequences x (EOS-padded brackets), in bits per token: -log2 p(x) / L with
+    p(x) = 1 / (#lengths c(n)) for a string of length n (the floor any model can reach on these sequences)."""
+    from scoresde.discrete.languages import Brackets
+    lang, n_len = Brackets(max_depth, max_len), max_len // 2
+    n = (x != EOS).sum(1).tolist()
+    return sum(math.log2(n_len) + math.log2(float(lang._completions(k)[0, 0])) for k in n) / (len(n) * x.shape[1])
+
+
 def compare(name: str, cfg: dict, hold: torch.Tensor, budget: float, root: str, quality, steps_list, n_samples: int,
-            entropy: float | None = None, curve_every: int = 1000, curves: dict | None = None):
+            entropy: float | None = None, curve_every: int = 1000, curves: dict | None = None,
+            floor: float | None = None):
     """Train both models for `budget` CPU s, then the bound table, the learning curves (the held-out bound
     of each checkpoint, every `curve_every` steps) and the quality-vs-steps table."""
     from scoresde.checkpoint import list_checkpoints
@@ -204,7 +214,9 @@ def compare(name: str, cfg: dict, hold: torch.Tensor, budget: float, root: str, 
            "| model | parameters | train steps | train CPU s | CPU ms / step | held-out bits/token | perplexity |",
            "|---|---:|---:|---:|---:|---:|---:|",
            row("masked diffusion (NELBO bound)", "masked", bound), row("autoregressive (exact NLL)", "autoregressive", nll),
-           *([f"| the data (exact entropy) | | | | | {entropy:.4f} | {2 ** entropy:.3f} |"] if entropy else []), "",
+           *([f"| the data (exact entropy) | | | | | {entropy:.4f} | {2 ** entropy:.3f} |"] if entropy else []),
+           *([f"| the data law's NLL of these held-out sequences | | | | | {floor:.4f} | {2 ** floor:.3f} |"]
+             if floor else []), "",
            f"Perplexity ratio masked / autoregressive: **{math.exp(bound - nll):.3f}** (goal <= 1.2); "
            f"{len(hold)} held-out sequences of {hold.shape[1]} tokens (8 mask draws each for the bound).", ""]
     # learning curves: every checkpoint (EMA weights) on the first 500 held-out sequences
@@ -315,7 +327,7 @@ def main() -> None:
                    "discrete": {"seq_len": 17, "max_depth": 3, "holdout": 0.0}}
             hold = load_tokens("brackets", seq_len=17, max_depth=3, size=1000, seed=12345).x
             lines += compare("brackets (depth <= 3, L = 17)", cfg, hold, a.budget, root, validity, a.steps, a.samples,
-                             entropy=brackets_entropy(3, 16, 17), curves=curves)
+                             entropy=brackets_entropy(3, 16, 17), curves=curves, floor=brackets_nll(hold, 3, 16))
         if "text" in a.parts:
             corpus = stdlib_corpus()
             held = corpus[9::10]                                    # every tenth line held out

@@ -241,6 +241,8 @@ def test_benchmark_entropy_and_exact_table():
     seqs, probs, lang, tok = bench.brackets_support(2, 6, 7)                 # the data's law by its support
     assert len(seqs) == sum(counts.values()) and all(lang.is_valid(tok.decode(r)) for r in seqs.tolist())
     assert float(-(probs * probs.log2()).sum()) / 7 == pytest.approx(h / 7, rel=1e-12)
+    pick = torch.tensor([0, 5, 41, 41])                                      # the data law's NLL of sequences
+    assert bench.brackets_nll(seqs[pick], 2, 6) == pytest.approx(float(-probs[pick].log2().mean()) / 7, rel=1e-12)
 
 
 def test_benchmark_oracle_one_token_per_step_is_always_valid():
