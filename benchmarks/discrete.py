@@ -3,12 +3,14 @@
     OMP_NUM_THREADS=1 python benchmarks/discrete.py --budget 300 --parts exact brackets --out brackets.md
     OMP_NUM_THREADS=1 python benchmarks/discrete.py --budget 300 --parts text --out text.md   # (in parallel)
 
-Three parts, one run:
+Four parts (`--parts exact oracle brackets text`):
 
 1. Exact denoiser (V = 3, L = 3, a correlated law): total variation between the samplers' output and
    the law, against the steps, 20000 samples. One token per step is exact (in any order: random
    remasking, MDLM with many steps); several tokens per step draw from products of conditionals;
    confidence-ordered remasking is biased at any step count.
+1b. `oracle`: the samplers driven by the exact denoiser of the brackets data (`SupportDenoiser` over
+   all its strings): valid and distinct fractions with a perfect model, the samplers' own error.
 2. The `brackets` language (two kinds, depth <= 3, length <= 16, L = 17 with EOS) and 3. a small text
    (the lower-cased docstring lines of 30 standard-library modules, about 200 kB, every tenth line held
    out, cut into rows of L = 48 characters, `text_mode = "stream"`; a quarter of the samples per row):
@@ -21,8 +23,8 @@ Three parts, one run:
    - the learning curves: the held-out bound / NLL of every `curve_every`-th checkpoint against CPU s;
    - sample quality against sampling steps (8 ... 256) for mdlm, llada (random) and llada
      (low_confidence) at temperature 1, llada (low_confidence) at 0 (LLaDA's default), and mdlm / random
-     at lower temperatures with 64 steps: on brackets the exact fraction of valid samples and the fraction of distinct ones; on the
-     text the autoregressive model's NLL of the samples (generative perplexity, as MDLM scores samples
+     at lower temperatures with 64 steps: on brackets the exact fraction of valid samples and the fraction
+     of distinct ones; on the text the autoregressive model's NLL of the samples (generative perplexity, as MDLM scores samples
      with GPT-2) and the distinct fraction (always beside validity: collapse is not quality); with
      network calls per sequence and CPU time.
 Goals (issue 18): >= 99% valid at 64 steps on brackets; a bound within 1.2x of the autoregressive
@@ -208,12 +210,15 @@ def compare(name: str, cfg: dict, hold: torch.Tensor, budget: float, root: str, 
     bound = float(masked.nelbo(hold, draws=8, generator=g).double().mean())
     t_bound = time.process_time() - t0
     nll = float(ar.nll(hold).double().mean())
-    row = lambda label, task, v: (f"| {label} | {count_parameters(runs[task][0])} | {runs[task][1]} | {runs[task][2]:.0f} | "
-                                  f"{1000 * runs[task][2] / runs[task][1]:.1f} | {v / LOG2:.4f} | {math.exp(v):.3f} |")
+    def row(label, task, v):
+        m, steps, cpu = runs[task][:3]
+        return (f"| {label} | {count_parameters(m)} | {steps} | {cpu:.0f} | {1000 * cpu / steps:.1f} | {v / LOG2:.4f} | "
+                f"{math.exp(v):.3f} |")
     out = [f"### {name}", "",
            "| model | parameters | train steps | train CPU s | CPU ms / step | held-out bits/token | perplexity |",
            "|---|---:|---:|---:|---:|---:|---:|",
-           row("masked diffusion (NELBO bound)", "masked", bound), row("autoregressive (exact NLL)", "autoregressive", nll),
+           row("masked diffusion (NELBO bound)", "masked", bound),
+           row("autoregressive (exact NLL)", "autoregressive", nll),
            *([f"| the data (exact entropy) | | | | | {entropy:.4f} | {2 ** entropy:.3f} |"] if entropy else []),
            *([f"| the data law's NLL of these held-out sequences | | | | | {floor:.4f} | {2 ** floor:.3f} |"]
              if floor else []), "",

@@ -20,8 +20,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["all_sequences", "sequence_index", "ExactDenoiser", "SupportDenoiser", "subset_logprobs", "exact_nelbo", "model_nll",
-           "empirical_law", "total_variation"]
+__all__ = ["all_sequences", "sequence_index", "ExactDenoiser", "SupportDenoiser", "subset_logprobs", "exact_nelbo",
+           "model_nll", "empirical_law", "total_variation"]
 
 
 def all_sequences(vocab_size: int, length: int) -> torch.Tensor:
