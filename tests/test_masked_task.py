@@ -238,3 +238,35 @@ def test_benchmark_entropy_and_exact_table():
     assert bench.brackets_entropy(2, 6, 7) == pytest.approx(h / 7, rel=1e-12)
     rows = bench.exact_table(n=2000)
     assert len(rows) == 2 + 12 and rows[2].startswith("| mdlm | 1 | 0.3")
+    seqs, probs, lang, tok = bench.brackets_support(2, 6, 7)                 # the data's law by its support
+    assert len(seqs) == sum(counts.values()) and all(lang.is_valid(tok.decode(r)) for r in seqs.tolist())
+    assert float(-(probs * probs.log2()).sum()) / 7 == pytest.approx(h / 7, rel=1e-12)
+    pick = torch.tensor([0, 5, 41, 41])                                      # the data law's NLL of sequences
+    assert bench.brackets_nll(seqs[pick], 2, 6) == pytest.approx(float(-probs[pick].log2().mean()) / 7, rel=1e-12)
+
+
+def test_benchmark_oracle_one_token_per_step_is_always_valid():
+    """With the exact denoiser of the brackets data, revealing one token per step never makes an invalid string."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_discrete", os.path.join(HERE, "..", "benchmarks", "discrete.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {tuple(c.strip() for c in r.split("|")[1:4]): r.split("|")[4].strip()
+            for r in bench.oracle_table(200, max_depth=2, max_len=8)[4:-1]}
+    assert rows[("llada (random)", "1", "64")] == "100.0" and rows[("mdlm", "1", "256")] != ""
+
+
+def test_benchmark_budget_is_cpu_time_of_the_process(tmp_path):
+    """benchmarks/discrete.py stops each training run after a CPU-time budget (ITIMER_PROF), not wall time."""
+    import importlib.util
+    import time
+    spec = importlib.util.spec_from_file_location("bench_discrete", os.path.join(HERE, "..", "benchmarks", "discrete.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = tiny(train={"steps": 10 ** 6, "ckpt_every": 10 ** 6})
+    from scoresde.config import validate
+    assert validate(cfg)["discrete"]["loss"] == "count"                        # the lower-variance default
+    w0 = time.perf_counter()
+    r, cpu, wall = bench.train_for(cfg, str(tmp_path / "run"), 1.5)
+    assert 0 < r.step < 10 ** 6 and r.interrupted == "SIGTERM"
+    assert 1.5 <= cpu < 4 and wall <= time.perf_counter() - w0

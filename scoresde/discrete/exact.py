@@ -1,6 +1,7 @@
 """Exact references for masked diffusion on a tiny vocabulary and length, by enumeration.
 
-For a distribution p over V^L given as a table, the exact denoiser p(x_0^i = v | x_t) sums p over the
+For a distribution p over V^L given as a table (or, for longer sequences, as a list of the sequences of
+non-zero probability: `SupportDenoiser`), the exact denoiser p(x_0^i = v | x_t) sums p over the
 sequences consistent with the unmasked tokens of x_t. For any denoiser, the continuous-time NELBO
 (Sahoo et al. 2024, arXiv:2406.07524; Nie et al. 2025, arXiv:2502.09992, eq. 6) is enumerated over the
 2^L mask patterns, and the exact likelihood of the model's generative process (one token revealed at a
@@ -19,8 +20,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["all_sequences", "sequence_index", "ExactDenoiser", "subset_logprobs", "exact_nelbo", "model_nll",
-           "empirical_law", "total_variation"]
+__all__ = ["all_sequences", "sequence_index", "ExactDenoiser", "SupportDenoiser", "subset_logprobs", "exact_nelbo",
+           "model_nll", "empirical_law", "total_variation"]
 
 
 def all_sequences(vocab_size: int, length: int) -> torch.Tensor:
@@ -62,6 +63,41 @@ class ExactDenoiser:
     def __call__(self, xt: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
         return self.table.to(xt.device)[sequence_index(xt, self.vocab_size + 1)]
+
+
+class SupportDenoiser:
+    """The exact denoiser of a law given by its support: `seqs` (N, L) distinct token sequences of
+    probabilities `probs` (N,) summing to 1. Same call as `ExactDenoiser` (log-conditionals, uniform logits
+    on states of probability zero), computed per call against the support (`chunk` rows at a time), so L
+    may be large as long as N is moderate (e.g. every string of a bounded language)."""
+
+    def __init__(self, seqs: torch.Tensor, probs: torch.Tensor, vocab_size: int, chunk: int = 16):
+        seqs, probs = torch.as_tensor(seqs).long(), torch.as_tensor(probs, dtype=torch.float64).reshape(-1)
+        if seqs.ndim != 2 or len(seqs) != len(probs) or (probs < 0).any() or abs(float(probs.sum()) - 1) > 1e-6:
+            raise ValueError(f"seqs, probs: expected (N, L) sequences and N non-negative numbers summing to 1, found "
+                             f"{tuple(seqs.shape)} and {tuple(probs.shape)}")
+        if int(seqs.min()) < 0 or int(seqs.max()) >= vocab_size:
+            raise ValueError(f"seqs: expected token ids in [0, {vocab_size - 1}]")
+        self.seqs, self.probs, self.vocab_size, self.mask_id, self.chunk = seqs, probs, vocab_size, vocab_size, chunk
+        self.length, self.calls = seqs.shape[1], 0
+        self.onehot = torch.nn.functional.one_hot(seqs, vocab_size).double().reshape(len(seqs), -1)   # (N, L V)
+
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls += 1
+        states, inverse = xt.cpu().long().unique(dim=0, return_inverse=True)          # equal rows: computed once
+        out = []
+        for xb in states.split(self.chunk):
+            ok = ((self.seqs[None] == xb[:, None]) | (xb[:, None] == self.mask_id)).all(-1)     # (b, N)
+            rows, idx = ok.nonzero(as_tuple=True)
+            if len(idx) <= min(ok.numel() // 4, 65536):        # few consistent sequences: add them up sparsely
+                table = torch.zeros(len(xb), self.onehot.shape[1], dtype=torch.float64)
+                table.index_add_(0, rows, self.probs[idx, None] * self.onehot[idx])
+            else:
+                table = (ok.double() * self.probs) @ self.onehot
+            table = table.reshape(len(xb), self.length, self.vocab_size)
+            table = torch.where(table.sum(-1, keepdim=True) > 0, table, torch.ones_like(table))
+            out.append((table / table.sum(-1, keepdim=True)).log())
+        return torch.cat(out)[inverse].to(xt.device)
 
 
 def subset_logprobs(denoiser: Callable, x0: torch.Tensor, mask_id: int) -> torch.Tensor:
