@@ -40,7 +40,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 
 import torch
