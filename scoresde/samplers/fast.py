@@ -68,6 +68,13 @@ class _Grid:
         self.sig = (sigma / alpha).tolist()                       # sigma~_i = sigma_i / alpha_i = e^{-lambda_i}
 
 
+def check_order(order) -> int:
+    """A multistep order: 1, 2 or 3 (bools refused)."""
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
+    return order
+
+
 def _denoised(score_fn, x: torch.Tensor, g: _Grid, i: int) -> torch.Tensor:
     """D(x; t_i) = (x + sigma_i^2 s(x, t_i)) / alpha_i, Tweedie's data prediction (one NFE)."""
     s = score_fn(x, g.t[i].expand(x.shape[0]))
@@ -118,8 +125,7 @@ def dpm_solver(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=F
     than 15 intervals, the last interval uses order <= 2 (order 3 only), which steadies very
     short runs (as DPM-Solver's reference code does).
     """
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
+    check_order(order)
     g = _Grid(sde, x, ts, denoise, schedule, rho)
     hist: list[torch.Tensor] = []                                 # data predictions D_i, D_{i-1}, ...
     for i in progress_range(g.n + denoise, progress, "dpm_solver"):   # the bar counts the final step too

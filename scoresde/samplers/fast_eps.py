@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import SAMPLERS, progress_range
-from .fast import _Grid, _denoised
+from .fast import _Grid, _denoised, check_order
 
 __all__ = ["deis"]
 
@@ -60,8 +60,7 @@ def deis(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "karras", rho: float = 7.0, order: int = 2, prediction: str = "eps",
          corrector: bool = False, lower_order_final: bool = True) -> torch.Tensor:
     """Multistep exponential integrator (DEIS / DPM-Solver), order 1-3, optional UniC; NFE = steps."""
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
+    check_order(order)
     if prediction not in ("eps", "x0"):
         raise ValueError(f"prediction: expected 'eps' or 'x0', found {prediction!r}")
     if not isinstance(corrector, bool):

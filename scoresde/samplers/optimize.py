@@ -264,7 +264,7 @@ def load_steps(run_dir: str | os.PathLike, sampler: str, budget: int) -> tuple[t
         grid = torch.tensor(record["times"], dtype=torch.float64)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a stored time grid ({e}); delete it or rerun optimize-steps") from None
-    if grid.ndim != 1 or len(grid) != grid_size(sampler, budget, record.get("denoise", True)):
-        raise ValueError(f"{path}: expected {grid_size(sampler, budget)} times for {sampler} at {budget} NFE, "
-                         f"found {len(grid)}")
+    expected = grid_size(sampler, budget, record.get("denoise", True))
+    if grid.ndim != 1 or len(grid) != expected:
+        raise ValueError(f"{path}: expected {expected} times for {sampler} at {budget} NFE, found {len(grid)}")
     return grid, record

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import SAMPLERS, progress_range
-from .fast import _Grid, _denoised
+from .fast import _Grid, _denoised, check_order
 
 __all__ = ["unipc"]
 
@@ -65,8 +65,7 @@ def unipc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
           schedule: str = "logsnr", rho: float = 7.0, order: int = 2, variant: str = "bh2",
           corrector: bool = True, lower_order_final: bool = True) -> torch.Tensor:
     """UniPC (UniP-p + UniC) in data prediction, order 1-3, B(h) variant bh1/bh2 (Zhao et al. 2023); NFE = steps."""
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
+    check_order(order)
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant: expected 'bh1' or 'bh2', found {variant!r}")
     if not isinstance(corrector, bool):
