@@ -187,4 +187,4 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
 
 # The samplers register themselves on import (one module per family).
 from . import sde_samplers, langevin, ode, sdeint  # noqa: E402,F401
-from . import fast, fast_eps, unipc  # noqa: E402,F401
+from . import fast, fast_eps, unipc, bespoke  # noqa: E402,F401

@@ -45,17 +45,19 @@ from . import SAMPLERS, sample
 from ..utils import check_int
 from .schedules import time_grid
 
-__all__ = ["optimize_steps", "grid_size", "min_budget", "save_steps", "load_steps", "steps_path", "FAST_SAMPLERS"]
+__all__ = ["optimize_steps", "grid_size", "min_budget", "save_steps", "load_steps", "steps_path", "FAST_SAMPLERS",
+           "FITTED_SAMPLERS"]
 
 FAST_SAMPLERS = ("ddim", "heun", "dpm_solver", "deis", "unipc")
+FITTED_SAMPLERS = FAST_SAMPLERS + ("bns",)     # bns: its step weights are fitted too (samplers/bespoke.py)
 LOSSES = ("rmse", "l2", "geometric")
 INIT_SCHEDULES = ("logsnr", "karras", "quadratic", "uniform")
 _SLACK = 1e-3                          # initial share of the lambda range left between the last time and eps
 
 
 def _check_sampler(sampler: Any) -> str:
-    if sampler not in FAST_SAMPLERS:
-        raise KeyError(f"sampler: expected one of the fast samplers {', '.join(FAST_SAMPLERS)} (they step "
+    if sampler not in FITTED_SAMPLERS:
+        raise KeyError(f"sampler: expected one of the fast samplers {', '.join(FITTED_SAMPLERS)} (they step "
                        f"through a given grid), found {sampler!r}")
     return sampler
 
@@ -84,9 +86,13 @@ def grid_size(sampler: str, budget: int, denoise: bool = True) -> int:
 
 def _grid_from_logits(w: np.ndarray, lam0: float, lam_end: float) -> np.ndarray:
     """lambda_0 < lambda_1 < ... < lambda_n <= lambda_end from n + 1 logits (the last one the slack)."""
-    p = np.exp(w - w.max())
-    p /= p.sum()
-    return lam0 + (lam_end - lam0) * np.concatenate([[0.0], np.cumsum(p[:-1])])
+    return _grid_from_logits_t(torch.from_numpy(np.asarray(w, dtype=np.float64)), lam0, lam_end).numpy()
+
+
+def _grid_from_logits_t(w: torch.Tensor, lam0: float, lam_end: float) -> torch.Tensor:
+    """`_grid_from_logits` in torch (differentiable, for the bns fit)."""
+    p = torch.softmax(w, 0)
+    return lam0 + (lam_end - lam0) * torch.cat([p.new_zeros(1), torch.cumsum(p[:-1], 0)])
 
 
 def _logits_from_grid(lam: np.ndarray, lam0: float, lam_end: float) -> np.ndarray:
@@ -99,7 +105,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
                    calibration: int | torch.Tensor = 256, eps: float | None = None, denoise: bool = True,
                    reference_steps: int = 500, maxfev: int | None = None, generator: torch.Generator | None = None,
                    device: Any = None, dtype: torch.dtype | None = None, progress: bool = False,
-                   loss: str = "geometric", return_info: bool = False, **options: Any):
+                   loss: str | None = None, iterations: int = 1000, return_info: bool = False, **options: Any):
     """A time grid for `sampler` with exactly `budget` score evaluations, fitted to `score_fn`.
 
     Args:
@@ -113,13 +119,16 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         reference_steps: DPM-Solver++ 3M steps of the reference solve (to eps, with `denoise`).
         maxfev: sampler runs the search may spend (default 40 per grid time, at least 100).
         progress: progress bar over the search.
-        loss: "geometric" (default), "l2" or "rmse": how the per-sample errors are pooled (module docstring).
+        loss: "geometric", "l2" or "rmse": how the per-sample errors are pooled (module docstring);
+            default "geometric", for bns "l2" (its gradient fit does better with it).
+        iterations: bns only: Adam steps of the fit of its times and weights (after the unipc grid).
         return_info: also return a dict with the errors of the default, best fixed and optimised
-            grids on the calibration batch, the grid tried first, sizes and CPU seconds.
+            grids on the calibration batch, the grid tried first, sizes and CPU seconds (and for
+            bns its `weights`; bns needs return_info).
     Returns:
         a strictly decreasing float64 tensor of `grid_size(sampler, budget)` times in [eps, T],
         to pass as `sample(..., sampler=sampler, times=grid, **options)`; with `return_info`,
-        `(grid, info)`.
+        `(grid, info)`. For bns: `sample(..., sampler="bns", times=grid, weights=info["weights"])`.
     """
     cpu0 = time.process_time()
     _check_sampler(sampler)
@@ -127,6 +136,19 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     if "schedule" in options:
         raise ValueError(f"schedule: the optimised grid replaces the schedule; found schedule={options['schedule']!r}")
     reference_steps = check_int("reference_steps", reference_steps, minimum=2)
+    grid_sampler = sampler
+    if sampler == "bns":                     # the unipc grid first, then its weights and times by gradient
+        if not return_info:
+            raise ValueError("return_info: sampler='bns' fits step weights as well as times; pass return_info=True "
+                             "and give info['weights'] to sample(..., sampler='bns', times=grid, weights=...)")
+        if denoise is not True:
+            raise ValueError(f"denoise: the bns fit ends on the data (denoise=True), found denoise={denoise!r}")
+        if options:
+            raise TypeError(f"sampler 'bns': optimize_steps takes no sampler options for it, found "
+                            f"{', '.join(sorted(options))}")
+        iterations = check_int("iterations", iterations, minimum=0)
+        grid_sampler = "unipc"
+    loss = ("l2" if sampler == "bns" else "geometric") if loss is None else loss
     if loss not in LOSSES:
         raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {loss!r}")
     maxfev = max(100, 40 * L) if maxfev is None else check_int("maxfev", maxfev, minimum=1)
@@ -135,25 +157,28 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
     x_T = _calibration_batch(sde, score_fn, calibration, generator, device, dtype)
 
-    def run(times=None, **kw):
-        x = sample(sde, score_fn, x_init=x_T, sampler=sampler, times=times, denoise=denoise, **options, **kw)
+    def run(times=None, sampler_=grid_sampler, **kw):
+        x = sample(sde, score_fn, x_init=x_T, sampler=sampler_, times=times, denoise=denoise, **options, **kw)
         return x.double()
 
     with torch.no_grad():
         x_ref = sample(sde, score_fn, x_init=x_T, sampler="dpm_solver", order=3, steps=reference_steps, eps=eps,
                        denoise=denoise).double()
 
-    def distance(x) -> float:
-        e2 = (x - x_ref).square().reshape(len(x), -1).mean(1)                  # (B,) mean square per sample
+    def pooled(x) -> torch.Tensor:
+        e2 = (x - x_ref.to(x.dtype)).square().reshape(len(x), -1).mean(1)     # (B,) mean square per sample
         if loss == "rmse":
-            return float(e2.mean().sqrt())
+            return e2.mean().sqrt()
         if loss == "l2":
-            return float(e2.sqrt().mean())
-        return float(e2.add(1e-20).log().mean().mul(0.5).exp())               # geometric mean of the RMSEs
+            return e2.add(1e-30).sqrt().mean()
+        return e2.add(1e-20).log().mean().mul(0.5).exp()                     # geometric mean of the RMSEs
 
-    def error(times) -> float:
+    def distance(x) -> float:
+        return float(pooled(x.double()))
+
+    def error(times, **kw) -> float:
         try:
-            x = run(times=torch.as_tensor(times, dtype=torch.float64))
+            x = run(times=torch.as_tensor(times, dtype=torch.float64), **({"sampler_": sampler, **kw} if kw else {}))
         except ValueError:                                     # a non-finite run (NonFiniteError)
             return math.inf
         return distance(x)
@@ -202,18 +227,29 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
                            options={"maxfev": left, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 0.0,
                                     "adaptive": True})
             w = res.x
-    if bar is not None:
-        bar.close()
     grid = best["grid"].double()
     if err_default <= best["err"]:                             # never worse than the default grid
         grid = time_grid(sde, L - 1, eps, _default_schedule(sampler), dtype=torch.float64)
         best["err"] = err_default
+    extra: dict[str, Any] = {}
+    if sampler == "bns":
+        from .bespoke import fit_bns, unipc_weights
+        extra = {"error_unipc": best["err"], "iterations": iterations}
+        g, weights, _ = fit_bns(sde, score_fn, x_T, x_ref, grid, pooled, iterations=iterations, bar=bar)
+        e = error(g, weights=weights)                          # as `sample` runs it
+        if e < best["err"]:
+            grid, best["err"] = g, e
+        else:                                                  # keep unipc's weights on its grid
+            weights = unipc_weights(sde, grid, True)
+        extra["weights"] = weights
+    if bar is not None:
+        bar.close()
     if not return_info:
         return grid
     info = {"sampler": sampler, "budget": int(budget), "options": dict(options), "denoise": bool(denoise),
-            "eps": float(eps), "calibration": len(x_T), "reference_steps": reference_steps,
+            "eps": float(eps), "calibration": len(x_T), "reference_steps": reference_steps, "loss": loss,
             "error_default": err_default, "default_schedule": _default_schedule(sampler),
-            "error_fixed": errs, "start": start, "error": best["err"], "fevals": best["fev"],
+            "error_fixed": errs, "start": start, "error": best["err"], "fevals": best["fev"], **extra,
             "cpu_seconds": time.process_time() - cpu0}
     return grid, info
 
