@@ -28,6 +28,10 @@ the same on the trained digits U-Net of benchmarks/samplers.py (configs/digits.t
 in runs/bench_samplers/), scored by the digits FID of `--n-digits` samples against the 359 held-out
 images, with 32 calibration draws and at most 80 sampler runs per fit.
 
+"ours bns [opt]": the bespoke non-stationary solver (scoresde/samplers/bespoke.py): the unipc grid
+fitted as above, then its times and all its step weights by Adam on the mean per-sample RMSE
+(1000 steps on the mixtures, `--digits-iterations` 200 on digits); same calibration draws.
+
 Peers: `pip install -e .[bench]` (diffusers, k-diffusion). k-diffusion's package `__init__` pulls
 torchvision, clip, wandb, kornia... (a CUDA torch of several GB), so here it is installed with
 `pip install --no-deps k-diffusion torchdiffeq` and only `k_diffusion/sampling.py` is loaded, with
@@ -192,7 +196,8 @@ OURS = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dpm_solver
         "unipc 3 (logsnr)": ("unipc", {"order": 3})}
 # the samplers given optimised grids (the grid replaces the schedule)
 OPTIMISED = {"unipc": ("unipc", {}), "unipc 3": ("unipc", {"order": 3}), "dpm_solver 2": ("dpm_solver", {"order": 2}),
-             "deis 3 + UniC": ("deis", {"order": 3, "corrector": True}), "ddim": ("ddim", {}), "heun": ("heun", {})}
+             "deis 3 + UniC": ("deis", {"order": 3, "corrector": True}), "ddim": ("ddim", {}), "heun": ("heun", {}),
+             "bns": ("bns", {})}
 
 
 def sigma_min_eps(sde) -> float:
@@ -227,7 +232,8 @@ def optimised_runs(sde, score_fn, x_T, x_cal, eps, costs: dict, label: str, name
             grid, info = ss.optimize_steps(sde, score_fn, b, sampler=sampler, calibration=x_cal, eps=eps,
                                            return_info=True, **fit, **opts)
             costs[(label, key, budget)] = (info["cpu_seconds"], info["fevals"], info["error_default"], info["error"])
-            x, out = sde.sample(score_fn, None, sampler=sampler, times=grid, x_init=x_T, return_info=True, **opts)
+            run_opts = {**opts, "weights": info["weights"]} if sampler == "bns" else opts   # bns: its fitted weights
+            x, out = sde.sample(score_fn, None, sampler=sampler, times=grid, x_init=x_T, return_info=True, **run_opts)
             if out["nfe"] != b:
                 raise RuntimeError(f"{key} [opt] used {out['nfe']} score evaluations on a {b}-NFE grid")
             return x, out["nfe"]
@@ -315,7 +321,7 @@ DIGITS_FIXED = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dp
                 "deis 2 (karras)": ("deis", {"order": 2}),
                 "deis 3 + UniC (logsnr)": ("deis", {"order": 3, "schedule": "logsnr", "corrector": True}),
                 "unipc (logsnr)": ("unipc", {})}
-DIGITS_OPT = {"unipc": ("unipc", {}), "dpm_solver 2": ("dpm_solver", {"order": 2})}
+DIGITS_OPT = {"unipc": ("unipc", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}), "bns": ("bns", {})}
 
 
 def digits_table(args, costs: dict, budgets=BUDGETS):
@@ -339,7 +345,7 @@ def digits_table(args, costs: dict, budgets=BUDGETS):
 
     runs = {f"ours {k}": fixed(*v) for k, v in DIGITS_FIXED.items()}
     runs.update(optimised_runs(sde, model, x_T, x_cal, eps, costs, "digits U-Net", DIGITS_OPT,
-                               reference_steps=200, maxfev=80))
+                               reference_steps=200, maxfev=80, iterations=args.digits_iterations))
     x_ref = sde.sample(model, None, sampler="dpm_solver", order=3, steps=200, x_init=x_T)
     runs["exact flow (dpm_solver 3, 200 NFE)"] = lambda b: (x_ref, b)
     table = evaluate(runs, p.score, budgets)
@@ -353,6 +359,7 @@ def main():
     ap.add_argument("--n-calib", type=int, default=512, help="calibration draws of the optimised grids (2-D)")
     ap.add_argument("--n-digits", type=int, default=256, help="digits samples per run (FID)")
     ap.add_argument("--digits-calib", type=int, default=32, help="calibration draws (digits)")
+    ap.add_argument("--digits-iterations", type=int, default=200, help="Adam steps of each bns fit (digits)")
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / "runs" / "bench_samplers"))
     ap.add_argument("--only", nargs="+", choices=["mixtures", "digits"], default=["mixtures", "digits"])
     ap.add_argument("--seed", type=int, default=0)
@@ -386,7 +393,7 @@ def main():
             print(f"-- {mname}, {sname} (ours)", flush=True)
             runs = dict(ours_runs(sde, mix, z))
             runs.update(optimised_runs(sde, mix.score_fn(sde), z * sde.prior_std, z_cal * sde.prior_std,
-                                       sigma_min_eps(sde), costs, f"{mname}, {sname}", {"unipc": ("unipc", {})}))
+                                       sigma_min_eps(sde), costs, f"{mname}, {sname}", {"unipc": ("unipc", {}), "bns": ("bns", {})}))
             md.append(to_markdown(f"{mname}, {sname} (ours only)", evaluate(runs, score)))
     if "digits" in args.only:
         print("\n== digits U-Net: digits FID (NFE)", flush=True)

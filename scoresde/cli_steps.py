@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from .cli import _user_errors
-from .samplers.optimize import FAST_SAMPLERS, load_steps, steps_path
+from .samplers.optimize import FITTED_SAMPLERS, load_steps, steps_path
 
 __all__ = ["optimize_steps_command", "stored_steps"]
 
@@ -30,7 +30,7 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
                  echo: Callable[[str], Any] = click.echo) -> dict[str, Any]:
     """`sample` keywords for `sampler` at `steps`: the stored optimised grid (`times=` and the sampler
     options it was made with) when RUN/steps holds one made for `checkpoint_file`, else `steps=`."""
-    if sampler not in FAST_SAMPLERS or not os.path.isdir(run_dir) or steps < 2:
+    if sampler not in FITTED_SAMPLERS or not os.path.isdir(run_dir) or steps < 2:
         return {"steps": steps}
     budget = _nfe(sampler, steps)
     try:
@@ -38,6 +38,9 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
     except ValueError:                                   # a grid that does not fit these steps
         found = None
     if found is None:
+        if sampler == "bns":
+            echo(f"no fitted bns weights for {budget} NFE in {os.path.join(run_dir, 'steps')}: bns runs unipc's "
+                 f"weights (fit them with scoresde optimize-steps --sampler bns --budget {budget})")
         return {"steps": steps}
     grid, rec = found
     path = steps_path(run_dir, sampler, budget)
@@ -48,7 +51,7 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
         return {"steps": steps}
     echo(f"using the optimised time grid {path} ({budget} NFE; calibration error "
          f"{rec['error_default']:.4g} -> {rec['error']:.4g})")
-    return {"times": grid, **rec.get("options", {})}
+    return {"times": grid, **rec.get("options", {}), **({"weights": rec["weights"]} if sampler == "bns" else {})}
 
 
 @click.command("optimize-steps")
@@ -56,17 +59,21 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
               help="Run directory: its latest checkpoint is fitted and the grid goes to RUN/steps/.")
 @click.option("--budget", required=True, type=click.IntRange(min=1), metavar="NFE",
               help="Score evaluations per sample (ddim/dpm_solver/deis/unipc: >= 2; heun: odd, >= 3).")
-@click.option("--sampler", type=click.Choice(FAST_SAMPLERS), default="unipc", show_default=True)
+@click.option("--sampler", type=click.Choice(FITTED_SAMPLERS), default="unipc", show_default=True,
+              help="bns: the unipc grid, then its times and step weights by gradient (a bespoke solver).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True,
               help="Calibration draws from the prior.")
 @click.option("--reference-steps", type=click.IntRange(min=2), default=500, show_default=True,
               help="DPM-Solver++ 3M steps of the reference solve.")
 @click.option("--maxfev", type=click.IntRange(min=1), show_default="40 per grid time, >= 100",
               help="Sampler runs the search may spend.")
+@click.option("--iterations", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="bns only: Adam steps of the fit of its times and weights.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxfev, seed, device, raw):
+def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxfev, iterations, seed, device,
+                           raw):
     """Fit the time steps of a few-step sampler to a trained model (stored in RUN/steps/).
 
     \b
@@ -74,6 +81,7 @@ def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxf
       scoresde optimize-steps --checkpoint runs/digits --budget 5
       scoresde sample --checkpoint runs/digits --sampler unipc --steps 5 --n 64 --out five.png
       scoresde optimize-steps --checkpoint runs/moons --budget 7 --sampler heun --n 1024
+      scoresde optimize-steps --checkpoint runs/digits --budget 5 --sampler bns --n 64
     """
     import torch
     from .checkpoint import find_checkpoint, load
@@ -90,12 +98,14 @@ def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxf
         g = torch.Generator(dev).manual_seed(seed)
         start = time.perf_counter()
         grid, info = optimize_steps(sde, model, budget, sampler=sampler, calibration=n, generator=g, device=dev,
-                                    reference_steps=reference_steps, maxfev=maxfev, progress=True, return_info=True)
+                                    reference_steps=reference_steps, maxfev=maxfev, progress=True, return_info=True,
+                                    **({"iterations": iterations} if sampler == "bns" else {}))
         path = save_steps(checkpoint, grid, info, checkpoint=os.path.basename(file), seed=seed, raw=bool(raw))
     e0, e1 = info["error_default"], info["error"]
     click.echo(f"{sampler} at {budget} NFE: calibration error {e0:.4g} with the default {info['default_schedule']} "
                f"grid -> {e1:.4g} optimised ({e0 / max(e1, 1e-300):.2f}x lower), {time.perf_counter() - start:.1f} s "
-               f"({info['cpu_seconds']:.1f} CPU s)")
+               f"({info['cpu_seconds']:.1f} CPU s)" + (f"; the unipc grid alone: {info['error_unipc']:.4g}"
+                                                        if sampler == "bns" else ""))
     click.echo(f"times: {', '.join(f'{t:.5g}' for t in grid.tolist())}")
     click.echo(f"wrote {path}; scoresde sample --checkpoint {checkpoint} --sampler {sampler} "
                f"--steps {len(grid)} uses it")

@@ -28,7 +28,7 @@ BUDGET = {
     "euler_maruyama": ({}, 200, 0.035), "reverse_diffusion": ({}, 200, 0.045), "ancestral": ({}, 500, 0.06),
     "pc": ({}, 200, 0.07), "torchsde": ({}, 200, 0.035), "ode": ({}, None, 0.01),
     "ddim": ({}, 200, 0.07), "heun": ({}, 50, 0.08), "dpm_solver": ({}, 50, 0.05), "deis": ({}, 50, 0.12),
-    "unipc": ({}, 50, 0.05),
+    "unipc": ({}, 50, 0.05), "bns": ({}, 50, 0.05),     # bns without fitted weights runs unipc's
 }
 
 

@@ -303,4 +303,10 @@ def load_steps(run_dir: str | os.PathLike, sampler: str, budget: int) -> tuple[t
     expected = grid_size(sampler, budget, record.get("denoise", True))
     if grid.ndim != 1 or len(grid) != expected:
         raise ValueError(f"{path}: expected {expected} times for {sampler} at {budget} NFE, found {len(grid)}")
+    if sampler == "bns":
+        from .bespoke import check_weights
+        try:
+            check_weights(record.get("weights"), len(grid) if record.get("denoise", True) else len(grid) - 1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a stored bns fit ({e}); delete it or rerun optimize-steps") from None
     return grid, record
