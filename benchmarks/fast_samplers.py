@@ -393,7 +393,8 @@ def main():
             print(f"-- {mname}, {sname} (ours)", flush=True)
             runs = dict(ours_runs(sde, mix, z))
             runs.update(optimised_runs(sde, mix.score_fn(sde), z * sde.prior_std, z_cal * sde.prior_std,
-                                       sigma_min_eps(sde), costs, f"{mname}, {sname}", {"unipc": ("unipc", {}), "bns": ("bns", {})}))
+                                       sigma_min_eps(sde), costs, f"{mname}, {sname}",
+                                       {"unipc": ("unipc", {}), "bns": ("bns", {})}))
             md.append(to_markdown(f"{mname}, {sname} (ours only)", evaluate(runs, score)))
     if "digits" in args.only:
         print("\n== digits U-Net: digits FID (NFE)", flush=True)

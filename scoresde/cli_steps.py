@@ -5,7 +5,8 @@ of the probability-flow ODE, Sabour et al. 2024, arXiv:2404.14507; see scoresde/
 on a run's latest checkpoint and stores the grid as RUN/steps/<sampler>-<NFE>.json with its
 sampler options, calibration size, seed, the calibration errors before and after, and the
 checkpoint it was made for. `scoresde sample --checkpoint RUN --sampler S --steps N` then uses the
-stored grid of S at N steps' NFE by itself (`stored_steps`), saying so in one line.
+stored grid of S at N steps' NFE by itself (`stored_steps`), saying so in one line. With
+`--sampler bns` the fitted step weights of the bespoke solver are stored and used with the grid.
 """
 from __future__ import annotations
 

@@ -25,9 +25,14 @@ inside [eps, T]. The samplers run without gradients, so the search is derivative
 the fixed grids (log-SNR, Karras rho = 7, quadratic, uniform). The result is never worse than the
 sampler's default grid on the calibration batch: every fixed grid tried stays a candidate.
 
+`sampler="bns"` goes one step further (scoresde/samplers/bespoke.py): after the unipc grid it fits
+the times and every step weight of a bespoke non-stationary solver by gradient descent (Adam, through
+the score's derivatives), with the mean RMSE ("l2") as its default loss; its weights are returned in
+the info dict (so bns needs `return_info=True`) and stored with the grid.
+
 NFE rules (with `denoise`, the samplers' default): ddim, dpm_solver, deis and unipc spend one
 evaluation per grid time, so a budget B is a grid of B times (B >= 2); heun spends 2 per interval
-plus the final data prediction, 2 L - 1 for L times, so B must be odd and >= 3. `save_steps` /
+plus the final data prediction, 2 L - 1 for L times, so B must be odd and >= 3; bns follows unipc. `save_steps` /
 `load_steps` keep a grid in a run directory (RUN/steps/<sampler>-<budget>.json).
 """
 from __future__ import annotations
