@@ -120,7 +120,9 @@ def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, gri
 
     `distance(x)` is the pooled per-sample error against `x_ref` (a differentiable scalar). Returns the
     best (grid, weights, error) seen, with the start among them. Gradients flow through `score_fn`
-    into x and t only (a network's own parameters are not touched)."""
+    into x and t only (a network's own parameters are not touched); the backward pass holds the
+    activations of all the solver's evaluations of the calibration batch, so a large network wants a
+    small batch."""
     dtype = x_T.dtype
     T, eps = float(grid[0]), float(grid[-1])
     lam0, lam_end = (float(v) for v in sde.half_log_snr(torch.tensor([T, eps], dtype=torch.float64)))
@@ -139,7 +141,8 @@ def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, gri
             t = torch.cat([torch.tensor([T], dtype=torch.float64), sde.t_from_half_log_snr(lam)])
             alpha, sigma = sde.marginal_coefs(t)
             rows = list(torch.split(flat0 + dflat, sizes))
-            x = _solve(score_fn, x_T, t.to(dtype), alpha.to(dtype), sigma.to(dtype), [r.to(dtype) for r in rows])
+            on = dict(device=x_T.device, dtype=dtype)                   # the model's device and dtype
+            x = _solve(score_fn, x_T, t.to(**on), alpha.to(**on), sigma.to(**on), [r.to(**on) for r in rows])
             err = distance(x)
         e = float(err.detach())
         if math.isfinite(e) and e < best[0] and bool((t[1:] < t[:-1]).all()):
