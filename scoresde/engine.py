@@ -34,11 +34,11 @@ import torch
 from . import distributed as D
 from .checks import nonfinite_count
 from .checkpoint import (CheckpointError, atomic_write_bytes, check_shapes, flatten_state, list_checkpoints,
-                         prune_checkpoints, read_checkpoint, remove_stale_temporaries, save_checkpoint,
+                         prune_checkpoints, remove_stale_temporaries, save_checkpoint,
                          tensor_digests, unflatten_state)
-from .config import load_toml, resolve, save_toml
-from .rundir import RunLock, RunLockedError, append_log
-from .tasks import Task, get_task
+from .config import save_toml
+from .rundir import RunLock, RunLockedError, append_log, resolve_run, run_dir_of
+from .tasks import Task
 from .utils import policy_threads
 
 __all__ = ["Engine", "TrainResult", "TrainingError", "make_adam", "resolve_run", "run_dir_of"]
@@ -104,57 +104,6 @@ class _StopSignals:
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
-
-
-def run_dir_of(cfg: dict[str, Any]) -> str:
-    """The run directory a config names (`out`, else runs/<name or timestamp>)."""
-    if cfg["out"]:
-        return cfg["out"]
-    return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
-
-
-def _newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str, Any], list[str]]:
-    """The newest checkpoint of `run_dir` that reads and verifies, and the damaged ones skipped for it."""
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise CheckpointError(f"checkpoint {run_dir!r}: the directory holds no checkpoints/ckpt_*.safetensors")
-    damaged = []
-    for _, path in reversed(found):
-        try:
-            return (path, *read_checkpoint(path), damaged)
-        except CheckpointError as e:
-            damaged.append(str(e))
-    raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
-
-
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
-    """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
-    config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
-    trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
-    "latent" task); a resumed one the task its checkpoint names."""
-    overrides: dict[str, Any] = {"out": out} if out else {}
-    if task and not resume:
-        overrides["task"] = task
-    state = None
-    if resume:      # the run directory first (the task, and so the sections it reads, come from its checkpoint)
-        raw = load_toml(config) if isinstance(config, (str, os.PathLike)) else config
-        first = resolve({k: raw[k] for k in ("out", "name") if k in raw} if isinstance(raw, Mapping) else raw,
-                        overrides)
-        if not (first["out"] or first["name"]):
-            raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
-        state = _newest_intact(run_dir_of(first))
-        cfg = resolve(config, overrides, base=state[2]["config"])
-        task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
-    else:
-        cfg = resolve(config, overrides)
-        task = cfg["task"]
-        if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
-            task = overrides["task"] = "latent"
-            cfg = resolve(config, overrides)                  # with the latent task's own defaults
-    task_cls = get_task(task)
-    cfg["task"] = task
-    task_cls.check_config(cfg)
-    return cfg, task_cls, state
 
 
 def _rng_states(info, device, gens: dict[str, torch.Generator]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A run directory: its exclusive lock and its CSV log.
+"""A run directory: its exclusive lock, its CSV log, and how a config names and resumes it.
 
 One training process (rank 0 of a torchrun job) holds `RUN/.lock` with `fcntl.flock` for the whole
 run; a second run into the same directory is refused with one line naming the holder. The operating
@@ -11,9 +11,15 @@ import csv
 import os
 import socket
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-__all__ = ["RunLock", "RunLockedError", "append_log"]
+import torch
+
+from .checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from .config import load_toml, resolve
+from .tasks import get_task
+
+__all__ = ["RunLock", "RunLockedError", "append_log", "newest_intact", "resolve_run", "run_dir_of"]
 
 
 class RunLockedError(RuntimeError):
@@ -79,3 +85,54 @@ def append_log(path: str, fields: list[str], rows: Iterable[dict[str, Any]], aft
         if mode == "w":
             w.writeheader()
         w.writerows([*(old or []), *rows])
+
+
+def run_dir_of(cfg: dict[str, Any]) -> str:
+    """The run directory a config names (`out`, else runs/<name or timestamp>)."""
+    if cfg["out"]:
+        return cfg["out"]
+    return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
+
+
+def newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """The newest checkpoint of `run_dir` that reads and verifies, and the damaged ones skipped for it."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"checkpoint {run_dir!r}: the directory holds no checkpoints/ckpt_*.safetensors")
+    damaged = []
+    for _, path in reversed(found):
+        try:
+            return (path, *read_checkpoint(path), damaged)
+        except CheckpointError as e:
+            damaged.append(str(e))
+    raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
+
+
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
+    """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
+    config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
+    trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
+    "latent" task); a resumed one the task its checkpoint names."""
+    overrides: dict[str, Any] = {"out": out} if out else {}
+    if task and not resume:
+        overrides["task"] = task
+    state = None
+    if resume:      # the run directory first (the task, and so the sections it reads, come from its checkpoint)
+        raw = load_toml(config) if isinstance(config, (str, os.PathLike)) else config
+        first = resolve({k: raw[k] for k in ("out", "name") if k in raw} if isinstance(raw, Mapping) else raw,
+                        overrides)
+        if not (first["out"] or first["name"]):
+            raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
+        state = newest_intact(run_dir_of(first))
+        cfg = resolve(config, overrides, base=state[2]["config"])
+        task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
+    else:
+        cfg = resolve(config, overrides)
+        task = cfg["task"]
+        if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
+            task = overrides["task"] = "latent"
+            cfg = resolve(config, overrides)                  # with the latent task's own defaults
+    task_cls = get_task(task)
+    cfg["task"] = task
+    task_cls.check_config(cfg)
+    return cfg, task_cls, state
