@@ -38,7 +38,7 @@ torchvision, clip, wandb, kornia... (a CUDA torch of several GB), so here it is 
 a stub `k_diffusion.utils` that provides the one helper it uses (`append_dims`); its samplers run
 unmodified.
 
-Run: `python benchmarks/fast_samplers.py [--n 40000] [--no-peers] [--only mixtures digits]` (about 25 min on 2
+Run: `python benchmarks/fast_samplers.py [--n 40000] [--no-peers] [--only mixtures digits noise]` (about 25 min on 2
 shared CPU cores); writes benchmarks/results/fast_samplers.{md,png}.
 """
 from __future__ import annotations
@@ -92,6 +92,24 @@ def metric(mix: GaussianMixture, x: torch.Tensor) -> float:
         kl = 0.5 * ((C.diagonal() / v).sum() + (dm.square() / v).sum() - d + v.log().sum() - torch.logdet(C))
         total += mix.weights[j].item() * kl.item()
     return total
+
+
+def metric_noise(mix: GaussianMixture, n: int, draws: int = 20, seed: int = 100) -> torch.Tensor:
+    """The metric of `draws` sets of n exact data samples: what a perfect sampler scores (its noise)."""
+    return torch.tensor([metric(mix, mix.sample(n, generator=torch.Generator().manual_seed(seed + k)))
+                         for k in range(draws)], dtype=torch.float64)
+
+
+def noise_markdown(n: int, draws: int = 20) -> str:
+    lines = ["**The metric's noise**: the metric of exact data samples (no sampler), over "
+             f"{draws} independent sets of {n}; a sampler at least this good is exact within the noise.", "",
+             "| mixture | mean | sd | min | max | mean + 2 sd |", "|---|---:|---:|---:|---:|---:|"]
+    for name, mix in (("four-mode (std 0.1)", four_mode_mixture(0.1)), ("sharp (std 0.01-0.03)", sharp_mixture())):
+        v = metric_noise(mix, n, draws)
+        lines.append(f"| {name} | {v.mean():.4g} | {v.std():.4g} | {v.min():.4g} | {v.max():.4g} | "
+                     f"{v.mean() + 2 * v.std():.4g} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 class _Coefs:
@@ -361,10 +379,16 @@ def main():
     ap.add_argument("--digits-calib", type=int, default=32, help="calibration draws (digits)")
     ap.add_argument("--digits-iterations", type=int, default=200, help="Adam steps of each bns fit (digits)")
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / "runs" / "bench_samplers"))
-    ap.add_argument("--only", nargs="+", choices=["mixtures", "digits"], default=["mixtures", "digits"])
+    ap.add_argument("--only", nargs="+", choices=["mixtures", "digits", "noise"],
+                    default=["mixtures", "digits", "noise"])
+    ap.add_argument("--combine", action="store_true",
+                    help="only join results/fast_samplers_{mixtures,digits,noise}.md (three parallel runs of "
+                         "--only X) into results/fast_samplers.md")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
+    if args.combine:
+        return combine()
     torch.set_num_threads(1)
     vp = ss.VPSDE(0.1, 20.0)
     sig_max = (lambda a, s: (s / a).item())(*vp.marginal_coefs(torch.tensor(1.0, dtype=torch.float64)))
@@ -401,21 +425,38 @@ def main():
         p, table = digits_table(args, costs)
         curves[p.name] = table
         md.append(to_markdown(f"{p.name}, digits FID of {args.n_digits} samples", table))
+    if "noise" in args.only:
+        print("\n== the metric's noise", flush=True)
+        md.append(noise_markdown(args.n))
     load = os.getloadavg()
-    text = ("\n\n".join(md) + "\n\n**CPU seconds of each fit** (sampler runs in brackets), calibration error "
-            "of the default grid → the optimised one (geometric-mean RMSE against the reference):\n\n"
-            + costs_markdown(costs) + f"\n\n({args.n} samples, seed {args.seed}, calibration seed {args.seed + 1}; "
+    text = ("\n\n".join(md) + ("\n\n**CPU seconds of each fit** (sampler runs in brackets), calibration error "
+                                "of the default grid → the optimised one (the fit's loss against the reference: "
+                                "geometric-mean RMSE; for bns the mean RMSE):\n\n" + costs_markdown(costs)
+                                if costs else "") + f"\n\n({args.n} samples, seed {args.seed}, calibration seed {args.seed + 1}; "
             f"{time.time() - start:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU; load average "
             f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores)")
     print("\n" + text)
     OUT.mkdir(exist_ok=True)
-    name = "fast_samplers" if len(args.only) == 2 else f"fast_samplers_{args.only[0]}"
+    name = "fast_samplers" if len(args.only) == 3 else f"fast_samplers_{'_'.join(args.only)}"
     (OUT / f"{name}.md").write_text(
         "# Fast samplers at equal NFE: fixed and optimised time grids\n\nMixtures (exact scores): TV of mode weights "
         "+ weight-averaged KL(fitted Gaussian || true mode); digits: digits FID; lower is better; ✓ = at least as "
         "good as the best peer; (n) = NFE actually used when below the budget; [opt] = a grid from "
         "`scoresde.optimize_steps` fitted on held-out calibration draws.\n\n" + text + "\n")
-    plot(curves, OUT / f"{name}.png")
+    if curves:
+        plot(curves, OUT / f"{name}.png")
+
+
+def combine() -> None:
+    """results/fast_samplers.md from the parts' files (their headers dropped but the first)."""
+    parts = [OUT / f"fast_samplers_{p}.md" for p in ("mixtures", "digits", "noise")]
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise SystemExit(f"--combine: missing {', '.join(missing)}; run --only mixtures / digits / noise first")
+    texts = [p.read_text() for p in parts]
+    body = [texts[0]] + [t.split("\n\n", 2)[2] for t in texts[1:]]                 # drop title + legend
+    (OUT / "fast_samplers.md").write_text("\n".join(body))
+    print(f"wrote {OUT / 'fast_samplers.md'}")
 
 
 def plot(curves, path):
