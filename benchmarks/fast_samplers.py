@@ -432,7 +432,8 @@ def main():
     text = ("\n\n".join(md) + ("\n\n**CPU seconds of each fit** (sampler runs in brackets), calibration error "
                                 "of the default grid → the optimised one (the fit's loss against the reference: "
                                 "geometric-mean RMSE; for bns the mean RMSE):\n\n" + costs_markdown(costs)
-                                if costs else "") + f"\n\n({args.n} samples, seed {args.seed}, calibration seed {args.seed + 1}; "
+                                if costs else "")
+            + f"\n\n({args.n} samples, seed {args.seed}, calibration seed {args.seed + 1}; "
             f"{time.time() - start:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU; load average "
             f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores)")
     print("\n" + text)
