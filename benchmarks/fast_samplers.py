@@ -30,7 +30,7 @@ images, with 32 calibration draws and at most 80 sampler runs per fit.
 
 "ours bns [opt]": the bespoke non-stationary solver (scoresde/samplers/bespoke.py): the unipc grid
 fitted as above, then its times and all its step weights by Adam on the mean per-sample RMSE
-(1000 steps on the mixtures, `--digits-iterations` 200 on digits); same calibration draws.
+(1500 steps on the mixtures, `--digits-iterations` 200 on digits); same calibration draws.
 
 Peers: `pip install -e .[bench]` (diffusers, k-diffusion). k-diffusion's package `__init__` pulls
 torchvision, clip, wandb, kornia... (a CUDA torch of several GB), so here it is installed with

@@ -68,7 +68,7 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
               help="DPM-Solver++ 3M steps of the reference solve.")
 @click.option("--maxfev", type=click.IntRange(min=1), show_default="40 per grid time, >= 100",
               help="Sampler runs the search may spend.")
-@click.option("--iterations", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=0), default=1500, show_default=True,
               help="bns only: Adam steps of the fit of its times and weights.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -87,13 +87,17 @@ def _combine(row: Sequence, x: torch.Tensor, D: list[torch.Tensor]) -> torch.Ten
     return out
 
 
-def _solve(score_fn: Callable, x: torch.Tensor, times: torch.Tensor, alpha, sigma, rows, progress=False):
-    """Run the weights `rows` with evaluations at `times` (floats or tensors alike, so it is differentiable)."""
+def _solve(score_fn: Callable, x: torch.Tensor, times: torch.Tensor, alpha, sigma, rows, progress=False,
+           seen: list | None = None):
+    """Run the weights `rows` with evaluations at `times` (floats or tensors alike, so it is differentiable);
+    `seen`, when given, receives the evaluation points y_i and the data predictions D_i."""
     D: list[torch.Tensor] = []
     for i in progress_range(len(rows) - 1, progress, "bns"):
         y = _combine(rows[i], x, D)
         s = score_fn(y, times[i].expand(y.shape[0]))
         D.append((y + sigma[i] ** 2 * s) / alpha[i])               # Tweedie's data prediction D(y; t_i)
+        if seen is not None:
+            seen.append((y, D[-1]))
     return _combine(rows[-1], x, D)
 
 
@@ -114,48 +118,76 @@ def bns(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
 
 # --- fitting ------------------------------------------------------------------------------------------
 def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, grid: torch.Tensor,
-            distance: Callable[[torch.Tensor], torch.Tensor], *, iterations: int = 1000, lr: float = 1e-2,
-            bar=None) -> tuple[torch.Tensor, list[list[float]], float]:
-    """Adam on the times (their places in log-SNR) and the weights, from unipc's weights on `grid`.
+            distance: Callable[[torch.Tensor], torch.Tensor], *, iterations: int = 1000, bar=None
+            ) -> tuple[torch.Tensor, list[list[float]], float]:
+    """Adam on the times (their half log-SNR) and the weights, from unipc's weights on `grid`, in two phases.
 
-    `distance(x)` is the pooled per-sample error against `x_ref` (a differentiable scalar). Returns the
-    best (grid, weights, error) seen, with the start among them. Gradients flow through `score_fn`
-    into x and t only (a network's own parameters are not touched); the backward pass holds the
-    activations of all the solver's evaluations of the calibration batch, so a large network wants a
-    small batch."""
-    dtype = x_T.dtype
+    `distance(x)` is the pooled per-sample error against `x_ref` (a differentiable scalar).
+    1. Explore (2/3 of `iterations`): every weight and log-SNR moves by Adam steps of 0.01, cosine-
+       decayed; large for the small weights, which lets a poor few-step start jump to another basin.
+    2. Refine (the rest), from the best point of phase 1: each weight moves in units of the change it
+       makes to its row's output relative to that output's RMS (RMS(y_i) / RMS(input)), with steps of
+       0.3 times the error reached relative to RMS(x_ref), warmed up and cosine-decayed, so that a
+       good start (many NFE, where phase 1 finds nothing better) is still improved.
+    Returns the best (grid, weights, error) seen, the start among them. Gradients flow through
+    `score_fn` into x and t only (a network's own parameters are not touched); the backward pass
+    holds the activations of all the solver's evaluations of the calibration batch, so a large
+    network wants a small batch."""
+    on = dict(device=x_T.device, dtype=x_T.dtype)                     # the model's device and dtype
     T, eps = float(grid[0]), float(grid[-1])
     lam0, lam_end = (float(v) for v in sde.half_log_snr(torch.tensor([T, eps], dtype=torch.float64)))
-    # t_1 .. t_{m-1} by their half log-SNR, projected back into (lambda(T), lambda(eps)] after each step
-    lam = sde.half_log_snr(grid.double()[1:]).clone().requires_grad_(True)
     gap = 1e-6 * (lam_end - lam0)
     rows0 = unipc_weights(sde, grid, True)
-    flat0 = torch.tensor([v for r in rows0 for v in r], dtype=torch.float64)
-    dflat = torch.zeros_like(flat0, requires_grad=True)
     sizes = [len(r) for r in rows0]
-    opt = torch.optim.Adam([lam, dflat], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1), eta_min=lr * 0.01)
     best = (math.inf, grid.double(), rows0)
-    for _ in range(iterations + 1):                                # the last pass only evaluates
-        with torch.enable_grad():
-            t = torch.cat([torch.tensor([T], dtype=torch.float64), sde.t_from_half_log_snr(lam)])
-            alpha, sigma = sde.marginal_coefs(t)
-            rows = list(torch.split(flat0 + dflat, sizes))
-            on = dict(device=x_T.device, dtype=dtype)                   # the model's device and dtype
-            x = _solve(score_fn, x_T, t.to(**on), alpha.to(**on), sigma.to(**on), [r.to(**on) for r in rows])
-            err = distance(x)
-        e = float(err.detach())
-        if math.isfinite(e) and e < best[0] and bool((t[1:] < t[:-1]).all()):
-            best = (e, t.detach().clone(), [r.detach().tolist() for r in rows])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(err=f"{best[0]:.3g}")
-        if not math.isfinite(e):
-            break
-        opt.zero_grad()
-        lam.grad, dflat.grad = torch.autograd.grad(err, [lam, dflat])
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            lam.clamp_(lam0 + gap, lam_end)
+
+    def run(lam, flat, seen=None):
+        t = torch.cat([torch.tensor([T], dtype=torch.float64), sde.t_from_half_log_snr(lam)])
+        alpha, sigma = sde.marginal_coefs(t)
+        rows = list(torch.split(flat, sizes))
+        x = _solve(score_fn, x_T, t.to(**on), alpha.to(**on), sigma.to(**on), [r.to(**on) for r in rows], seen=seen)
+        return t, rows, distance(x), x
+
+    def adam(grid_, rows_, steps, lr, scale, warm):
+        nonlocal best
+        lam = sde.half_log_snr(grid_.double()[1:]).clone().requires_grad_(True)    # t_1 .. t_{m-1}
+        flat0 = torch.tensor([v for r in rows_ for v in r], dtype=torch.float64)
+        delta = torch.zeros_like(flat0, requires_grad=True)
+        opt = torch.optim.Adam([lam, delta], lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) * (
+            0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / max(steps, 1)))))
+        for _ in range(steps + 1):                                 # the last pass only evaluates
+            with torch.enable_grad():
+                t, rows, err, _ = run(lam, flat0 + scale * delta)
+            e = float(err.detach())
+            if math.isfinite(e) and e < best[0] and bool((t[1:] < t[:-1]).all()):
+                best = (e, t.detach().clone(), [r.detach().tolist() for r in rows])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(err=f"{best[0]:.3g}")
+            if not math.isfinite(e):
+                return
+            opt.zero_grad()
+            lam.grad, delta.grad = torch.autograd.grad(err, [lam, delta])
+            opt.step()
+            sched.step()
+            with torch.no_grad():                                  # back into (lambda(T), lambda(eps)]
+                lam.clamp_(lam0 + gap, lam_end)
+
+    explore = (iterations * 2) // 3
+    adam(grid, rows0, explore, 1e-2, 1.0, 1)
+
+    def rms(v: torch.Tensor) -> float:
+        return max(float(v.detach().double().square().mean().sqrt()), 1e-12)
+
+    with torch.no_grad():                                          # the refining phase's units, at its start
+        seen: list = []
+        _, rows1, err1, out = run(sde.half_log_snr(best[1][1:]), torch.tensor([v for r in best[2] for v in r],
+                                                                                dtype=torch.float64), seen)
+    inputs = [rms(x_T)] + [rms(d) for _, d in seen]
+    outputs = [rms(y) for y, _ in seen] + [rms(out)]
+    scale = torch.tensor([outputs[i] / inputs[k] for i, n in enumerate(sizes) for k in range(n)], dtype=torch.float64)
+    if math.isfinite(float(err1)):
+        adam(best[1], best[2], iterations - explore, 0.3 * float(err1) / rms(x_ref), scale,
+             max(1, (iterations - explore) // 20))
     return best[1], best[2], best[0]

@@ -110,7 +110,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
                    calibration: int | torch.Tensor = 256, eps: float | None = None, denoise: bool = True,
                    reference_steps: int = 500, maxfev: int | None = None, generator: torch.Generator | None = None,
                    device: Any = None, dtype: torch.dtype | None = None, progress: bool = False,
-                   loss: str | None = None, iterations: int = 1000, return_info: bool = False, **options: Any):
+                   loss: str | None = None, iterations: int = 1500, return_info: bool = False, **options: Any):
     """A time grid for `sampler` with exactly `budget` score evaluations, fitted to `score_fn`.
 
     Args:
