@@ -12,8 +12,8 @@ combination too). A bespoke non-stationary solver (Shaul et al. 2024, "Bespoke N
 Solvers for Fast Sampling of Diffusion and Flow Models", arXiv:2403.01329) lets every weight
 c_{i,k} and every time t_i be free, and fits them to the model by gradient descent on the error
 against an accurate reference solve from a calibration batch, the way Align Your Steps / OSS fit
-only the times (`optimize_steps`). For n evaluations it has n (n + 3) / 2 weights and n - 1 times:
-20 + 4 at 5 NFE. It cannot do worse than the solver it starts from on the calibration batch:
+only the times (`optimize_steps`). For n evaluations it has (n + 1) (n + 2) / 2 weights and n - 1
+free times: 21 + 4 at 5 NFE. It cannot do worse than the solver it starts from on the calibration batch:
 the fit starts from UniPC's own weights on UniPC's fitted grid (read off by running `unipc` on
 unit inputs, `unipc_weights`) and keeps the best point it visits.
 
