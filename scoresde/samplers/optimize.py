@@ -91,13 +91,9 @@ def grid_size(sampler: str, budget: int, denoise: bool = True) -> int:
 
 def _grid_from_logits(w: np.ndarray, lam0: float, lam_end: float) -> np.ndarray:
     """lambda_0 < lambda_1 < ... < lambda_n <= lambda_end from n + 1 logits (the last one the slack)."""
-    return _grid_from_logits_t(torch.from_numpy(np.asarray(w, dtype=np.float64)), lam0, lam_end).numpy()
-
-
-def _grid_from_logits_t(w: torch.Tensor, lam0: float, lam_end: float) -> torch.Tensor:
-    """`_grid_from_logits` in torch (differentiable, for the bns fit)."""
-    p = torch.softmax(w, 0)
-    return lam0 + (lam_end - lam0) * torch.cat([p.new_zeros(1), torch.cumsum(p[:-1], 0)])
+    p = np.exp(w - w.max())
+    p /= p.sum()
+    return lam0 + (lam_end - lam0) * np.concatenate([[0.0], np.cumsum(p[:-1])])
 
 
 def _logits_from_grid(lam: np.ndarray, lam0: float, lam_end: float) -> np.ndarray:
@@ -181,9 +177,9 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     def distance(x) -> float:
         return float(pooled(x.double()))
 
-    def error(times, **kw) -> float:
+    def error(times, sampler_=grid_sampler, **kw) -> float:
         try:
-            x = run(times=torch.as_tensor(times, dtype=torch.float64), **({"sampler_": sampler, **kw} if kw else {}))
+            x = run(times=torch.as_tensor(times, dtype=torch.float64), sampler_=sampler_, **kw)
         except ValueError:                                     # a non-finite run (NonFiniteError)
             return math.inf
         return distance(x)
@@ -241,7 +237,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         from .bespoke import fit_bns, unipc_weights
         extra = {"error_unipc": best["err"], "iterations": iterations}
         g, weights, _ = fit_bns(sde, score_fn, x_T, x_ref, grid, pooled, iterations=iterations, bar=bar)
-        e = error(g, weights=weights)                          # as `sample` runs it
+        e = error(g, "bns", weights=weights)                   # as `sample` runs it
         if e < best["err"]:
             grid, best["err"] = g, e
         else:                                                  # keep unipc's weights on its grid
