@@ -118,7 +118,7 @@ def bns(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
 
 # --- fitting ------------------------------------------------------------------------------------------
 def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, grid: torch.Tensor,
-            distance: Callable[[torch.Tensor], torch.Tensor], *, iterations: int = 1000, bar=None
+            distance: Callable[[torch.Tensor], torch.Tensor], *, iterations: int, bar=None
             ) -> tuple[torch.Tensor, list[list[float]], float]:
     """Adam on the times (their half log-SNR) and the weights, from unipc's weights on `grid`, in two phases.
 
@@ -141,17 +141,20 @@ def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, gri
     sizes = [len(r) for r in rows0]
     best = (math.inf, grid.double(), rows0)
 
-    def run(lam, flat, seen=None):
+    def flat(rows) -> torch.Tensor:
+        return torch.tensor([v for r in rows for v in r], dtype=torch.float64)
+
+    def run(lam, w, seen=None):
         t = torch.cat([torch.tensor([T], dtype=torch.float64), sde.t_from_half_log_snr(lam)])
         alpha, sigma = sde.marginal_coefs(t)
-        rows = list(torch.split(flat, sizes))
+        rows = list(torch.split(w, sizes))
         x = _solve(score_fn, x_T, t.to(**on), alpha.to(**on), sigma.to(**on), [r.to(**on) for r in rows], seen=seen)
         return t, rows, distance(x), x
 
     def adam(grid_, rows_, steps, lr, scale, warm):
         nonlocal best
         lam = sde.half_log_snr(grid_.double()[1:]).clone().requires_grad_(True)    # t_1 .. t_{m-1}
-        flat0 = torch.tensor([v for r in rows_ for v in r], dtype=torch.float64)
+        flat0 = flat(rows_)
         delta = torch.zeros_like(flat0, requires_grad=True)
         opt = torch.optim.Adam([lam, delta], lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) * (
@@ -182,8 +185,7 @@ def fit_bns(sde, score_fn: Callable, x_T: torch.Tensor, x_ref: torch.Tensor, gri
 
     with torch.no_grad():                                          # the refining phase's units, at its start
         seen: list = []
-        _, rows1, err1, out = run(sde.half_log_snr(best[1][1:]), torch.tensor([v for r in best[2] for v in r],
-                                                                                dtype=torch.float64), seen)
+        _, _, err1, out = run(sde.half_log_snr(best[1][1:]), flat(best[2]), seen)
     inputs = [rms(x_T)] + [rms(d) for _, d in seen]
     outputs = [rms(y) for y, _ in seen] + [rms(out)]
     scale = torch.tensor([outputs[i] / inputs[k] for i, n in enumerate(sizes) for k in range(n)], dtype=torch.float64)
