@@ -47,9 +47,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import scoresde as ss  # noqa: E402
 from scoresde.discrete import MaskedProcess, sample_llada, sample_mdlm  # noqa: E402
-from scoresde.discrete.data import load_tokens  # noqa: E402
-from scoresde.discrete.exact import ExactDenoiser, SupportDenoiser, empirical_law, total_variation  # noqa: E402
-from scoresde.discrete.tokenizer import EOS, CharTokenizer  # noqa: E402
+from scoresde.data.tokens import load_tokens
+from scoresde.evaluation.token_exact import ExactDenoiser, SupportDenoiser, empirical_law, total_variation
+from scoresde.data.tokenizer import EOS, CharTokenizer
 from scoresde.nets import count_parameters  # noqa: E402
 
 LOG2 = math.log(2)
@@ -120,7 +120,7 @@ def exact_table(n: int = 20000) -> list[str]:
 def brackets_support(max_depth: int, max_len: int, seq_len: int):
     """Every string of the brackets data as EOS-padded tokens (N, seq_len), with its probability (a uniform
     length among the even ones, then a uniform string of that length): the exact law of the data."""
-    from scoresde.discrete.languages import Brackets
+    from scoresde.data.languages import Brackets
     lang, tok = Brackets(max_depth, max_len), CharTokenizer("()[]")
     rows, probs, lengths = [], [], range(2, lang.max_len + 1, 2)
 
@@ -173,7 +173,7 @@ def oracle_table(n: int, max_depth: int = 3, max_len: int = 16) -> list[str]:
 def brackets_entropy(max_depth: int, max_len: int, seq_len: int) -> float:
     """The exact entropy of the brackets data in bits per token: a uniform length n among the even lengths,
     then a uniform string among the c(n) valid ones: log2(#lengths) + mean_n log2 c(n), over seq_len tokens."""
-    from scoresde.discrete.languages import Brackets
+    from scoresde.data.languages import Brackets
     lang = Brackets(max_depth, max_len)
     ns = range(2, lang.max_len + 1, 2)
     return (math.log2(len(ns)) + sum(math.log2(float(lang._completions(n)[0, 0])) for n in ns) / len(ns)) / seq_len
@@ -182,7 +182,7 @@ def brackets_entropy(max_depth: int, max_len: int, seq_len: int) -> float:
 def brackets_nll(x: torch.Tensor, max_depth: int, max_len: int) -> float:
     """The data law's own NLL of the sequences x (EOS-padded brackets), in bits per token: -log2 p(x) / L with
     p(x) = 1 / (#lengths c(n)) for a string of length n (the floor any model can reach on these sequences)."""
-    from scoresde.discrete.languages import Brackets
+    from scoresde.data.languages import Brackets
     lang, n_len = Brackets(max_depth, max_len), max_len // 2
     n = (x != EOS).sum(1).tolist()
     return sum(math.log2(n_len) + math.log2(float(lang._completions(k)[0, 0])) for k in n) / (len(n) * x.shape[1])
@@ -193,7 +193,7 @@ def compare(name: str, cfg: dict, hold: torch.Tensor, budget: float, root: str, 
             floor: float | None = None):
     """Train both models for `budget` CPU s, then the bound table, the learning curves (the held-out bound
     of each checkpoint, every `curve_every` steps) and the quality-vs-steps table."""
-    from scoresde.checkpoint import list_checkpoints
+    from scoresde.runs.checkpoint import list_checkpoints
     runs = {}
     for task, net in (("masked", "seq_transformer"), ("autoregressive", "causal_transformer")):
         c = {**cfg, "task": task, "model": {**cfg["model"], "name": net},

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 import scoresde as ss
-from scoresde.analytic import GaussianMixture, four_mode_mixture
+from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
 
 BUDGETS = (4, 5, 6, 8, 10, 20)
 SIGMA_MIN = 0.002

@@ -42,7 +42,7 @@ import time
 import torch
 
 import scoresde as ss
-from scoresde.data import Dataset
+from scoresde.data.datasets import Dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VAE = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "mid_attn": True, "num_groups": 8}
@@ -99,8 +99,8 @@ def step_costs(shapes: dict[str, tuple], batch: int, reps: int, rounds: int) -> 
     """Median CPU ms of one training step as the engine takes it (batch `batch`: DSM loss, backward, gradient
     clipping at 1, the engine's Adam, EMA update, one host sync) and of one score evaluation (batch 64) per
     space, the spaces alternating within each round."""
-    from scoresde.ema import EMA
-    from scoresde.engine import make_adam
+    from scoresde.models.ema import EMA
+    from scoresde.training.engine import make_adam
     torch.manual_seed(0)
     models = {k: score_model(s) for k, s in shapes.items()}
     opts = {k: make_adam(m.parameters(), ADAM) for k, m in models.items()}
@@ -274,7 +274,7 @@ def main() -> None:
         f"64 features, of {a.n} images against the {n_test} held-out 8x8 digits (lower is better); 32x32 images "
         "are brought to 8x8 by `to_digits8`, the least-squares inverse of digits32's bilinear upsampling "
         "(exact on the data), the same map for both models. A step is the engine's: loss, backward, "
-        "clipping, Adam (`scoresde.engine.make_adam`), EMA.",
+        "clipping, Adam (`scoresde.training.engine.make_adam`), EMA.",
         "",
         "| | pixel 1x32x32 | latent 4x8x8 | pixel / latent |",
         "|---|---:|---:|---:|",
@@ -329,7 +329,7 @@ def main() -> None:
     suffix = "_quick" if a.quick else ""
     with open(os.path.join(a.out, f"latent{suffix}.md"), "w") as f:
         f.write(md)
-    from scoresde.plotting import _figure, _save
+    from scoresde.runs.plots import _figure, _save
     plt = _figure()
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
     for ax, space in zip(axes, ("latent", "pixel")):

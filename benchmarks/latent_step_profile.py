@@ -4,7 +4,7 @@
 
 The step is the engine's (DSM loss, backward, gradient clipping at 1 with its one host sync, Adam, EMA
 update), timed by phase with time.process_time; three optimiser variants alternate in one process:
-torch's default Adam (a per-tensor loop on CPU: the engine before `scoresde.engine.make_adam`), the
+torch's default Adam (a per-tensor loop on CPU: the engine before `scoresde.training.engine.make_adam`), the
 engine's foreach Adam (bit-identical on CPU), and torch's fused Adam (about 1 ulp different). Then the
 network's own convolution, GroupNorm and linear calls (shapes recorded by hooks) are timed one by one,
 forward + backward: the kernels a step cannot do without. Medians in CPU ms; ratios side by side.
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import scoresde as ss
-from scoresde.ema import EMA
-from scoresde.engine import make_adam
+from scoresde.models.ema import EMA
+from scoresde.training.engine import make_adam
 
 UNET = {"ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0, "num_groups": 8}
 ADAM = {"lr": 1e-4, "beta1": 0.9, "beta2": 0.999, "adam_eps": 1e-8, "weight_decay": 0.0}

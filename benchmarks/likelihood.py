@@ -27,8 +27,9 @@ import time
 import torch
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture
-from scoresde.likelihood import dataset_likelihood, log_likelihood
+from scoresde.evaluation.likelihood import dequantize
+from scoresde.sde.analytic import four_mode_mixture
+from scoresde.evaluation.likelihood import dataset_likelihood, log_likelihood
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "likelihood.md")
 
@@ -70,12 +71,12 @@ def accuracy_rows(n: int, tols: list[float], seed: int) -> list[str]:
 def _load_model(path: str):
     load = getattr(ss, "load", None)
     if load is None:
-        from scoresde.checkpoint import load
+        from scoresde.runs.load import load
     return load(path)
 
 
 def digits_rows(args) -> list[str]:
-    from scoresde.data import load_dataset
+    from scoresde.data.datasets import load_dataset
     x = load_dataset("digits").x                                            # (1797, 1, 8, 8) in [-1, 1]
     n_test = len(x) // 5                                                    # held out: the first 20%
     test, train = x[:n_test][:args.digits_n], x[n_test:]
@@ -85,7 +86,7 @@ def digits_rows(args) -> list[str]:
     elif args.train_steps > 0:
         train_fn = getattr(ss, "train", None)
         if train_fn is None:
-            from scoresde.train import train as train_fn
+            from scoresde.training.api import train as train_fn
         out = args.run_dir or tempfile.mkdtemp(prefix="likelihood_digits_")
         cfg = {"name": "likelihood_digits", "seed": 0, "device": args.device,
                "sde": {"name": args.sde},
@@ -113,7 +114,7 @@ def digits_rows(args) -> list[str]:
         rows.append(f"| score model | {div} | {out['mean_bpd']:.3f} | {out['stderr_bpd']:.3f} | "
                     f"{out['mean_nats']:.1f} | {out['nfe']} | {out['seconds']:.1f} |")
     # references: a diagonal Gaussian fitted to the training images, and the uniform density
-    deq = lambda v: ss.likelihood.dequantize(v.double(), levels=17, data_range=(-1.0, 1.0),  # noqa: E731
+    deq = lambda v: dequantize(v.double(), levels=17, data_range=(-1.0, 1.0),  # noqa: E731
                                              generator=g).flatten(1)
     xq, xt = deq(test), deq(train)                                          # fit on dequantised data
     mu, sd = xt.mean(0), xt.std(0)

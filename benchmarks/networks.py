@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from scoresde.nets import count_parameters, get_model  # noqa: E402
-from scoresde.nets.cuda import autocast, prepare_model, to_channels_last  # noqa: E402
+from scoresde.models.nets.device import autocast, prepare_model, to_channels_last
 
 CONFIGS = {
     "cifar10": {"ddpm_unet": {}, "ddpmpp": {}, "ncsnpp": {}},

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 import scoresde as ss
-from scoresde.samplers import sample
+from scoresde.samplers.core import sample
 
 OUT = Path(__file__).parent / "results"
 

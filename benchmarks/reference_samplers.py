@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 import scoresde as ss
-from scoresde.analytic import Gaussian, four_mode_mixture, mode_stats
-from scoresde.samplers import sample
+from scoresde.sde.analytic import Gaussian, four_mode_mixture, mode_stats
+from scoresde.samplers.core import sample
 
 # (label, sampler, options); the SDE samplers run `--steps` steps
 CONFIGS = [

@@ -54,10 +54,10 @@ import torch
 from tqdm.auto import tqdm
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture
-from scoresde.checkpoint import list_checkpoints
-from scoresde.config import load_toml
-from scoresde.samplers import sample
+from scoresde.sde.analytic import four_mode_mixture
+from scoresde.runs.checkpoint import list_checkpoints
+from scoresde._common.toml import load_toml
+from scoresde.samplers.core import sample
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fast_samplers import metric  # noqa: E402  (TV + KL of the mixture; shared with fast_samplers)

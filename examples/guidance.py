@@ -20,7 +20,8 @@ import time
 import torch
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture
+from scoresde._common.tensors import as_time
+from scoresde.sde.analytic import four_mode_mixture
 
 WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 K = 4
@@ -34,7 +35,7 @@ class ExactConditional:
         self.mix, self.sde = mix, sde
 
     def __call__(self, x, t, y=None):
-        mean, var = self.mix._perturbed(self.sde, ss.utils.as_time(t, x.double()), x.ndim)
+        mean, var = self.mix._perturbed(self.sde, as_time(t, x.double()), x.ndim)
         comp = (-(x.double()[:, None] - mean) / var).to(x.dtype)              # (B, K, 2)
         cond = comp[torch.arange(len(x)), y.clamp(max=K - 1)]
         return torch.where((y == K)[:, None], self.mix.score(x, t, self.sde), cond)

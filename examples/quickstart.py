@@ -6,7 +6,7 @@ x_{i-1} = x_i - f_rev + G z (Song et al. 2021, eq. 45) run from the prior to t ~
 import torch
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture, mode_stats
+from scoresde.sde.analytic import four_mode_mixture, mode_stats
 
 torch.manual_seed(0)
 sde = ss.VPSDE(N=500)

@@ -1,26 +1,32 @@
 """scoresde: score-based generative modelling through stochastic differential equations.
 
 Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differential
-Equations", arXiv:2011.13456.
+Equations", arXiv:2011.13456. The package is layered; each layer imports only those below it
+(docs/architecture.md, enforced by import-linter):
+
+    _common -> sde -> data -> samplers | evaluation -> models -> runs -> pretrained -> training -> cli
+
+This module holds the public names only.
 """
-from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
-from .sde_discrete import DiscreteVPSDE, CosineVPSDE
-from .analytic import Gaussian, GaussianMixture
-from .likelihood import bits_per_dim, dataset_likelihood
-from .losses import dsm_loss, ddpm_loss, smld_loss
-from .parameterization import ScoreModel, score_from_eps, eps_from_score
-from .guidance import (classifier_free_score, classifier_guided_score, impute, NoiseConditionalClassifier,
-                       conditional_dsm_loss, classifier_loss, label_dropout)
-from .nets import get_model, list_models
-from .ema import EMA
+from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde, DiscreteVPSDE, CosineVPSDE, Gaussian, GaussianMixture
+from .evaluation.likelihood import bits_per_dim, dataset_likelihood
+from .training.losses import dsm_loss, ddpm_loss, smld_loss, conditional_dsm_loss, classifier_loss, label_dropout
+from .models.score_model import ScoreModel, score_from_eps, eps_from_score
+from .models.guidance import classifier_free_score, classifier_guided_score
+from .models.classifier import NoiseConditionalClassifier
+from .samplers.inpainting import impute
+from .models.nets import get_model, list_models
+from .models.ema import EMA
 from .samplers import list_samplers
 from .samplers.optimize import optimize_steps
-from .utils import Registry, append_dims
-from .checks import NonFiniteError
-from .train import train, TrainResult, TrainingError
-from .checkpoint import load, CheckpointError
-from .data import load_dataset, list_datasets
-from .latent import Autoencoder, load_autoencoder
+from ._common.registry import Registry
+from ._common.tensors import append_dims
+from ._common.finite import NonFiniteError
+from .training.api import train, TrainResult, TrainingError
+from .runs.load import load, load_autoencoder
+from .runs.checkpoint import CheckpointError
+from .data.datasets import load_dataset, list_datasets
+from .models.autoencoders import Autoencoder
 from . import pretrained
 from . import metrics
 from . import discrete                      # masked diffusion for token sequences (MDLM / LLaDA)

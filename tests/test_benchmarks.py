@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scoresde.analytic import GaussianMixture, four_mode_mixture
+from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

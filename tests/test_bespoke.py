@@ -8,11 +8,11 @@ import torch
 from click.testing import CliRunner
 
 import scoresde as ss
-from scoresde.cli import cli
-from scoresde.samplers import sample
-from scoresde.samplers.bespoke import check_weights, unipc_weights
-from scoresde.samplers.optimize import load_steps, save_steps
-from scoresde.samplers.schedules import time_grid
+from scoresde.cli.main import cli
+from scoresde.samplers.core import sample
+from scoresde.samplers.bns import check_weights, unipc_weights
+from scoresde.runs.steps import load_steps, save_steps
+from scoresde.samplers.grids import time_grid
 from problems import four_mode_mixture
 
 SDE = ss.VPSDE(0.1, 20.0)

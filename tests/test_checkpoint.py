@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scoresde.checkpoint import (CheckpointError, atomic_write_bytes, find_checkpoint, flatten_state, load,
-                                 read_checkpoint, save_checkpoint, unflatten_state)
+from scoresde.runs.checkpoint import (CheckpointError, find_checkpoint, flatten_state, read_checkpoint, save_checkpoint, unflatten_state)
+from scoresde._common.files import atomic_write_bytes
+from scoresde.runs.load import load
 
 
 def test_flatten_round_trip_keeps_int_keys_tuples_and_tensors():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from scoresde.checkpoint import list_checkpoints
-from scoresde.cli import cli
+from scoresde.runs.checkpoint import list_checkpoints
+from scoresde.cli.main import cli
 
 TINY = ["--device", "cpu", "--no-progress", "--steps", "6", "--batch-size", "16", "--set", "data.size=200",
         "--set", "model.width=8", "--set", "model.depth=1", "--set", "model.embed_dim=8", "--set", "sample.n=16",

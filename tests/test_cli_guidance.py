@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture
-from scoresde.checkpoint import read_checkpoint
-from scoresde.data import load_dataset
-from scoresde.masks import make_mask
+from scoresde.sde.analytic import four_mode_mixture
+from scoresde.runs.checkpoint import read_checkpoint
+from scoresde.data.datasets import load_dataset
+from scoresde.data.masks import make_mask
 from test_cli import one_line_error, run
 
 TINY = ["--device", "cpu", "--no-progress", "--steps", "4", "--batch-size", "16", "--set", "data.size=200",

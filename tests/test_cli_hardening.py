@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import scoresde.checkpoint as ckpt
-import scoresde.plotting as plotting
+import scoresde.runs.load as ckpt
+import scoresde.runs.plots as plotting
 from test_cli import TINY, one_line_error, run
 from test_hardening import time_limit
 
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def spy_load(monkeypatch):
-    """Wrap `scoresde.checkpoint.load`: record the thread count at every network call and, with
+    """Wrap `scoresde.runs.load.load`: record the thread count at every network call and, with
     `state["nan"]`, return a model whose weights are NaN (what a damaged checkpoint gives)."""
     real, state = ckpt.load, {"nan": False, "threads": []}
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde.analytic import mode_stats
-from scoresde.data import list_datasets, load_dataset
+from scoresde.sde.analytic import mode_stats
+from scoresde.data.datasets import list_datasets, load_dataset
 
 
 @pytest.mark.parametrize("name", ["mixture", "moons", "swissroll", "checkerboard", "rings"])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scoresde.checkpoint import list_checkpoints
+from scoresde.runs.checkpoint import list_checkpoints
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
@@ -33,6 +33,6 @@ def test_two_ranks_end_identical(tmp_path):
     assert [s for s, _ in list_checkpoints(out)] == [10, 20]
     assert stdout.count("run directory") == 1          # only rank 0 reports (and writes)
     # each rank drew its own batches: a one-process run with the same seed ends elsewhere
-    from scoresde.checkpoint import read_checkpoint
+    from scoresde.runs.checkpoint import read_checkpoint
     _, meta = read_checkpoint(list_checkpoints(out)[-1][1])
     assert meta["world_size"] == 2

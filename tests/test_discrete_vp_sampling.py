@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.samplers import sample
+from scoresde.samplers.core import sample
 from problems import Gaussian, four_mode_mixture
 from test_guidance import ExactConditional, class_rate, exact_classifier
 
@@ -136,7 +136,7 @@ def test_times_reproduce_the_default_grids():
 def test_times_nonuniform_grid_and_data_time():
     sde = SDES["cosine"]()
     data = Gaussian(MU, STD)
-    from scoresde.samplers.schedules import time_grid
+    from scoresde.samplers.grids import time_grid
     grid = time_grid(sde, 300, sde.default_eps, "logsnr")
     x = sample(sde, data.score_fn(sde), (2000, 2), sampler="ancestral", times=grid, dtype=torch.float64,
                generator=torch.Generator().manual_seed(3))

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import scoresde as ss
 from scoresde.nets import count_parameters, get_model
-from scoresde.nets.dit import DIT_PRESETS, sincos_pos_embed_2d, timestep_embedding
+from scoresde.models.nets.dit import DIT_PRESETS, sincos_pos_embed_2d, timestep_embedding
 from scoresde.pretrained.dit import OFFICIAL_DEFAULTS, DiscreteTimestepScoreModel
 
 DATA = Path(__file__).parent / "data" / "dit"

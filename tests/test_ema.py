@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import scoresde as ss
-from scoresde.ema import EMA
+from scoresde.models.ema import EMA
 
 
 def toy(value=0.0):

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.checkpoint import (CheckpointError, StorageError, list_checkpoints, read_checkpoint,
-                                 save_checkpoint)
-from scoresde.engine import Engine, resolve_run
-from scoresde.tasks import TASKS, Task
+from scoresde.runs.checkpoint import CheckpointError, list_checkpoints, read_checkpoint, save_checkpoint
+from scoresde._common.files import StorageError
+from scoresde.training.engine import Engine
+from scoresde.training.resolve import resolve_run
+from scoresde.training.tasks.base import TASKS, Task
 
 HERE = os.path.dirname(__file__)
 LEGACY = os.path.join(HERE, "data", "legacy_run")
@@ -159,7 +160,7 @@ def flip_bytes(path, group, n):
 @pytest.mark.parametrize("group,n", [("model", 64), ("ema", 128)])
 def test_flipped_bytes_are_refused_and_resume_falls_back(tmp_path, group, n, capsys):
     from click.testing import CliRunner
-    from scoresde.cli import cli
+    from scoresde.cli.main import cli
     ss.train(tiny(steps=20, keep=2), out=str(tmp_path))
     (_, older), (_, newest) = list_checkpoints(tmp_path)
     flip_bytes(newest, group, n)
@@ -200,7 +201,7 @@ def test_full_disk_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monk
 
 def test_full_disk_in_the_cli_is_one_line(tmp_path, monkeypatch):
     from click.testing import CliRunner
-    from scoresde.cli import cli
+    from scoresde.cli.main import cli
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "r"), "--steps", "5", *TINY_ARGS],
                            standalone_mode=False)

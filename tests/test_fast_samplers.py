@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.samplers import SAMPLERS, uniform_grid
-from scoresde.samplers.schedules import time_grid
+from scoresde.samplers.core import SAMPLERS, uniform_grid
+from scoresde.samplers.grids import time_grid
 from problems import Gaussian, four_mode_mixture, mode_stats
 
 SDES = {"vp": lambda: ss.VPSDE(0.1, 20.0), "subvp": lambda: ss.SubVPSDE(0.1, 20.0), "ve": lambda: ss.VESDE(0.01, 50.0)}

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.guidance import (NoiseConditionalClassifier, classifier_free_score, classifier_guided_score,
-                               classifier_loss, conditional_dsm_loss, impute, label_dropout)
+from scoresde._common.tensors import as_time
+from scoresde.models.classifier import NoiseConditionalClassifier
+from scoresde.models.guidance import classifier_free_score, classifier_guided_score
+from scoresde.training.losses import classifier_loss, conditional_dsm_loss, label_dropout
+from scoresde.samplers.inpainting import impute
 from scoresde.nets import get_model
 from problems import Gaussian, four_mode_mixture
 
@@ -27,7 +30,7 @@ class ExactConditional:
         self.mix, self.sde, self.calls, self.batches = mix, sde, 0, []
 
     def component_scores(self, x, t):                        # (B, K, *D)
-        mean, var = self.mix._perturbed(self.sde, ss.utils.as_time(t, x.double()), x.ndim)
+        mean, var = self.mix._perturbed(self.sde, as_time(t, x.double()), x.ndim)
         return (-(x.double()[:, None] - mean) / var).to(x.dtype)
 
     def __call__(self, x, t, y=None):
@@ -42,7 +45,7 @@ class ExactConditional:
 def exact_classifier(mix, sde):
     """logits of p(y | x_t) = responsibilities of the perturbed mixture components."""
     def clf(x, t):
-        mean, var = mix._perturbed(sde, ss.utils.as_time(t, x), x.ndim)
+        mean, var = mix._perturbed(sde, as_time(t, x), x.ndim)
         comp = -0.5 * ((x.double()[:, None] - mean).square() / var + torch.log(2 * math.pi * var))
         return (comp.flatten(2).sum(-1) + mix.weights.log()).to(x.dtype)
     clf.num_classes = K
@@ -350,7 +353,7 @@ def test_validation(problem):
         classifier_free_score(model, 4, 1.0)                       # the null label is not a class to request
     with pytest.raises(ValueError, match=r"y: expected shape \(4,\)"):
         classifier_free_score(model, torch.zeros(3, dtype=torch.long), 1.0)(x, 0.5)
-    with pytest.raises(TypeError, match="w"):
+    with pytest.raises(ValueError, match="w: expected a finite number"):
         classifier_free_score(model, 1, float("nan"))
     with pytest.raises(ValueError, match="num_classes"):
         classifier_free_score(fn, 1, 1.0)

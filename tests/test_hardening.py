@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.analytic import four_mode_mixture
-from scoresde.checks import CheckedScore, NonFiniteError
-from scoresde.config import resolve
-from scoresde.data import check_data_source
-from scoresde.likelihood import _ExampleBar, dataset_likelihood
-from scoresde.plotting import inpainting_grid, pair_rows, plot_samples
-from scoresde.utils import policy_threads, thread_policy
+from scoresde.sde.analytic import four_mode_mixture
+from scoresde._common.finite import CheckedScore, NonFiniteError
+from scoresde.training.config import resolve
+from scoresde.data.datasets import check_data_source
+from scoresde.evaluation.likelihood import _ExampleBar, dataset_likelihood
+from scoresde.runs.plots import inpainting_grid, pair_rows, plot_samples
+from scoresde._common.threads import policy_threads, thread_policy
 
 SDE = ss.VPSDE()
 SCORE = four_mode_mixture().score_fn(SDE)
@@ -91,7 +91,7 @@ def test_nan_score_in_log_likelihood_fails_fast():
 
 
 def test_odeint_stops_on_a_nan_derivative():
-    from scoresde.odeint import odeint_rk45
+    from scoresde._common.odeint import odeint_rk45
     with time_limit(20), pytest.raises(NonFiniteError, match="odeint_rk45: NaN/inf in the step from t = "):
         odeint_rk45(lambda t, y: y * float("nan") if t > 0.5 else -y, torch.ones(3), 0.0, 1.0)
 

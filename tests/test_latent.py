@@ -12,9 +12,11 @@ import torch
 from click.testing import CliRunner
 
 import scoresde as ss
-from scoresde.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
-from scoresde.cli import cli
-from scoresde.latent import Autoencoder, DiagonalGaussian, KLAutoencoder, load_autoencoder, measure_scale_factor
+from scoresde.runs.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from scoresde.cli.main import cli
+from scoresde.models.autoencoders.autoencoder import Autoencoder, measure_scale_factor
+from scoresde.models.autoencoders.vae import DiagonalGaussian, KLAutoencoder
+from scoresde.runs.load import load_autoencoder
 
 VAE = {"ch": 8, "ch_mult": [1, 2, 2], "num_groups": 4, "mid_attn": False}
 QUIET = {"progress": False, "log_every": 5}

@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 
 import scoresde as ss
-from scoresde.checkpoint import read_checkpoint
-from scoresde.cli import cli
-from scoresde.discrete.data import load_tokens
-from scoresde.discrete.languages import get_language
-from scoresde.discrete.model import AutoregressiveLM, MaskedLM
-from scoresde.discrete.tokenizer import CharTokenizer
+from scoresde.runs.checkpoint import read_checkpoint
+from scoresde.cli.main import cli
+from scoresde.data.tokens import load_tokens
+from scoresde.data.languages import get_language
+from scoresde.models.token_model import AutoregressiveLM, MaskedLM
+from scoresde.data.tokenizer import CharTokenizer
 from scoresde.nets import count_parameters, get_model
 
 HERE = os.path.dirname(__file__)
@@ -168,7 +168,7 @@ def test_autoregressive_baseline_and_config_checks(tmp_path):
         ss.train(tiny(sample={"sampler": "pc"}), out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="discrete.remasking: expected one of"):
         ss.train(tiny(discrete={"remasking": "best"}), out=str(tmp_path / "x"))
-    from scoresde.train import resolve_config
+    from scoresde.training.api import resolve_config
     default = resolve_config({})
     assert default["task"] == "score" and default["model"] == {"name": "mlp", "parameterization": "eps"}
     assert "discrete" not in default                                  # a section of the sequence tasks only
@@ -264,7 +264,7 @@ def test_benchmark_budget_is_cpu_time_of_the_process(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cfg = tiny(train={"steps": 10 ** 6, "ckpt_every": 10 ** 6})
-    from scoresde.config import validate
+    from scoresde.training.config import validate
     assert validate(cfg)["discrete"]["loss"] == "count"                        # the lower-variance default
     w0 = time.perf_counter()
     r, cpu, wall = bench.train_for(cfg, str(tmp_path / "run"), 1.5)

@@ -17,7 +17,7 @@ from scoresde.metrics import (Reference, class_accuracy, digits_split, evaluate,
                               fid_from_features, frechet_distance, get_feature_net, inception_score, kid,
                               load_digits_classifier, load_inception, load_stats, mmd2_unbiased, precision_recall,
                               run_metric_name, run_metrics, save_stats)
-from scoresde.metrics.inception import INCEPTION_WEIGHTS_ENV, random_inception_state_dict, tf1_resize_bilinear
+from scoresde.evaluation.metrics.inception import (INCEPTION_WEIGHTS_ENV, random_inception_state_dict, tf1_resize_bilinear)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
@@ -174,7 +174,7 @@ def test_precision_recall_on_toy_manifolds():
     assert pr["precision"] == pytest.approx(0.5, abs=0.01) and pr["recall"] > 0.98
     # k-th neighbour radii on a grid: points at spacing h have their 3rd neighbour at 2h (two on each side)
     grid = torch.arange(20, dtype=torch.float64)[:, None] * 0.5
-    from scoresde.metrics.precision_recall import kth_neighbour_radii
+    from scoresde.evaluation.metrics.precision_recall import kth_neighbour_radii
     assert torch.allclose(kth_neighbour_radii(grid, 3)[5:15], torch.full((10,), 1.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="k: expected an integer"):
         precision_recall(real[:3], half, k=3)
@@ -231,7 +231,7 @@ def test_inception_features_equal_torch_fidelity(fixture, random_inception):
 def test_inception_input_conversion():
     """[-1, 1] samples become the 8-bit images they were made from (EDM's x * 127.5 + 128, floored);
     grey images are repeated to three channels."""
-    from scoresde.metrics.features import _to_uint8_range
+    from scoresde.evaluation.metrics.features import _to_uint8_range
     u = torch.randint(0, 256, (4, 3, 5, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     assert torch.equal(_to_uint8_range(u.float() / 127.5 - 1), u.float())
     assert torch.equal(_to_uint8_range(u), u.float())
@@ -271,7 +271,7 @@ def test_load_inception_errors(tmp_path, monkeypatch):
 # --- digits ---------------------------------------------------------------------------------------------
 def test_shipped_digits_classifier():
     from safetensors import safe_open
-    from scoresde.metrics.digits import DIGITS_WEIGHTS
+    from scoresde.evaluation.metrics.digits import DIGITS_WEIGHTS
     net = load_digits_classifier()
     x_train, _, x_test, y_test = digits_split()
     assert len(x_test) == 359 and len(x_train) == 1438 and os.path.getsize(DIGITS_WEIGHTS) < 200_000
@@ -291,7 +291,7 @@ def test_shipped_digits_classifier():
 
 
 def test_train_digits_classifier_learns_quickly():
-    from scoresde.metrics.train_digits import _shift, train_digits_classifier
+    from scoresde.evaluation.metrics.train_digits import _shift, train_digits_classifier
     x_train, y_train, x_test, y_test = digits_split()
     net = train_digits_classifier(x_train[:600], y_train[:600], epochs=8, progress=False, width=8)
     with torch.no_grad():
@@ -339,7 +339,7 @@ def test_evaluate_with_a_callable_and_stats_reference(tmp_path):
 
 def test_run_metrics_per_dataset():
     mix = ss.load_dataset("mixture", size=3000)
-    from scoresde.analytic import mode_stats
+    from scoresde.sde.analytic import mode_stats
     out = run_metrics(mix, mix.x[:1000])
     assert out == dict(zip(("mode_weight_tv", "within_mode_std_error"), mode_stats(mix.mixture, mix.x[:1000])))
     assert run_metric_name(mix) == "mode_weight_tv"

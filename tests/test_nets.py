@@ -8,8 +8,8 @@ import torch
 
 import scoresde as ss
 from scoresde.nets import MODELS, count_parameters, get_model, list_models
-from scoresde.nets.cuda import autocast, prepare_model, to_channels_last
-from scoresde.nets.layers import GaussianFourierProjection, fir_resample, sinusoidal_embedding
+from scoresde.models.nets.device import autocast, prepare_model, to_channels_last
+from scoresde.models.nets.layers import GaussianFourierProjection, fir_resample, sinusoidal_embedding
 
 UNETS = ["ddpm_unet", "ddpmpp", "ncsnpp"]
 TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4, 8))

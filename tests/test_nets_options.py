@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.nets.layers import fir_resample
-from scoresde.nets.resample import Resample, fir_down, fir_up, upfirdn2d
+from scoresde.models.nets.layers import fir_resample
+from scoresde.models.nets.resample import Resample, fir_down, fir_up, upfirdn2d
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
 OPTIONS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from scoresde.odeint import odeint_rk45
+from scoresde._common.odeint import odeint_rk45
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.1)])

@@ -8,10 +8,11 @@ import torch
 from click.testing import CliRunner
 
 import scoresde as ss
-from scoresde.cli import cli
-from scoresde.samplers import sample
-from scoresde.samplers.optimize import FAST_SAMPLERS, grid_size, load_steps, min_budget, save_steps, steps_path
-from scoresde.samplers.schedules import time_grid
+from scoresde.cli.main import cli
+from scoresde.samplers.core import sample
+from scoresde.samplers.optimize import FAST_SAMPLERS, grid_size, min_budget
+from scoresde.runs.steps import load_steps, save_steps, steps_path
+from scoresde.samplers.grids import time_grid
 from problems import four_mode_mixture
 
 SDE = ss.VPSDE(0.1, 20.0)

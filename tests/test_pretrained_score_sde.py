@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import scoresde as ss
-from scoresde.nets.layers import GaussianFourierProjection
+from scoresde.models.nets.layers import GaussianFourierProjection
 from scoresde.pretrained import score_sde as S
 from scoresde.pretrained.score_sde_keys import official_entries
 

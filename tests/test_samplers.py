@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.samplers import SAMPLERS, sample
+from scoresde.samplers.core import SAMPLERS, sample
 from problems import Gaussian, four_mode_mixture, mode_stats
 
 SDES = ["vp", "subvp", "ve"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.utils import Registry
+from scoresde._common.registry import Registry
 
 B0, B1, SMIN, SMAX = 0.1, 20.0, 0.01, 50.0
 SHAPES = [(5, 2), (3, 2, 4, 4)]  # rank-2 points and rank-4 images

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.sde_discrete import beta_schedule
+from scoresde.sde.alpha_bar import beta_schedule
 
 M = 1000
 TABLES = {

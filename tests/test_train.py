@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.checkpoint import list_checkpoints, read_checkpoint
+from scoresde.runs.checkpoint import list_checkpoints, read_checkpoint
 
 TINY = {"data": {"size": 400}, "model": {"width": 16, "depth": 1, "embed_dim": 8},
         "train": {"steps": 20, "batch_size": 32, "warmup": 5, "log_every": 5, "ckpt_every": 10, "progress": False},
@@ -56,22 +56,22 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     ss.train(tiny(steps=10), out=str(tmp_path))
     (step, path), = list_checkpoints(tmp_path)
     before = open(path, "rb").read()
-    import scoresde.losses
-    monkeypatch.setattr(scoresde.losses, "dsm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    import scoresde.training.losses
+    monkeypatch.setattr(scoresde.training.losses, "dsm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(ss.TrainingError, match="non-finite for 3 steps in a row.*ckpt_00000010"):
         ss.train({"train": {"steps": 100, "max_nonfinite": 3}}, out=str(tmp_path), resume=True)
     assert list_checkpoints(tmp_path) == [(10, path)] and open(path, "rb").read() == before
 
 
 def test_isolated_nonfinite_steps_are_skipped(tmp_path, monkeypatch):
-    import scoresde.losses
-    real, calls = scoresde.losses.dsm_loss, []
+    import scoresde.training.losses
+    real, calls = scoresde.training.losses.dsm_loss, []
 
     def flaky(*a, **k):
         calls.append(1)
         loss = real(*a, **k)
         return loss * float("inf") if len(calls) % 4 == 0 else loss
-    monkeypatch.setattr(scoresde.losses, "dsm_loss", flaky)
+    monkeypatch.setattr(scoresde.training.losses, "dsm_loss", flaky)
     r = ss.train(tiny(steps=12), out=str(tmp_path))
     assert r.skipped == 3 and r.step == 12
     assert r.checkpoint.endswith("ckpt_00000012.safetensors")

@@ -11,12 +11,13 @@ called exactly as its original code calls it. Nothing is downloaded and nothing 
 tensors and plain containers. `load_any` is the dispatcher the command line uses.
 """
 from __future__ import annotations
-
 import importlib
 import os
 from typing import Any
 
+
 __all__ = ["load_score_sde", "list_configs", "from_diffusers", "load_dit", "load_any"]
+
 
 _LAZY = {"load_score_sde": ".score_sde", "list_configs": ".score_sde", "from_diffusers": ".diffusers_models",
          "load_dit": ".dit"}
@@ -64,7 +65,7 @@ def load_any(path: str | os.PathLike, *, config: Any = None, ema: bool = True, d
         if config is not None:
             raise ValueError(f"config: a scoresde run or checkpoint ({path!r}) carries its own config; "
                              f"found config={config!r}")
-        from ..checkpoint import load
+        from scoresde.runs.load import load
         return load(path, ema=ema, device=device)
     model.eval()
     return (model.to(device) if device is not None else model), sde

@@ -8,16 +8,17 @@ scipy's RK45, with the same tolerance semantics); the other scipy `solve_ivp` me
 available too, at the cost of one host round trip per function evaluation.
 """
 from __future__ import annotations
-
 import numpy as np
 import torch
+from scoresde._common.finite import NonFiniteError
+from scoresde._common.odeint import odeint_rk45
+from scoresde._common.tensors import append_dims
+from scoresde._common.validation import check_choice, check_positive
+from scoresde.samplers.core import SAMPLERS, check_options, flush_checks
 
-from ..checks import NonFiniteError
-from ..odeint import odeint_rk45
-from ..utils import append_dims, check_choice, check_positive
-from . import SAMPLERS, check_options, flush_checks
 
 __all__ = ["ode", "ODE_METHODS", "TimeBar"]
+
 
 # "RK45": torch, on the data's device; the others: scipy.integrate.solve_ivp on the host (float64)
 ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -104,4 +105,3 @@ def tweedie_denoise(sde, score_fn, x: torch.Tensor, t: float) -> torch.Tensor:
     # x_0 = (x_t + sigma_t^2 s) / alpha_t   (Efron 2011; Song et al. 2021, App. D.4 "denoising")
     score = score_fn(x, tb)
     return (x + append_dims(sigma.square(), x.ndim) * score) / append_dims(alpha, x.ndim)
-

@@ -36,27 +36,31 @@ plus the final data prediction, 2 L - 1 for L times, so B must be odd and >= 3; 
 `load_steps` keep a grid in a run directory (RUN/steps/<sampler>-<budget>.json).
 """
 from __future__ import annotations
-
-import json
 import math
-import os
 import time
 from typing import Any, Callable
-
 import numpy as np
 import torch
+from scoresde.samplers.core import SAMPLERS, sample
+from scoresde._common.validation import check_int
+from scoresde.samplers.grids import time_grid
 
-from . import SAMPLERS, sample
-from ..utils import check_int
-from .schedules import time_grid
 
-__all__ = ["optimize_steps", "grid_size", "min_budget", "save_steps", "load_steps", "steps_path", "FAST_SAMPLERS",
-           "FITTED_SAMPLERS"]
+__all__ = ["optimize_steps", "grid_size", "min_budget", "FAST_SAMPLERS", "FITTED_SAMPLERS"]
+
 
 FAST_SAMPLERS = ("ddim", "heun", "dpm_solver", "deis", "unipc")
+
+
 FITTED_SAMPLERS = FAST_SAMPLERS + ("bns",)     # bns: its step weights are fitted too (samplers/bespoke.py)
+
+
 LOSSES = ("rmse", "l2", "geometric")
+
+
 INIT_SCHEDULES = ("logsnr", "karras", "quadratic", "uniform")
+
+
 _SLACK = 1e-3                          # initial share of the lambda range left between the last time and eps
 
 
@@ -234,7 +238,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         best["err"] = err_default
     extra: dict[str, Any] = {}
     if sampler == "bns":
-        from .bespoke import fit_bns, unipc_weights
+        from scoresde.samplers.bns import fit_bns, unipc_weights
         extra = {"error_unipc": best["err"], "iterations": iterations}
         g, weights, _ = fit_bns(sde, score_fn, x_T, x_ref, grid, pooled, iterations=iterations, bar=bar)
         e = error(g, "bns", weights=weights)                   # as `sample` runs it
@@ -272,42 +276,3 @@ def _calibration_batch(sde, score_fn, calibration, generator, device, dtype) -> 
         raise ValueError(f"calibration: a number of draws ({n}) needs a score_fn with a `data_shape` attribute "
                          "(a trained model); pass the prior draws x_T as a tensor instead")
     return sde.prior_sampling((n, *shape), generator=generator, device=device, dtype=dtype)
-
-
-# --- storage in a run directory --------------------------------------------------------------------
-def steps_path(run_dir: str | os.PathLike, sampler: str, budget: int) -> str:
-    """RUN/steps/<sampler>-<budget>.json"""
-    return os.path.join(os.fspath(run_dir), "steps", f"{_check_sampler(sampler)}-{check_int('budget', budget)}.json")
-
-
-def save_steps(run_dir: str | os.PathLike, grid: torch.Tensor, info: dict[str, Any], **extra: Any) -> str:
-    """Write the grid and its `optimize_steps` info (plus `extra`, e.g. checkpoint=..., seed=...) as JSON."""
-    from ..checkpoint import atomic_write_bytes
-    path = steps_path(run_dir, info["sampler"], info["budget"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    record = {"times": [float(v) for v in grid.double().tolist()], **info, **extra}
-    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
-    return path
-
-
-def load_steps(run_dir: str | os.PathLike, sampler: str, budget: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
-    """(grid, record) stored for `sampler` and `budget` in `run_dir`, or None when there is none."""
-    path = steps_path(run_dir, sampler, budget)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            record = json.load(f)
-        grid = torch.tensor(record["times"], dtype=torch.float64)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a stored time grid ({e}); delete it or rerun optimize-steps") from None
-    expected = grid_size(sampler, budget, record.get("denoise", True))
-    if grid.ndim != 1 or len(grid) != expected:
-        raise ValueError(f"{path}: expected {expected} times for {sampler} at {budget} NFE, found {len(grid)}")
-    if sampler == "bns":
-        from .bespoke import check_weights
-        try:
-            check_weights(record.get("weights"), len(grid) if record.get("denoise", True) else len(grid) - 1)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: not a stored bns fit ({e}); delete it or rerun optimize-steps") from None
-    return grid, record

@@ -21,14 +21,12 @@ the final data prediction D(x_eps; eps), which the corrector does not use (as in
 step is not corrected). All weights are float64 host numbers computed once before sampling.
 """
 from __future__ import annotations
-
 import math
-
 import numpy as np
 import torch
+from scoresde.samplers.core import SAMPLERS, progress_range
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
 
-from . import SAMPLERS, progress_range
-from .fast import _Grid, _denoised, check_order
 
 __all__ = ["unipc"]
 
@@ -70,7 +68,7 @@ def unipc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
         raise ValueError(f"variant: expected 'bh1' or 'bh2', found {variant!r}")
     if not isinstance(corrector, bool):
         raise TypeError(f"corrector: expected a bool, found {type(corrector).__name__}")
-    g = _Grid(sde, x, ts, denoise, schedule, rho)
+    g = LogSNRGrid(sde, x, ts, denoise, schedule, rho)
     orders = [min(order, i + 1) for i in range(g.n)]                  # warm-up: the history allows i + 1
     if lower_order_final:                                             # the last steps fall to order 1, 2 ...
         orders = [min(q, g.n - i) if g.n < 15 else q for i, q in enumerate(orders)]
@@ -89,7 +87,7 @@ def unipc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
     hist: list[torch.Tensor] = []                                      # D_i, D_{i-1}, ... (newest first)
     x_prev = None
     for i in progress_range(g.n + denoise, progress, "unipc"):         # the bar counts the final step too
-        D = _denoised(score_fn, x, g, i)
+        D = denoised(score_fn, x, g, i)
         if i == g.n:                                                  # final step to noise 0: x = D
             return D
         if corrector and x_prev is not None:                          # UniC on step i-1 with D(x~_i)

@@ -1,0 +1,77 @@
+"""Checkpoints: safetensors files plus JSON metadata, written atomically; loading never unpickles.
+
+One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run directory holding
+
+- `model/<name>`: the raw weights, `ema/...`: the EMA state, `optim/...`: the optimizer state,
+  `rng/...`: the random-number-generator states (torch CPU, the data/noise generator, CUDA);
+- metadata `format = "scoresde.checkpoint"`, `version`, and `meta`: JSON with the step, the
+  resolved config, the model/SDE names and arguments, counters, and the non-tensor parts of the
+  nested states (tensors stand in as references to the file's tensors).
+
+Files are written to a temporary file in the same directory, fsynced, then renamed over the
+target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept. A full
+disk is one `StorageError` line with the temporary file removed.
+
+Each file carries a SHA-256 digest of each tensor group (`model`, `ema`, `optim`, `rng`) in its
+header; reading recomputes them, so flipped bytes are a `CheckpointError` naming the file, never
+silently damaged weights. Reading validates the format and the metadata's types, and loading
+compares every weight shape the metadata implies (the network is built on the meta device, nothing
+allocated) with the tensors in the file before building the network for real.
+"""
+from __future__ import annotations
+import errno
+import os
+import tempfile
+
+
+class StorageError(OSError):
+    """A file could not be written (e.g. no space left on device); the target is left as it was."""
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, fsync, and os.replace.
+    A full disk (or a quota) raises `StorageError` with one line; the temporary file is removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = StorageError(f"no space left on device while writing {path} ({len(data) / 2**20:.1f} MiB); "
+                               "the previous file is intact")
+            err.errno = e.errno
+            raise err from None
+        raise
+    try:                                   # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete the `.<name>.*.tmp` files an interrupted `atomic_write_bytes` left in `directory` (call it
+    only while holding the run's lock, so no live writer owns them). Returns the removed paths."""
+    directory = os.fspath(directory)
+    removed = []
+    for n in os.listdir(directory) if os.path.isdir(directory) else []:
+        if n.startswith(".") and n.endswith(TMP_SUFFIX):
+            try:
+                os.unlink(os.path.join(directory, n))
+                removed.append(os.path.join(directory, n))
+            except FileNotFoundError:
+                pass
+    return removed

@@ -1,0 +1,126 @@
+"""The bodies of `scoresde sample` and `scoresde likelihood` for sequence runs (tasks masked / autoregressive).
+
+`cli.py` dispatches here when the checkpoint's task is a sequence task; these functions load the model,
+check the options against it, call the library and return the lines to print.
+"""
+from __future__ import annotations
+import json
+import os
+from typing import Any
+import torch
+
+
+__all__ = ["task_of", "sample_tokens", "likelihood_tokens"]
+
+
+def task_of(checkpoint: str) -> str | None:
+    """The task named in the newest checkpoint's header (no tensors read, nothing verified), or None when
+    the path holds no readable checkpoint (the caller's own loading then reports why)."""
+    from safetensors import safe_open
+    from scoresde.runs.checkpoint import find_checkpoint
+    try:
+        with safe_open(find_checkpoint(checkpoint), framework="pt", device="cpu") as f:
+            return json.loads((f.metadata() or {})["meta"]).get("task")
+    except Exception:
+        return None
+
+
+def _load(checkpoint: str, device: str, raw: bool):
+    from scoresde.runs.load import load
+    from scoresde._common.distributed import resolve_device
+    dev = resolve_device(device)
+    model, process = load(checkpoint, ema=not raw, device=dev)
+    return model, process, dev
+
+
+def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n: int | None, out: str | None,
+                  prompt: str | None, mask_char: str | None, temperature: float | None, remasking: str | None,
+                  block_length: int | None, seed: int, device: str, raw: bool) -> list[str]:
+    """Sample a sequence model; the texts (printed when `out` is None), or `out` written (.txt / .npy)."""
+    from scoresde._common.files import atomic_write_bytes
+    from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
+    from scoresde.runs.plots import sample_metrics
+    if out is not None:
+        ext = os.path.splitext(out)[1].lower()
+        if ext not in (".txt", ".npy"):
+            raise ValueError(f"--out {out!r}: a sequence model writes .txt (one sample per line) or .npy (token ids)")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
+    if mask_char is not None and (len(mask_char) != 1 or prompt is None):
+        raise ValueError(f"--mask-char: expected one character marking positions of --prompt to fill, found "
+                         f"{mask_char!r}{' without --prompt' if prompt is None else ''}")
+    cfg = read_checkpoint(find_checkpoint(checkpoint))[1]["config"]
+    model, process, dev = _load(checkpoint, device, raw)
+    n = n or 16
+    temperature = cfg["discrete"]["temperature"] if temperature is None else temperature
+    g = torch.Generator(dev).manual_seed(seed)
+    stats: dict[str, Any] = {}
+    if process is None:                                           # autoregressive
+        extra = {k: v for k, v in (("--sampler", sampler), ("--steps", steps), ("--remasking", remasking),
+                                   ("--block-length", block_length), ("--mask-char", mask_char)) if v is not None}
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: an autoregressive model samples left to right; only --prompt, "
+                             "--temperature, --n and --seed apply")
+        x = model.sample(n, prompt=prompt, temperature=temperature, generator=g, stats=stats, progress=True)
+        how = "autoregressive"
+    else:
+        sampler = sampler or cfg["sample"]["sampler"]
+        if sampler not in ("mdlm", "llada"):
+            raise ValueError(f"--sampler: a masked diffusion model samples with mdlm or llada, found {sampler!r}")
+        kw: dict[str, Any] = {}
+        if sampler == "llada":
+            kw = {"remasking": remasking or cfg["discrete"]["remasking"],
+                  "block_length": cfg["discrete"]["block_length"] if block_length is None else block_length}
+        elif remasking is not None or block_length is not None:
+            raise ValueError("--remasking/--block-length: options of the llada sampler, found --sampler mdlm")
+        steps = steps or cfg["sample"]["steps"]
+        x = model.sample(n, sampler=sampler, steps=steps, prompt=prompt, mask_char=mask_char, temperature=temperature,
+                         generator=g, stats=stats, progress=True, **kw)
+        how = f"{sampler}, {steps} steps"
+    x = x.cpu()
+    texts = model.decode(x)
+    m = sample_metrics(model, x)
+    summary = f"{n} samples ({how}, {stats.get('nfe', 0)} network calls)" + (
+        f", {100 * m['valid_fraction']:.1f}% valid" if "valid_fraction" in m else "")
+    if out is None:
+        return [*texts, summary]
+    if out.lower().endswith(".npy"):
+        import io
+        import numpy as np
+        buf = io.BytesIO()
+        np.save(buf, x.numpy())
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        atomic_write_bytes(out, "".join(t + "\n" for t in texts).encode())
+    return [f"wrote {summary} to {out}"]
+
+
+def likelihood_tokens(checkpoint: str, data: str, *, n: int, batch_size: int, draws: int, seed: int,
+                      device: str) -> str:
+    """The bound (masked) or the exact NLL (autoregressive) of held-out data, per token, as one line."""
+    import math
+    import time
+    from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
+    from scoresde.data.tokens import load_tokens
+    meta = read_checkpoint(find_checkpoint(checkpoint))[1]
+    D = meta["config"]["discrete"]
+    model, process, dev = _load(checkpoint, device, raw=False)
+    tok = meta["tokens"]
+    ds = load_tokens(data, seq_len=model.seq_len, size=n, seed=seed + 1, tokenizer=D["tokenizer"],
+                     text_mode=D["text_mode"], vocab_size=tok["vocab_size"], eos_id=D["eos_id"],
+                     max_depth=D["max_depth"], digits=D["digits"], existing=model.tokenizer)
+    if ds.vocab_size > model.vocab_size:
+        raise ValueError(f"--data {data!r}: token ids up to {ds.vocab_size - 1}, the model knows {model.vocab_size}")
+    x = ds.x[:n]
+    t0 = time.perf_counter()
+    if process is None:
+        nats, kind = model.nll(x, batch_size=batch_size), "exact NLL"
+    else:
+        g = torch.Generator(dev).manual_seed(seed)
+        nats = model.nelbo(x, draws=draws, batch_size=batch_size, generator=g)
+        kind = f"NELBO bound, {draws} mask draws per sequence"
+    nats = nats.double().cpu()
+    mean, se = float(nats.mean()), float(nats.std() / math.sqrt(len(nats))) if len(nats) > 1 else 0.0
+    return (f"{len(x)} sequences of {model.seq_len} tokens: {mean:.4f} +- {se:.4f} nats/token, "
+            f"{mean / math.log(2):.4f} bits/token, perplexity {math.exp(mean):.3f} ({kind}, "
+            f"{time.perf_counter() - t0:.1f} s)")

@@ -1,0 +1,309 @@
+"""Training data: built-in 2-D datasets, scikit-learn's digits (8x8, and 32x32 upsampled), `.npy`/`.npz`
+arrays, image folders.
+
+Every loader returns a `Dataset`: a float32 tensor `x` of shape (N, *D) (any rank), optional integer
+labels, and, for the four-mode mixture, the exact `GaussianMixture` it was drawn from (so sample
+quality can be scored by mode weights). Images are scaled to [-1, 1], the centred data of
+Song et al. (2021, arXiv:2011.13456). Data are checked once here: a missing path, an unreadable
+file, a wrong rank or NaN/inf values raise one clear error naming the source.
+"""
+from __future__ import annotations
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+import numpy as np
+import torch
+from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
+from scoresde._common.registry import Registry
+
+
+__all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array",
+           "load_image_folder"]
+
+
+DATASETS = Registry("dataset")
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Dataset:
+    """Training data `x` (N, *D) float32, optional `labels` (N,) int64, and provenance."""
+
+    x: torch.Tensor
+    name: str
+    labels: torch.Tensor | None = None
+    kind: str = "array"                       # "points" | "images" | "array"
+    mixture: GaussianMixture | None = None    # the exact law of the data, when known
+    classes: list[str] = field(default_factory=list)
+    levels: int | None = None                 # quantisation levels of the raw data (256: 8-bit), if any
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape D of one example."""
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def list_datasets() -> list[str]:
+    """Names of the built-in datasets."""
+    return list(DATASETS)
+
+
+# --- built-in 2-D datasets (drawn from a torch.Generator, so a seed fixes them) ----------------
+def _points(name: str, n: int, g: torch.Generator, fn: Callable) -> Dataset:
+    out = fn(n, g)                                   # x, or (x, labels) for sets made of parts
+    x, y = out if isinstance(out, tuple) else (out, None)
+    classes = [str(i) for i in range(int(y.max()) + 1)] if y is not None else []
+    return Dataset(x.float(), name, labels=y, kind="points", classes=classes)
+
+
+@DATASETS.register("mixture")
+def mixture(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
+    """The four-mode Gaussian mixture of `analytic.four_mode_mixture` (weights 0.1 ... 0.4); label = component."""
+    mix = four_mode_mixture()
+    # the draws of GaussianMixture.sample (component k, then z), keeping k as the class label
+    k = torch.multinomial(mix.weights, n, replacement=True, generator=generator)
+    z = torch.randn((n, *mix.shape), generator=generator, dtype=torch.float64)
+    x = (mix.means[k] + mix.stds[k] * z).to(torch.float32)
+    return Dataset(x, "mixture", labels=k, kind="points", mixture=mix,
+                   classes=[str(i) for i in range(len(mix.weights))])
+
+
+@DATASETS.register("moons")
+def moons(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
+    """Two interleaved half circles, centred, noise std 0.05; label 0 = upper, 1 = lower."""
+    def fn(n, g):
+        theta = math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+        upper = torch.rand(n, generator=g) < 0.5
+        x = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
+        lower = torch.stack([1 - torch.cos(theta), 0.5 - torch.sin(theta)], 1)
+        x = torch.where(upper[:, None], x, lower) - torch.tensor([0.5, 0.25], dtype=torch.float64)
+        return x + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64), (~upper).long()
+    return _points("moons", n, generator, fn)
+
+
+@DATASETS.register("swissroll")
+def swissroll(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
+    """A 2-D Swiss roll: t (cos t, sin t), t in [1.5 pi, 4.5 pi], scaled to about [-1, 1]."""
+    def fn(n, g):
+        t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
+        x = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / 10.0
+        return x + 0.02 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return _points("swissroll", n, generator, fn)
+
+
+@DATASETS.register("checkerboard")
+def checkerboard(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
+    """Uniform on the dark squares of a 4x4 checkerboard on [-2, 2]^2, scaled to [-1, 1]."""
+    def fn(n, g):
+        x1 = 4 * torch.rand(n, generator=g, dtype=torch.float64) - 2
+        x2 = torch.rand(n, generator=g, dtype=torch.float64) - 2 * torch.randint(0, 2, (n,), generator=g)
+        x2 = x2 + torch.floor(x1) % 2
+        return torch.stack([x1, x2], 1) / 2.0
+    return _points("checkerboard", n, generator, fn)
+
+
+@DATASETS.register("rings")
+def rings(n: int = 50000, generator: torch.Generator | None = None) -> Dataset:
+    """Three concentric rings, radii 1/3, 2/3 and 1 (mass proportional to radius), noise 0.02; label = ring."""
+    def fn(n, g):
+        r = torch.tensor([1 / 3, 2 / 3, 1.0], dtype=torch.float64)
+        k = torch.multinomial(r / r.sum(), n, replacement=True, generator=g)
+        theta = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+        x = r[k, None] * torch.stack([torch.cos(theta), torch.sin(theta)], 1)
+        return x + 0.02 * torch.randn(n, 2, generator=g, dtype=torch.float64), k
+    return _points("rings", n, generator, fn)
+
+
+@DATASETS.register("digits")
+def digits(n: int | None = None, generator: torch.Generator | None = None) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download), (N, 1, 8, 8) in [-1, 1]."""
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32)).unsqueeze(1) / 8.0 - 1.0   # 0..16 -> [-1, 1]
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    return Dataset(x, "digits", labels=y, kind="images", classes=[str(i) for i in range(10)], levels=17)
+
+
+@DATASETS.register("digits32")
+def digits32(n: int | None = None, generator: torch.Generator | None = None) -> Dataset:
+    """The 8x8 digits upsampled bilinearly to 32x32, (1797, 1, 32, 32) in [-1, 1]: smooth images with much
+    pixel redundancy, where an autoencoder's latents pay off (as for photographs); labels = the digit."""
+    small = digits()
+    x = torch.nn.functional.interpolate(small.x, size=(32, 32), mode="bilinear", align_corners=False)
+    return Dataset(x.clamp(-1.0, 1.0).contiguous(), "digits32", labels=small.labels, kind="images",
+                   classes=small.classes)
+
+
+# --- files ------------------------------------------------------------------------------------
+def _check_finite(x: torch.Tensor, source: str) -> None:
+    bad = (~torch.isfinite(x)).sum().item()
+    if bad:
+        raise ValueError(f"data {source}: {bad} of {x.numel()} values are NaN or infinite")
+
+
+def _check_array_header(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Rank >= 2, at least one example, real numbers: what the shape and dtype alone can tell."""
+    if len(shape) < 2:
+        raise ValueError(f"data {name}: expected an array of shape (N, *D) with at least 2 dims, found shape "
+                         f"{shape}" + ("; reshape 1-D data to (N, 1)" if len(shape) == 1 else ""))
+    if shape[0] == 0 or math.prod(shape) == 0:
+        raise ValueError(f"data {name}: expected at least one example, found shape {shape}")
+    if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"data {name}: expected real numbers, found dtype {dtype}")
+
+
+def from_array(array, name: str = "array", labels=None, normalize: str = "auto") -> Dataset:
+    """A dataset from an array or tensor of shape (N, *D); uint8 data become [-1, 1] under "auto"."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    _check_array_header(name, array.shape, array.dtype)
+    is_uint8 = array.dtype == np.uint8
+    x = torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
+    if normalize not in ("auto", "none", "standardize"):
+        raise ValueError(f"normalize: expected auto, none or standardize, found {normalize!r}")
+    _check_finite(x, name)
+    if normalize == "auto" and is_uint8:
+        x = x / 127.5 - 1.0                                          # 0..255 -> [-1, 1]
+    elif normalize == "standardize":
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
+        if len(y) != len(x):
+            raise ValueError(f"data {name}: {len(y)} labels for {len(x)} examples")
+    return Dataset(x, name, labels=y, kind="array", levels=256 if is_uint8 and normalize == "auto" else None)
+
+
+def load_array(path: str, normalize: str = "auto", labels: bool = True) -> Dataset:
+    """Load `.npy` (the array) or `.npz` (key x, data, or the only array; labels from y or labels)."""
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"data {path!r}: not a readable .npy/.npz array file ({str(e).splitlines()[0]})") from None
+    y = None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        with obj:
+            keys = list(obj.keys())
+            key = next((k for k in ("x", "data", "images") if k in keys), None)
+            if key is None:
+                data_keys = [k for k in keys if k not in ("y", "labels")]
+                if len(data_keys) != 1:
+                    raise ValueError(f"data {path!r}: expected an array named x or data (or a single array), "
+                                     f"found keys {keys}")
+                key = data_keys[0]
+            try:
+                array = obj[key]
+                lab = next((k for k in ("y", "labels") if k in keys), None)
+                y = obj[lab] if (labels and lab) else None
+            except (ValueError, OSError, EOFError) as e:
+                raise ValueError(f"data {path!r}: array {key!r} is not readable ({e})") from None
+    else:
+        array = obj
+    return from_array(array, name=path, labels=y, normalize=normalize)
+
+
+def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Dataset:
+    """Every image under `path` (recursively) as (N, C, H, W) in [-1, 1]; C = 1 if all are grey, else 3.
+
+    Images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
+    `image_size` resizes all to image_size x image_size.
+    """
+    from PIL import Image, UnidentifiedImageError
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(f"data {path!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"data {f!r}: not a readable image ({e})") from None
+    mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in images) else "RGB"
+    arrays = []
+    for f, im in zip(files, images):
+        im = im.convert(mode)
+        if image_size:
+            im = im.resize((image_size, image_size), Image.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.uint8))
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) > 1:
+        raise ValueError(f"data {path!r}: images have different sizes {sizes[:4]}; set data.image_size to resize")
+    x = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1.0       # 0..255 -> [-1, 1]
+    x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)       # (N, C, H, W)
+    rel = [os.path.relpath(os.path.dirname(f), path) for f in files]
+    classes = sorted(set(rel))
+    y = None
+    if labels and classes != ["."]:
+        y = torch.tensor([classes.index(r) for r in rel])
+    return Dataset(x.contiguous(), path, labels=y, kind="images", classes=classes if y is not None else [],
+                   levels=256)
+
+
+def _first_image(path: str) -> str | None:
+    for root, _, names in os.walk(path):
+        for f in sorted(names):
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                return os.path.join(root, f)
+    return None
+
+
+def check_data_source(name: str) -> str:
+    """Check that `name` is a built-in dataset or a readable data path, without loading it all.
+
+    Returns the kind ("builtin", "images" or "array"). Raises what `load_dataset` would for a
+    missing path (FileNotFoundError), an unreadable or unsupported file, an image folder without
+    images, or a `.npy` whose header is not an array of rank >= 2 (ValueError). `scoresde train
+    --dry-run` calls it so that a bad --data fails before any work.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"data: expected a dataset name or a path, found {name!r}")
+    if name in DATASETS:
+        return "builtin"
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"data {name!r}: no such file or directory, and not a built-in dataset "
+                                f"({', '.join(DATASETS)})")
+    if os.path.isdir(name):
+        if _first_image(name) is None:
+            raise ValueError(f"data {name!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        return "images"
+    if not os.access(name, os.R_OK):
+        raise ValueError(f"data {name!r}: the file is not readable (permission denied)")
+    if not name.lower().endswith((".npy", ".npz")):
+        raise ValueError(f"data {name!r}: expected a .npy/.npz file or an image folder")
+    try:
+        obj = np.load(name, mmap_mode="r", allow_pickle=False)       # .npy: the header only; .npz: the index
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"data {name!r}: not a readable .npy/.npz array file ({str(e).splitlines()[0]})") from None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        obj.close()
+    else:
+        _check_array_header(name, obj.shape, obj.dtype)
+    return "array"
+
+
+def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str = "auto",
+                 image_size: int = 0, labels: bool = True) -> Dataset:
+    """A built-in dataset by name, or a `.npy`/`.npz` file or an image folder by path."""
+    kind = check_data_source(name)
+    if kind == "builtin":
+        g = torch.Generator().manual_seed(seed)
+        ds = DATASETS[name](size, generator=g) if name not in ("digits", "digits32") else DATASETS[name]()
+        if not labels:
+            ds.labels = None
+        if normalize == "standardize":
+            ds.x = (ds.x - ds.x.mean(0)) / ds.x.std(0).clamp_min(1e-8)
+            ds.mixture = None
+        return ds
+    if kind == "images":
+        return load_image_folder(name, image_size=image_size, labels=labels)
+    return load_array(name, normalize=normalize, labels=labels)

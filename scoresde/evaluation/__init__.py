@@ -1,0 +1,1 @@
+"""Evaluation: the exact probability-flow likelihood, sample-quality metrics, exact token references."""

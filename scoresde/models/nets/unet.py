@@ -1,0 +1,143 @@
+"""The DDPM U-Net, Ho et al. (2020), "Denoising Diffusion Probabilistic Models", arXiv:2006.11239, App. B.
+
+A PixelCNN++-style U-Net on Wide-ResNet blocks with GroupNorm, a sinusoidal noise-level
+embedding fed to every residual block, and single-head self-attention at chosen resolutions.
+The CIFAR-10 configuration (ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn at 16x16,
+dropout 0.1) has 35.7M parameters, the figure the paper reports. With `num_classes=K` a learned
+class embedding (null label K; Ho & Salimans 2022, arXiv:2207.12598) is added to the time embedding.
+
+score_sde's PyTorch port of this network (Song et al. 2021, arXiv:2011.13456, `models/ddpm.py`) puts
+one self-attention block per up-sampling level, after all of its residual blocks, where DDPM puts one
+after every block: `attn_each_up_block=False` builds that variant (35,218,947 parameters for CIFAR-10,
+two 16x16 attention blocks of 263,680 parameters fewer). `centered=False` (data in [0, 1], mapped to
+2 x - 1 first), `scale_by_sigma` and `num_scales` are score_sde's input and output conventions.
+"""
+from __future__ import annotations
+from typing import Sequence
+import torch
+import torch.nn.functional as F
+from torch import nn
+from scoresde._common.validation import check_int, check_positive
+from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table, check_data_shape, check_inputs, check_num_classes, embed_inputs, scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
+
+
+__all__ = ["DDPMUNet"]
+
+
+class DDPMUNet(nn.Module):
+    """DDPM U-Net: forward(x, c) with x (B, C, H, W) and c (B,) a noise-conditioning value.
+
+    Args:
+        data_shape: (C, H, W); H and W divisible by 2^(len(ch_mult) - 1).
+        ch: base width; level i has ch * ch_mult[i] channels.
+        ch_mult: width multipliers, one per resolution level.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: image heights (pixels) at which self-attention follows each block.
+        dropout: dropout rate inside residual blocks.
+        embedding: "sinusoidal" (DDPM; for c = 999 t) or "fourier" (for c = log sigma).
+        fourier_scale: std of the Fourier frequencies.
+        num_groups: GroupNorm groups (32 in DDPM); must divide every width.
+        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
+    Keyword-only options (score_sde's DDPM; the defaults give the network above):
+        attn_each_up_block: False puts one attention block per up level (score_sde's DDPM).
+        centered: False for data in [0, 1]: the network computes 2 x - 1 first.
+        scale_by_sigma: divide the output by sigmas[c] (with `num_scales`, integer labels c), else exp(c).
+        num_scales: size of the float64 buffer `sigmas` (score_sde's discrete noise levels), or None.
+    """
+
+    def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
+                 embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32,
+                 num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
+                 scale_by_sigma: bool = False, num_scales: int | None = None):
+        super().__init__()
+        for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
+                           ("scale_by_sigma", scale_by_sigma)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected a bool, found {flag!r}")
+        ch_mult = check_sequence("ch_mult", ch_mult)
+        self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
+        ch, num_res_blocks, num_groups = check_int("ch", ch), check_int("num_res_blocks", num_res_blocks), \
+            check_int("num_groups", num_groups)
+        attn_resolutions = check_sequence("attn_resolutions", attn_resolutions) if attn_resolutions else ()
+        dropout = check_positive("dropout", dropout, allow_zero=True)
+        self.config = dict(data_shape=list(self.data_shape), ch=ch, ch_mult=list(ch_mult),
+                           num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
+                           dropout=dropout, embedding=embedding, fourier_scale=float(fourier_scale),
+                           num_groups=num_groups)
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes is not None:  # only then in the config: unconditional configs stay as they were
+            self.config["num_classes"] = self.num_classes
+        options = dict(attn_each_up_block=attn_each_up_block, centered=centered, scale_by_sigma=scale_by_sigma,
+                       num_scales=num_scales)
+        defaults = dict(attn_each_up_block=True, centered=True, scale_by_sigma=False, num_scales=None)
+        self.config.update({k: v for k, v in options.items() if v != defaults[k]})  # old configs unchanged
+        self.centered, self.scale_output = centered, scale_by_sigma
+        add_sigma_table(self, num_scales)
+        C, H = self.data_shape[0], self.data_shape[1]
+        tdim = 4 * ch
+        self.embed = make_embedding(embedding, ch, fourier_scale)
+        self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
+        self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
+        block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups)  # noqa: E731
+        attn = lambda a: AttnBlock(a, num_groups)  # noqa: E731
+
+        self.conv_in = conv(C, ch)
+        self.down = nn.ModuleList()
+        widths, cur, res = [ch], ch, H  # widths: channels of every skip tensor
+        for i, m in enumerate(ch_mult):
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.append(block(cur, ch * m))
+                cur = ch * m
+                if res in attn_resolutions:
+                    level.append(attn(cur))
+                widths.append(cur)
+            if i != len(ch_mult) - 1:
+                level.append(Downsample(cur))
+                widths.append(cur)
+                res //= 2
+            self.down.append(level)
+        self.mid = nn.ModuleList([block(cur, cur), attn(cur), block(cur, cur)])
+        self.up = nn.ModuleList()
+        for i, m in reversed(list(enumerate(ch_mult))):
+            level = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                level.append(block(cur + widths.pop(), ch * m))
+                cur = ch * m
+                if res in attn_resolutions and attn_each_up_block:
+                    level.append(attn(cur))
+            if res in attn_resolutions and not attn_each_up_block:
+                level.append(attn(cur))
+            if i != 0:
+                level.append(Upsample(cur))
+                res *= 2
+            self.up.append(level)
+        self.norm_out = group_norm(cur, num_groups)
+        self.conv_out = conv(cur, C, init_scale=0.0)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
+        h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
+        if not self.centered:
+            h = 2 * h - 1.0                                      # data in [0, 1] -> [-1, 1]
+        hs = [self.conv_in(h)]
+        for level in self.down:
+            for layer in level:
+                if isinstance(layer, ResBlockDDPM):
+                    hs.append(layer(hs[-1], temb))
+                elif isinstance(layer, AttnBlock):
+                    hs[-1] = layer(hs[-1])
+                else:  # Downsample
+                    hs.append(layer(hs[-1]))
+        h = self.mid[2](self.mid[1](self.mid[0](hs[-1], temb)), temb)
+        for level in self.up:
+            for layer in level:
+                if isinstance(layer, ResBlockDDPM):
+                    h = layer(torch.cat([h, hs.pop()], dim=1), temb)
+                else:  # AttnBlock or Upsample
+                    h = layer(h)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        if self.scale_output:
+            h = scale_by_sigma(self, h, check_inputs(self, x, c, h.dtype)[1])
+        return h.to(x.dtype)

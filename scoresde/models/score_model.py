@@ -1,0 +1,231 @@
+"""Score / noise / data parameterisations and the `ScoreModel` wrapper.
+
+For a linear SDE the perturbation kernel is x_t = alpha(t) x_0 + sigma(t) z, whose score is
+grad log p_0t(x_t | x_0) = -z / sigma(t). Denoising score matching therefore makes the optimal
+noise predictor eps*(x_t, t) = E[z | x_t] = -sigma(t) grad log p_t(x_t) (Tweedie's formula), which
+is why DDPM's epsilon-prediction (Ho et al. 2020, arXiv:2006.11239) is score matching
+(Song et al. 2021, "Score-Based Generative Modeling through SDEs", arXiv:2011.13456, App. B/C;
+Vincent 2011). See docs/ddpm_is_dsm.md.
+
+Conversions used below, all per sample with alpha = alpha(t), sigma = sigma(t):
+    score = -eps / sigma                      eps   = -sigma * score
+    x0    = (x + sigma^2 score) / alpha       score = (alpha x0 - x) / sigma^2
+and for the velocity v = alpha eps - sigma x0 (Salimans & Ho 2022, arXiv:2202.00512, App. D),
+with r = alpha^2 + sigma^2 (1 for VP SDEs):
+    x0    = (alpha x - sigma v) / r           eps   = (sigma x + alpha v) / r
+"""
+from __future__ import annotations
+from typing import Any, Callable
+import torch
+from torch import nn
+from scoresde._common.tensors import append_dims, as_time
+from scoresde._common.validation import check_choice
+
+
+__all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value"]
+
+
+PARAMETERIZATIONS = ("eps", "score", "x0", "v")
+
+
+CONDITIONINGS = ("auto", "t", "log_sigma", "sigma", "timestep")
+
+
+T_SCALE = 999.0   # "t" conditioning: c = 999 t, DDPM's integer timestep for N = 1000 (fixed, so
+
+
+                  # a network does not depend on the number of sampling steps)
+
+
+def conditioning_value(kind: str, sde: Any, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The (B,) value c a network is fed for conditioning `kind` ("t", "log_sigma", "sigma", "timestep")."""
+    if kind == "t":
+        return T_SCALE * t
+    if kind == "log_sigma":
+        return torch.log(sigma)
+    if kind == "timestep":
+        return sde.timestep(t)
+    return sigma
+
+
+def _check_sde(sde: Any, name: str = "sde") -> Any:
+    if not callable(getattr(sde, "marginal_coefs", None)):
+        raise TypeError(f"{name}: expected an SDE with marginal_coefs(t) (e.g. scoresde.VPSDE), "
+                        f"found {type(sde).__name__}")
+    return sde
+
+
+def _check_fn(fn: Any, name: str) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{name}: expected a callable {name}(x, t), found {type(fn).__name__}")
+    return fn
+
+
+class _Converted:
+    """A score <-> eps conversion of a callable; keeps the wrapped callable's `data_shape`."""
+
+    def __init__(self, fn: Callable, sde: Any, to: str):
+        self.fn, self.sde, self.to = fn, sde, to
+
+    @property
+    def data_shape(self):
+        return getattr(self.fn, "data_shape", None)
+
+    def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        t = as_time(t, x)
+        _, sigma = self.sde.marginal_coefs(t)
+        sigma = append_dims(sigma, x.ndim)
+        out = self.fn(x, t)
+        # score = -eps / sigma ;  eps = -sigma * score
+        return -out / sigma if self.to == "score" else -sigma * out
+
+    def __repr__(self) -> str:
+        src = "eps" if self.to == "score" else "score"
+        return f"{self.to}_from_{src}({self.fn!r}, {self.sde!r})"
+
+
+def score_from_eps(eps_fn: Callable, sde: Any) -> Callable:
+    """Score function score(x, t) = -eps_fn(x, t) / sigma(t) of a noise predictor."""
+    return _Converted(_check_fn(eps_fn, "eps_fn"), _check_sde(sde), "score")
+
+
+def eps_from_score(score_fn: Callable, sde: Any) -> Callable:
+    """Noise predictor eps(x, t) = -sigma(t) score_fn(x, t) of a score function."""
+    return _Converted(_check_fn(score_fn, "score_fn"), _check_sde(sde), "eps")
+
+
+class ScoreModel(nn.Module):
+    """Turn a network `net(x, c)` predicting eps, the score or x0 into a score function.
+
+    Args:
+        net: nn.Module (or callable) with forward(x, c), x of shape (B, *D) and c a (B,) float
+            conditioning value; its output is shaped like x. Its `data_shape` attribute, if any,
+            is exposed as `.data_shape` (so samplers accept a batch size alone).
+        sde: the SDE whose kernel x_t = alpha(t) x0 + sigma(t) z the network was trained on.
+        parameterization: what the network predicts:
+            "eps":   the noise z;            score = -net / sigma
+            "score": the score;              score = net / sigma if `scale_by_sigma`, else net
+            "x0":    the clean data;         score = (alpha net - x) / sigma^2
+            "v":     the velocity alpha eps - sigma x0;  eps = (sigma x + alpha net) / (alpha^2 + sigma^2)
+        conditioning: what the network is fed as c: "t" -> 999 t (DDPM's timestep scale, suits
+            sinusoidal embeddings), "log_sigma" -> log sigma(t) (NCSN++ VE convention),
+            "sigma" -> sigma(t), "timestep" -> `sde.timestep(t)` (the discrete timestep scale of an
+            SDE built from a discrete schedule, e.g. `DiscreteVPSDE`), "auto" ->
+            `sde.default_conditioning` ("t" for VP / sub-VP, "log_sigma" for VE).
+        scale_by_sigma: only for "score": divide the output by sigma(t) (NCSN++). Default: on when
+            the SDE's default conditioning is "log_sigma" (VE), off otherwise.
+
+    Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`
+    and `.x0(x, t)` return the noise and data predictions. A class-conditional network (built with
+    `num_classes=K`, forward(x, c, y)) takes labels: `model(x, t, y=labels)`, labels a (B,) long
+    tensor in [0, K] with K the null label; `y=None` is the null label (unconditional score).
+    `.num_classes` is the network's K (None when unconditional).
+    """
+
+    def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
+                 scale_by_sigma: bool | None = None):
+        super().__init__()
+        if not callable(net):
+            raise TypeError(f"net: expected an nn.Module (or callable) net(x, c), found {type(net).__name__}")
+        self.net = net
+        self.sde = _check_sde(sde)
+        if not isinstance(parameterization, str):
+            raise TypeError(f"parameterization: expected one of {list(PARAMETERIZATIONS)}, "
+                            f"found {type(parameterization).__name__}")
+        if not isinstance(conditioning, str):
+            raise TypeError(f"conditioning: expected one of {list(CONDITIONINGS)}, found {type(conditioning).__name__}")
+        self.parameterization = check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+        check_choice("conditioning", conditioning, CONDITIONINGS)
+        sde_default = getattr(sde, "default_conditioning", "t")
+        if conditioning == "auto":
+            conditioning = sde_default
+            check_choice("sde.default_conditioning", conditioning, CONDITIONINGS[1:])
+        if conditioning == "timestep" and not callable(getattr(sde, "timestep", None)):
+            raise ValueError(f"conditioning: 'timestep' needs an SDE with a discrete timestep scale "
+                             f"(a `timestep(t)` method, e.g. DiscreteVPSDE), found {type(sde).__name__}")
+        self.conditioning = conditioning
+        if scale_by_sigma is None:
+            scale_by_sigma = parameterization == "score" and sde_default == "log_sigma"
+        if not isinstance(scale_by_sigma, bool):
+            raise TypeError(f"scale_by_sigma: expected a bool or None, found {type(scale_by_sigma).__name__}")
+        if scale_by_sigma and parameterization != "score":
+            raise ValueError(f"scale_by_sigma: only applies to parameterization='score', found "
+                             f"parameterization={parameterization!r}")
+        self.scale_by_sigma = scale_by_sigma
+
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        shape = getattr(self.net, "data_shape", None)
+        return None if shape is None else tuple(shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.net, "num_classes", None)
+
+    def config(self) -> dict[str, Any]:
+        """The wrapper's settings (resolved), for checkpoints."""
+        return {"parameterization": self.parameterization, "conditioning": self.conditioning,
+                "scale_by_sigma": self.scale_by_sigma}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + f", sde={self.sde!r}"
+
+    # --- the network call ---------------------------------------------------------------------
+    def condition(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The (B,) conditioning value c fed to the network."""
+        return conditioning_value(self.conditioning, self.sde, t, sigma)
+
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, y)` when class-conditional.
+        Wrappers of other libraries' networks override this to adapt their call and output."""
+        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
+        return self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
+
+    def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
+        """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
+            raise TypeError(f"x: expected a floating-point tensor (B, *D), found "
+                            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+        t = as_time(t, x)
+        alpha, sigma = self.sde.marginal_coefs(t)
+        out = self.call_net(x, self.condition(t, sigma), y)
+        if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
+            out = out[:, : x.shape[1]]
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
+        return out, append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
+
+    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score grad_x log p_t(x), shaped like x."""
+        out, alpha, sigma = self._raw(x, t, y)
+        if self.parameterization == "eps":
+            return -out / sigma                                   # score = -eps / sigma
+        if self.parameterization == "score":
+            return out / sigma if self.scale_by_sigma else out
+        if self.parameterization == "v":                          # score = -eps / sigma
+            return -(sigma * x + alpha * out) / ((alpha.square() + sigma.square()) * sigma)
+        return (alpha * out - x) / sigma.square()                 # score = (alpha x0 - x) / sigma^2
+
+    def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The noise prediction eps(x, t) = E[z | x_t = x]."""
+        out, alpha, sigma = self._raw(x, t, y)
+        if self.parameterization == "eps":
+            return out
+        if self.parameterization == "score":
+            return -out if self.scale_by_sigma else -sigma * out  # eps = -sigma * score
+        if self.parameterization == "v":
+            return (sigma * x + alpha * out) / (alpha.square() + sigma.square())
+        return (x - alpha * out) / sigma                          # x = alpha x0 + sigma eps
+
+    def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula)."""
+        out, alpha, sigma = self._raw(x, t, y)
+        if self.parameterization == "eps":
+            return (x - sigma * out) / alpha
+        if self.parameterization == "score":
+            score = out / sigma if self.scale_by_sigma else out
+            return (x + sigma.square() * score) / alpha           # x0 = (x + sigma^2 score) / alpha
+        if self.parameterization == "v":
+            return (alpha * x - sigma * out) / (alpha.square() + sigma.square())
+        return out

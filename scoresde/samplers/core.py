@@ -1,0 +1,186 @@
+"""Samplers: a registry of flat functions sharing one signature, and `sample()` in front of them.
+
+Every registered sampler is
+
+    fn(sde, score_fn, x, ts, *, generator, denoise, progress, **options) -> x
+
+where `x` is the prior draw x_{t_0} shaped (B, *D) and `ts` the decreasing time grid
+t_0 = T > t_1 > ... > t_steps = eps (a `(steps + 1,)` tensor on x's device and dtype), or the
+caller's own grid `times` (T >= t_0 > ... > t_steps >= 0; samplers that lay out their own grid are
+then given `schedule="given"`). Step i calls
+`score_fn` at t_i with the whole batch and moves x to t_{i+1}; with `denoise` the last step adds
+no noise (the "noise removal" of Song et al. 2021). Samplers never dispatch on the SDE type: the
+per-SDE maths (discretisation, ancestral step, Langevin alpha) are SDE methods.
+"""
+from __future__ import annotations
+import inspect
+import time
+from typing import Any, Callable, Sequence
+import torch
+from scoresde._common.finite import CheckedScore, NonFiniteError, check_finite, nonfinite_count
+from scoresde._common.registry import Registry
+from scoresde._common.validation import check_int
+from scoresde._common.threads import thread_policy
+
+
+__all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CheckedScore",
+           "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
+
+
+SAMPLERS = Registry("sampler")
+
+
+def list_samplers() -> list[str]:
+    """Names of the registered samplers."""
+    return list(SAMPLERS)
+
+
+def flush_checks(score_fn: Any) -> None:
+    """Read the pending NaN checks of a `CheckedScore` (raises at the first non-finite value)."""
+    flush = getattr(score_fn, "flush", None)
+    if isinstance(score_fn, CheckedScore) and callable(flush):
+        flush()
+
+
+def check_samples(x: torch.Tensor, where: str) -> torch.Tensor:
+    """The final samples, refused with NonFiniteError when any entry is NaN/inf (one host read)."""
+    bad = nonfinite_count(x)
+    if bad:
+        raise NonFiniteError(f"{where}: {bad} of {x.numel()} sample values are NaN/inf although every score "
+                             "evaluation was finite; the last steps are unstable (use more steps)")
+    return x
+
+
+def uniform_grid(sde, steps: int, eps: float, device=None, dtype=None) -> torch.Tensor:
+    """t_i = T - i (T - eps) / steps, i = 0..steps: the reference samplers' uniform grid."""
+    return torch.linspace(sde.T, eps, steps + 1, device=device, dtype=dtype)
+
+
+def progress_range(n: int, progress: bool, desc: str = "sampling"):
+    """range(n), with a tqdm progress bar when `progress`."""
+    if not progress:
+        return range(n)
+    from tqdm.auto import trange
+    return trange(n, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def check_options(sampler: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` updated with the caller's `options`; unknown option names raise a TypeError."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"sampler {sampler!r}: unknown option(s) {', '.join(unknown)}; "
+                        f"expected some of: {', '.join(sorted(defaults)) or '(none)'}")
+    return {**defaults, **options}
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, on x's device and dtype, drawn from `generator`."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def check_times(sde, times: Any) -> torch.Tensor:
+    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, T]."""
+    try:
+        t = (times.detach().double().cpu() if isinstance(times, torch.Tensor)
+             else torch.tensor([float(v) for v in times], dtype=torch.float64))
+    except (TypeError, ValueError):
+        raise TypeError(f"times: expected a 1-D sequence or tensor of times, found {type(times).__name__}") from None
+    if t.ndim != 1 or len(t) < 2 or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"times: expected at least 2 finite times in a 1-D sequence, found shape {tuple(t.shape)}")
+    if not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"times: expected strictly decreasing times, found {t.tolist()[:8]}...")
+    if float(t[0]) > sde.T or float(t[-1]) < 0:
+        raise ValueError(f"times: expected times in [0, T={sde.T}], found {float(t[0])} ... {float(t[-1])}")
+    return t
+
+
+def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        data_shape = getattr(score_fn, "data_shape", None)
+        if data_shape is None:
+            raise ValueError(f"shape: expected (B, *D); a batch size alone ({shape}) needs a score_fn "
+                             "with a `data_shape` attribute (a trained ScoreModel)")
+        return (shape, *data_shape)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ValueError(f"shape: expected a batch size or a sequence of positive ints (B, *D), found {shape!r}")
+    return tuple(shape)
+
+
+def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", steps: int | None = None,
+           generator: torch.Generator | None = None, device: Any = None, dtype: torch.dtype | None = None,
+           x_init: torch.Tensor | None = None, eps: float | None = None, denoise: bool = True,
+           progress: bool = False, return_info: bool = False, times: Sequence[float] | torch.Tensor | None = None,
+           **options: Any):
+    """Draw samples from the reverse process of `sde` driven by `score_fn`.
+
+    Args:
+        score_fn: callable score_fn(x, t) -> grad_x log p_t(x), shaped like x.
+        shape: (B, *D), or the batch size alone when `score_fn.data_shape` exists; may be None
+            when `x_init` is given.
+        sampler: a name from `list_samplers()`.
+        steps: number of steps (default `sde.N`); NFE per sampler as documented in the API.
+        eps: final time (default `sde.default_eps`: 1e-3 for VP/sub-VP, 1e-5 for VE).
+        x_init: start here instead of a prior draw.
+        denoise: end with one noise-free step (Tweedie / "noise removal").
+        progress: show a progress bar.
+        return_info: also return a dict with the NFE used, the sampler, steps and wall time.
+        times: an explicit decreasing time grid T >= t_0 > ... > t_n >= 0 that replaces `steps`
+            and `eps` (steps = n): the step samplers step exactly on it (t_n = 0, the data, is
+            allowed for them), the fast ones (ddim, heun, dpm_solver, deis, unipc) integrate through
+            every interval and, with `denoise`, add the data prediction at t_n > 0; ode and torchsde
+            use its end points only. E.g. a diffusers timestep grid, `sde.t_from_timestep(...)`.
+        **options: sampler-specific options (e.g. `predictor`, `corrector`, `snr` for "pc").
+    Returns:
+        samples of the requested shape, or `(samples, info)` with `return_info`.
+
+    The first score evaluation is checked (a tensor shaped like x, of its dtype and device,
+    finite) and every later one is watched for NaN/inf (`scoresde.checks.CheckedScore`): a
+    non-finite input, score or state raises `NonFiniteError` (a ValueError) within a step or two,
+    naming where it appeared; samples are never returned with NaN/inf in them. On the CPU, data of
+    at most 256 values per example are sampled with one thread (`scoresde._common.threads.thread_policy`).
+    """
+    if not callable(score_fn):
+        raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
+    fn = SAMPLERS[sampler]
+    if times is not None:
+        if steps is not None or eps is not None:
+            raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
+        grid = check_times(sde, times)
+        steps = len(grid) - 1
+        if "schedule" in inspect.signature(fn).parameters:
+            if options.setdefault("schedule", "given") != "given":
+                raise ValueError(f"schedule: an explicit `times` grid is stepped as given; found "
+                                 f"schedule={options['schedule']!r}")
+    steps = sde.N if steps is None else check_int("steps", steps)
+    eps = sde.default_eps if eps is None else eps
+    if times is None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T):
+        raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
+    if x_init is not None:
+        if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point() or x_init.ndim < 1:
+            raise TypeError(f"x_init: expected a floating-point tensor (B, *D), found {type(x_init).__name__}")
+        if shape is not None and tuple(x_init.shape) != _resolve_shape(score_fn, shape):
+            raise ValueError(f"x_init: expected shape {_resolve_shape(score_fn, shape)}, found {tuple(x_init.shape)}")
+        x = check_finite("x_init", x_init.to(device=device or x_init.device, dtype=dtype or x_init.dtype))
+    else:
+        if shape is None:
+            raise ValueError("shape: expected (B, *D) or a batch size when x_init is not given, found None")
+        x = sde.prior_sampling(_resolve_shape(score_fn, shape), generator=generator, device=device, dtype=dtype)
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator: expected a torch.Generator on the samples' device ({x.device}), "
+                         f"found one on {generator.device}")
+    if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
+        sde = sde.with_steps(steps)
+    if times is None:
+        ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
+    else:
+        ts = grid.to(device=x.device, dtype=x.dtype)
+    counted = CheckedScore(score_fn, where=f"sampler {sampler!r}")
+    start = time.perf_counter()
+    with torch.no_grad(), thread_policy(x.shape[1:], x.device):
+        x = fn(sde, counted, x, ts, generator=generator, denoise=bool(denoise), progress=bool(progress), **options)
+        counted.flush()
+        check_samples(x, f"sampler {sampler!r}")
+    if not return_info:
+        return x
+    return x, {"nfe": counted.nfe, "sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start}

@@ -1,0 +1,294 @@
+"""Controllable generation: class-conditional training, classifier-free and classifier guidance,
+and imputation (inpainting).
+
+- Classifier-free guidance: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance",
+  arXiv:2207.12598. One network learns both the conditional score s(x, t, y) and, with the label
+  replaced by a null label with probability p_uncond during training, the unconditional score
+  s(x, t, null). Sampling uses the guided score
+      s_w(x, t, y) = (1 - w) s(x, t, null) + w s(x, t, y),
+  w = 0 unconditional, w = 1 conditional, w > 1 sharper (fidelity up, diversity down).
+- Classifier guidance: Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
+  arXiv:2105.05233, Sec. 4; Song et al. (2021), arXiv:2011.13456, Sec. 5 / App. I.1. A classifier
+  p(y | x_t, t) trained on perturbed data x_t = alpha x0 + sigma z steers an unconditional score:
+      s(x, t) + scale grad_x log p(y | x_t, t)      (scale = 1: Bayes' rule, the exact conditional).
+- Imputation: Song et al. (2021), App. I.2, the "replacement" method. Known entries (mask == 1) are
+  set after every sampler update to a fresh forward-perturbed copy of the known data at the new
+  time, alpha(t) x_known + sigma(t) z, so the unknown entries follow the joint score; at the end
+  they are set to x_known exactly. The paper derives it as an approximation,
+  p_t(x_unknown | x_known(0)) ~ p_t(x_unknown | x_known(t) drawn from the forward kernel): it is
+  exact when known and unknown entries are independent and biased (toward the unconditional
+  distribution) when they are strongly correlated at high noise levels.
+
+Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
+"""
+from __future__ import annotations
+from typing import Any, Callable
+import torch
+import torch.nn.functional as F
+from scoresde.models.score_model import _check_fn, _check_sde
+from scoresde._common.tensors import append_dims, as_time
+from scoresde._common.validation import check_int
+from scoresde._common.validation import check_real
+from scoresde.models.conditioning import check_labels, check_num_classes
+from scoresde.models.score_model import ScoreModel
+
+
+# --- classifier-free guidance ---------------------------------------------------------------------
+def label_dropout(y: torch.Tensor, p_uncond: float, num_classes: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by the null label `num_classes` with probability `p_uncond` (Ho & Salimans 2022, Alg. 1)."""
+    K = check_int("num_classes", num_classes)
+    p = check_real("p_uncond", p_uncond, 0.0, 1.0)
+    _check_generator(generator)
+    y = check_labels(y, None, K, allow_null=True)
+    device = generator.device if generator is not None else y.device
+    u = torch.rand(y.shape, generator=generator, device=device).to(y.device)
+    return torch.where(u < p, torch.full_like(y, K), y)
+
+
+def conditional_dsm_loss(score_model: Callable, sde: Any, x0: torch.Tensor, y: torch.Tensor, *,
+                         p_uncond: float = 0.1, num_classes: int | None = None,
+                         generator: torch.Generator | None = None, **dsm_kwargs: Any) -> torch.Tensor:
+    """Denoising score matching of a class-conditional model with label dropout.
+
+    The labels `y` (B,) are first passed through `label_dropout` (null label with probability
+    `p_uncond`, drawn first from `generator`), then `dsm_loss` trains score_model(x, t, y=labels)
+    with the same `generator` and any of its keyword options (likelihood_weighting, eps, t, noise,
+    reduce_mean, per_sample). `num_classes` defaults to `score_model.num_classes`.
+    """
+    _check_fn(score_model, "score_model")
+    K = check_num_classes(num_classes, score_model)
+    x0 = _check_x0(x0)
+    y = check_labels(y, x0.shape[0], K, allow_null=True, device=x0.device)
+    y_in = label_dropout(y, p_uncond, K, generator)
+    return dsm_loss(lambda x, t: score_model(x, t, y=y_in), sde, x0, generator=generator, **dsm_kwargs)
+
+
+def classifier_loss(classifier: Callable, sde: Any, x0: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-5,
+                    t: Any = None, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                    per_sample: bool = False) -> torch.Tensor:
+    """Cross-entropy of classifier(x_t, t) on perturbed data x_t = alpha(t) x0 + sigma(t) z, t ~ U(eps, T).
+
+    `classifier(x, t) -> (B, K)` logits; `y` (B,) labels in [0, K). Random t (first) and z come
+    from `generator`; `t` and `noise` may be given. Returns the batch mean (or (B,) values).
+    """
+    _check_fn(classifier, "classifier")
+    _check_sde(sde)
+    x0 = _check_x0(x0)
+    _check_generator(generator)
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"y: expected a ({x0.shape[0]},) integer tensor of class labels, found {type(y).__name__}")
+    t = _train_time(t, x0, sde, eps, generator)
+    z = _noise(noise, x0, generator)
+    alpha, sigma = sde.marginal_coefs(t)
+    x_t = append_dims(alpha, x0.ndim) * x0 + append_dims(sigma, x0.ndim) * z   # x_t = alpha x0 + sigma z
+    logits = classifier(x_t, t)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x0.shape[0]:
+        found = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"classifier: expected logits of shape ({x0.shape[0]}, K), found {found}")
+    y = check_labels(y, x0.shape[0], logits.shape[1], allow_null=False, device=x0.device)
+    losses = F.cross_entropy(logits, y, reduction="none")                  # -log p(y | x_t, t)
+    return losses if per_sample else losses.mean()
+
+
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss"]
+
+
+# --- validation at the API boundary -------------------------------------------------------------
+def _check_x0(x0: Any) -> torch.Tensor:
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0: expected a torch.Tensor of shape (B, *D), found {type(x0).__name__}")
+    if x0.ndim < 1 or x0.shape[0] == 0 or not x0.is_floating_point():
+        raise ValueError(f"x0: expected a non-empty floating-point tensor of shape (B, *D), found "
+                         f"dtype {x0.dtype} and shape {tuple(x0.shape)}")
+    return x0
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, found {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, found {type(generator).__name__}")
+
+
+def _noise(noise: Any, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x0, or the given `noise` after a shape check."""
+    if noise is None:
+        device = generator.device if generator is not None else x0.device
+        return torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise: expected a torch.Tensor shaped like x0 {tuple(x0.shape)}, found {type(noise).__name__}")
+    if noise.shape != x0.shape or not noise.is_floating_point():
+        raise ValueError(f"noise: expected a floating-point tensor of shape {tuple(x0.shape)} like x0, found "
+                         f"dtype {noise.dtype} and shape {tuple(noise.shape)}")
+    return noise.to(device=x0.device, dtype=x0.dtype)
+
+
+def _index(index: Any, name: str, x0: torch.Tensor, N: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A (B,) long tensor of grid indices in [0, N): uniform draws, or the given int / tensor."""
+    B = x0.shape[0]
+    if index is None:
+        device = generator.device if generator is not None else x0.device
+        return torch.randint(0, N, (B,), generator=generator, device=device).to(x0.device)
+    if isinstance(index, bool) or not isinstance(index, (int, torch.Tensor)):
+        raise TypeError(f"{name}: expected an int or an integer tensor of shape ({B},), found {type(index).__name__}")
+    if isinstance(index, int):
+        index = torch.full((B,), index, dtype=torch.long, device=x0.device)
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, found dtype {index.dtype}")
+    if index.ndim == 0:
+        index = index.expand(B)
+    if index.shape != (B,):
+        raise ValueError(f"{name}: expected shape ({B},) to match the batch of x0, found {tuple(index.shape)}")
+    if bool(((index < 0) | (index >= N)).any()):
+        raise ValueError(f"{name}: expected indices in [0, N={N}), found min {int(index.min())}, max {int(index.max())}")
+    return index.to(device=x0.device, dtype=torch.long)
+
+
+def _train_time(t: Any, x0: torch.Tensor, sde: Any, eps: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """Training times (B,): the given `t` checked to lie in (0, T], or t ~ U(eps, T) from `generator`."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
+    if t is None:
+        device = generator.device if generator is not None else x0.device
+        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        return eps + (sde.T - eps) * u                          # t ~ U(eps, T)
+    t = as_time(t, x0)
+    if not bool(((t > 0) & (t <= sde.T)).all()):
+        raise ValueError(f"t: expected times in (0, T={sde.T}], found min {t.min().item()}, max {t.max().item()}")
+    return t
+
+
+def _call(fn: Callable, name: str, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    out = fn(x, t)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name}: expected an output of shape {tuple(x.shape)} like x, found {found}")
+    return out
+
+
+def _reduce(sq: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
+    """(B, *D) -> (B,): mean over the data dimensions, or half their sum (score_sde's reduce_op)."""
+    sq = sq.reshape(sq.shape[0], -1)
+    return sq.mean(1) if reduce_mean else 0.5 * sq.sum(1)
+
+
+def _grid_time(sde: Any, i: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t_i = i T / (N - 1): grid point i of the SDE's N steps (inverse of `sde.grid_index`), or the
+    SDE's own time of timestep i when it has one (`DiscreteVPSDE.t_from_timestep`)."""
+    if callable(getattr(sde, "t_from_timestep", None)):
+        return sde.t_from_timestep(i, dtype)
+    return i.to(dtype) * (sde.T / max(sde.N - 1, 1))
+
+
+# --- losses ---------------------------------------------------------------------------------------
+def dsm_loss(score_fn: Callable, sde: Any, x0: torch.Tensor, *, likelihood_weighting: bool = False,
+             reduce_mean: bool = True, eps: float = 1e-5, t: Any = None, noise: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """Continuous-time denoising score matching, t ~ U(eps, T) (Song et al. 2021, eq. 7).
+
+    Per sample, with x_t = alpha(t) x0 + sigma(t) z:
+        lambda = sigma^2 (default):      ||sigma s(x_t, t) + z||^2
+        lambda = g^2 (likelihood_weighting): g(t)^2 ||s(x_t, t) + z / sigma||^2
+    each reduced over the data dimensions by mean (`reduce_mean=True`) or half the sum.
+
+    Args:
+        score_fn: score_fn(x, t) -> score shaped like x (e.g. a `ScoreModel`).
+        sde: any SDE with `marginal_coefs` (and `sde` for the likelihood weighting).
+        x0: clean data (B, *D).
+        t: optional times in (0, T], a float or (B,) tensor; drawn from U(eps, T) when None.
+        noise: optional z shaped like x0; drawn from N(0, I) when None.
+        generator: source of the random t and z (t is drawn first).
+        per_sample: return the (B,) per-sample losses instead of their batch mean.
+    """
+    _check_fn(score_fn, "score_fn")
+    _check_sde(sde)
+    x0 = _check_x0(x0)
+    _check_bool("likelihood_weighting", likelihood_weighting)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    t = _train_time(t, x0, sde, eps, generator)
+    z = _noise(noise, x0, generator)
+    alpha, sigma = sde.marginal_coefs(t)
+    sig = append_dims(sigma, x0.ndim)
+    x_t = append_dims(alpha, x0.ndim) * x0 + sig * z              # x_t = alpha x0 + sigma z
+    score = _call(score_fn, "score_fn", x_t, t)
+    if likelihood_weighting:
+        g2 = sde.sde(x_t, t)[1].square()
+        losses = g2 * _reduce((score + z / sig).square(), reduce_mean)  # g^2 ||s + z / sigma||^2
+    else:
+        losses = _reduce((sig * score + z).square(), reduce_mean)       # ||sigma s + z||^2
+    return losses if per_sample else losses.mean()
+
+
+def _discrete_draw(x0, index, index_name: str, N: int, noise, reduce_mean, per_sample, generator):
+    """The checked x0, grid indices i (B,) and noise z of a loss on a discrete noise grid."""
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    _check_generator(generator)
+    i = _index(index, index_name, x0, N, generator)
+    return x0, i, _noise(noise, x0, generator)
+
+
+def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = None,
+              noise: torch.Tensor | None = None, reduce_mean: bool = True,
+              generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """DDPM's epsilon-MSE at integer timesteps (Ho et al. 2020, eq. 14).
+
+    Per sample, with i ~ U{0, ..., N-1}, alpha_bar_i = `vpsde.alphas_cumprod[i]` and
+    x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) z, the loss is ||eps_fn(x_i, t_i) - z||^2
+    reduced over the data dimensions (mean, or half the sum), where t_i = i T / (N - 1) is the
+    continuous time of grid point i (a `ScoreModel` with "t" conditioning feeds 999 t_i = i to its
+    network when N = 1000); for a `DiscreteVPSDE`, N is its number of timesteps and t_i = (i + 1) T / N
+    its time of timestep i. A `ScoreModel` passed as `eps_fn` is used through its `.eps`.
+
+    Only the VP SDE has DDPM's discrete schedule *and* a variance-preserving marginal; other SDEs
+    raise TypeError.
+    """
+    if isinstance(eps_fn, ScoreModel):
+        eps_fn = eps_fn.eps
+    _check_fn(eps_fn, "eps_fn")
+    if getattr(vpsde, "alphas_cumprod", None) is None or not callable(getattr(vpsde, "marginal_coefs", None)):
+        raise TypeError(f"vpsde: expected a variance-preserving SDE with DDPM's discrete schedule "
+                        f"(an `alphas_cumprod` attribute, e.g. scoresde.VPSDE), found {type(vpsde).__name__}")
+    a, s = vpsde.marginal_coefs(torch.full((1,), 0.5 * vpsde.T, dtype=torch.float64))
+    if abs(float(a.square() + s.square()) - 1.0) > 1e-8:
+        raise TypeError(f"vpsde: expected a variance-preserving marginal (alpha^2 + sigma^2 = 1), found "
+                        f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} at t = T/2")
+    x0, i, z = _discrete_draw(x0, t_index, "t_index", len(vpsde.alphas_cumprod), noise, reduce_mean, per_sample,
+                              generator)
+    alpha_bar = append_dims(vpsde.alphas_cumprod.to(x0.device)[i].to(x0.dtype), x0.ndim)
+    x_i = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * z     # q(x_i | x0), Ho et al. eq. 4
+    eps_hat = _call(eps_fn, "eps_fn", x_i, _grid_time(vpsde, i, x0.dtype))
+    losses = _reduce((eps_hat - z).square(), reduce_mean)          # ||eps(x_i, i) - z||^2
+    return losses if per_sample else losses.mean()
+
+
+def smld_loss(score_fn: Callable, vesde: Any, x0: torch.Tensor, *, sigma_index: Any = None,
+              noise: torch.Tensor | None = None, reduce_mean: bool = True,
+              generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """SMLD's noise-conditional score matching on the geometric noise levels, lambda = sigma^2.
+
+    Per sample, with i ~ U{0, ..., N-1}, sigma_i = `vesde.discrete_sigmas[i]` (ascending, sigma_0 =
+    sigma_min) and x_i = x0 + sigma_i z, the loss is sigma_i^2 ||score_fn(x_i, t_i) + z / sigma_i||^2
+    = ||sigma_i s + z||^2 (Song & Ermon 2019, eq. 6), reduced over the data dimensions, where
+    t_i = i T / (N - 1), so that the VE SDE's sigma(t_i) = sigma_i.
+
+    Only an SDE with SMLD's noise levels (`discrete_sigmas`, i.e. VESDE) is accepted.
+    """
+    _check_fn(score_fn, "score_fn")
+    if getattr(vesde, "discrete_sigmas", None) is None:
+        raise TypeError(f"vesde: expected a variance-exploding SDE with SMLD's noise levels "
+                        f"(a `discrete_sigmas` attribute, e.g. scoresde.VESDE), found {type(vesde).__name__}")
+    x0, i, z = _discrete_draw(x0, sigma_index, "sigma_index", vesde.N, noise, reduce_mean, per_sample, generator)
+    sigma = append_dims(vesde.discrete_sigmas.to(x0.device)[i].to(x0.dtype), x0.ndim)
+    x_i = x0 + sigma * z                                             # x_i ~ N(x0, sigma_i^2 I)
+    score = _call(score_fn, "score_fn", x_i, _grid_time(vesde, i, x0.dtype))
+    losses = _reduce((sigma * score + z).square(), reduce_mean)      # sigma_i^2 ||s + z / sigma_i||^2
+    return losses if per_sample else losses.mean()

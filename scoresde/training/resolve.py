@@ -1,0 +1,52 @@
+"""A run directory: its exclusive lock, its CSV log, and how a config names and resumes it.
+
+One training process (rank 0 of a torchrun job) holds `RUN/.lock` with `fcntl.flock` for the whole
+run; a second run into the same directory is refused with one line naming the holder. The operating
+system drops the lock when its process dies (even by `kill -9`), so a lock file left by a dead
+process is stale by construction: the next run takes it over and says whose it was.
+"""
+from __future__ import annotations
+import os
+import time
+from typing import Any, Mapping
+from scoresde._common.toml import load_toml
+from scoresde.training.config import resolve
+from scoresde.training.tasks.base import get_task
+from scoresde.runs.directory import newest_intact
+
+
+def run_dir_of(cfg: dict[str, Any]) -> str:
+    """The run directory a config names (`out`, else runs/<name or timestamp>)."""
+    if cfg["out"]:
+        return cfg["out"]
+    return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
+
+
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
+    """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
+    config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
+    trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
+    "latent" task); a resumed one the task its checkpoint names."""
+    overrides: dict[str, Any] = {"out": out} if out else {}
+    if task and not resume:
+        overrides["task"] = task
+    state = None
+    if resume:      # the run directory first (the task, and so the sections it reads, come from its checkpoint)
+        raw = load_toml(config) if isinstance(config, (str, os.PathLike)) else config
+        first = resolve({k: raw[k] for k in ("out", "name") if k in raw} if isinstance(raw, Mapping) else raw,
+                        overrides)
+        if not (first["out"] or first["name"]):
+            raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
+        state = newest_intact(run_dir_of(first))
+        cfg = resolve(config, overrides, base=state[2]["config"])
+        task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
+    else:
+        cfg = resolve(config, overrides)
+        task = cfg["task"]
+        if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
+            task = overrides["task"] = "latent"
+            cfg = resolve(config, overrides)                  # with the latent task's own defaults
+    task_cls = get_task(task)
+    cfg["task"] = task
+    task_cls.check_config(cfg)
+    return cfg, task_cls, state

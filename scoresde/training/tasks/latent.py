@@ -1,0 +1,84 @@
+"""Latent diffusion: the score task on the scaled latents of a frozen autoencoder.
+
+Rombach et al. (2022), "High-Resolution Image Synthesis with Latent Diffusion Models",
+arXiv:2112.10752, eq. 2: denoising score matching (Song et al. 2021, arXiv:2011.13456, eq. 7) of
+z = (E(x) - shift) * scale, z ~ q(z | x), instead of x. The data are encoded once when the model is
+built (posterior mean and std of every image, kept on the device) and every batch draws fresh
+latents z = mean + std * n from them with the engine's noise generator, as LDM's on-the-fly
+`encode(x).sample()`. Samples are decoded to images; checkpoints record the autoencoder (path, digest
+of its weights and the scaling used), so `ss.load` and `scoresde sample` rebuild the pipeline.
+
+A run is latent when its config names an `autoencoder` (`scoresde train --autoencoder RUN_OR_DIR`).
+"""
+from __future__ import annotations
+import math
+from typing import Any
+import torch
+from scoresde.data.datasets import Dataset
+from scoresde.training.tasks.base import TASKS
+from scoresde.training.tasks.score import ScoreTask
+
+
+__all__ = ["LatentScoreTask"]
+
+
+@TASKS.register("latent")
+class LatentScoreTask(ScoreTask):
+    """Any registered score network trained on an autoencoder's scaled latents of the config's images."""
+
+    name = "latent"
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any]) -> None:
+        super().check_config(cfg)
+        if not cfg["autoencoder"]:
+            raise ValueError("autoencoder: a latent score model needs an autoencoder (a scoresde autoencoder run or "
+                             "a diffusers AutoencoderKL directory), found none")
+
+    def prepare(self) -> None:
+        from scoresde.runs.load import load_autoencoder
+        super().prepare()                                     # the images (and labels) as for pixel space
+        self.pixels = self.ds
+        self.ae = load_autoencoder(self.cfg["autoencoder"])
+        self.ae.check_fits(self.pixels.shape, f"data {self.pixels.name!r}")
+        self.latent_shape = self.ae.latent_shape(self.pixels.shape)
+
+    @property
+    def example_numel(self) -> int:
+        return math.prod(self.latent_shape)
+
+    def build(self, device: torch.device) -> torch.nn.Module:
+        self.ae.to(device)
+        mean, std = self.ae.encode_all(self.pixels.x, progress=self.cfg["train"]["progress"])   # (N, c, h, w)
+        self.z_std = std
+        self.ds = Dataset(mean.cpu(), f"{self.pixels.name} (latent)", labels=self.pixels.labels, kind="latent",
+                          classes=self.pixels.classes)
+        return super().build(device)                          # the network on the latent shape
+
+    def meta(self) -> dict[str, Any]:
+        m = super().meta()
+        m["autoencoder"] = self.ae.meta()
+        m["data"]["image_shape"] = list(self.pixels.shape)
+        return m
+
+    def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
+        from scoresde.training import losses
+        from scoresde.training.losses import conditional_dsm_loss
+        T = self.cfg["train"]
+        idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
+        mean = self.x_all[idx]
+        # z = mean + std * n ~ q(z | x), scaled: a fresh posterior draw each time an image is used
+        z = mean + self.z_std[idx] * torch.randn(mean.shape, generator=noise_gen, device=mean.device)
+        kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
+        if self.K:
+            return conditional_dsm_loss(model, self.sde, z, self.y_all[idx], p_uncond=T["p_uncond"],
+                                        num_classes=self.K, **kw)
+        return losses.dsm_loss(model, self.sde, z, **kw)
+
+    def sample(self, model, generator, n, progress=False) -> torch.Tensor:
+        """Latents from the score model, decoded to images (n, C, H, W)."""
+        return self.ae.decode_all(super().sample(model, generator, n, progress=progress)).cpu()
+
+    def plot(self, x, path, title) -> None:
+        from scoresde.runs.plots import plot_samples
+        plot_samples(x, path, title=f"{self.pixels.name}: {title} (latent, decoded)")
