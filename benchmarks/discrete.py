@@ -81,9 +81,14 @@ def train_for(cfg: dict, out: str, cpu_seconds: float):
     """Train through the engine until this process has spent `cpu_seconds` of CPU time (an ITIMER_PROF
     timer, which counts the process's user + system time, raises SIGTERM; the engine stops at a step
     boundary with a checkpoint); (result, CPU s, wall s). With 1 thread on a shared machine, CPU time
-    gives both models the same compute whatever the load."""
+    gives both models the same compute whatever the load. The kernel charges ITIMER_PROF by sampled ticks,
+    which can fire a few percent before `time.process_time()` (the exact clock) reaches the budget: the
+    handler re-arms the timer for what is left, so the run never stops early."""
     def expired(*_):
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):    # the engine's handler is not set yet:
+        left = cpu_seconds - (time.process_time() - c0)
+        if left > 0:                                                        # a tick-sampled early expiry
+            signal.setitimer(signal.ITIMER_PROF, max(left, 1e-3))
+        elif signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # the engine's handler is not set yet:
             signal.setitimer(signal.ITIMER_PROF, 0.05)                     # ask again a little later
         else:
             os.kill(os.getpid(), signal.SIGTERM)
