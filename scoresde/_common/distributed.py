@@ -8,12 +8,13 @@ rank takes the same optimizer step and the weights stay identical; only rank 0 w
 Without those variables everything here is a no-op for one process.
 """
 from __future__ import annotations
+
 import os
 from dataclasses import dataclass
 from typing import Any
+
 import torch
 import torch.distributed as dist
-
 
 __all__ = ["DistInfo", "setup", "teardown", "wrap", "all_reduce_sum", "all_gather_bytes", "broadcast_str",
            "barrier", "resolve_device"]

@@ -19,6 +19,7 @@ compares every weight shape the metadata implies (the network is built on the me
 allocated) with the tensors in the file before building the network for real.
 """
 from __future__ import annotations
+
 import errno
 import os
 import tempfile

@@ -19,10 +19,11 @@ The error says where the first non-finite value appeared: in the score for a fin
 model or its weights), or in the state between two finite scores (an unstable step).
 """
 from __future__ import annotations
+
 import math
 from typing import Any, Callable
-import torch
 
+import torch
 
 __all__ = ["NonFiniteError", "CheckedScore", "check_finite", "nonfinite_count"]
 

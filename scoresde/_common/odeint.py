@@ -10,19 +10,20 @@ NaN/inf there (a non-finite state or derivative) stops the solve at once with `N
 instead of rejecting steps until `max_steps`.
 """
 from __future__ import annotations
+
 from typing import Callable
+
 import math
+
 import torch
+
 from scoresde._common.finite import NonFiniteError
 
 
 __all__ = ["odeint_rk45"]
 
-
 # Butcher tableau of DOPRI5; _B is the 5th-order solution, _E = b5 - b4 the error estimate.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
-
-
 _A = (
     (),
     (1 / 5,),
@@ -31,14 +32,8 @@ _A = (
     (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
     (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
 )
-
-
 _B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
-
-
 _E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
-
-
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR, _ORDER = 0.9, 0.2, 10.0, 4
 
 

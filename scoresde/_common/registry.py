@@ -1,5 +1,6 @@
 """Small shared helpers: broadcasting, argument validation and the generic registry."""
 from __future__ import annotations
+
 from typing import Any, Callable, Iterator, Mapping
 
 

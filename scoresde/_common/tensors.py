@@ -1,6 +1,8 @@
 """Small shared helpers: broadcasting, argument validation and the generic registry."""
 from __future__ import annotations
+
 from typing import Any
+
 import torch
 
 

@@ -1,8 +1,10 @@
 """Small shared helpers: broadcasting, argument validation and the generic registry."""
 from __future__ import annotations
+
 import contextlib
 import math
 from typing import Any, Sequence
+
 import torch
 
 

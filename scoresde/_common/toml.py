@@ -13,6 +13,7 @@ Training defaults follow score_sde (Song et al. 2021, arXiv:2011.13456): Adam lr
 run (the four-mode mixture), so its warm-up and EMA decay are shorter than the image defaults.
 """
 from __future__ import annotations
+
 import os
 import tomllib
 from typing import Any, Mapping

@@ -1,5 +1,6 @@
 """Argument validation at the API boundary: messages name the argument, what was expected and what was found."""
 from __future__ import annotations
+
 import math
 from typing import Any, Mapping
 

@@ -5,14 +5,15 @@ Each command only builds a config (defaults <- TOML file <- flags) and calls the
 (bad flags, paths, data, configs, checkpoints) print one `Error: ...` line and exit 1.
 """
 from __future__ import annotations
+
 import contextlib
 import os
+
 import click
 
 
 _USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
                 ModuleNotFoundError)
-
 
 
 @contextlib.contextmanager

@@ -7,9 +7,12 @@ samples). It only builds a config with `task = "autoencoder"` and runs the same 
 TOML file with `task = "autoencoder"` trains the same thing through `scoresde train --config`.
 """
 from __future__ import annotations
+
 import math
 from typing import Any
+
 import click
+
 from scoresde.cli.common import _user_errors
 from scoresde._common.toml import to_toml
 

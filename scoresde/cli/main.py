@@ -5,11 +5,14 @@ Each command only builds a config (defaults <- TOML file <- flags) and calls the
 (bad flags, paths, data, configs, checkpoints) print one `Error: ...` line and exit 1.
 """
 from __future__ import annotations
+
 import io
 import os
 import sys
 from typing import Any
+
 import click
+
 from scoresde.training.config import DEFAULTS, parse_override
 from scoresde._common.toml import to_toml
 from scoresde.cli.latent import train_autoencoder

@@ -7,8 +7,11 @@
   precision/recall (Kynkaanniemi et al. 2019, arXiv:1904.06991) and IS in a feature network's features.
 """
 from __future__ import annotations
+
 import os
+
 import click
+
 from scoresde.cli.common import _CONFIG_HELP, _pretrained_config, _user_errors
 
 

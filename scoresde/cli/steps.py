@@ -9,10 +9,13 @@ stored grid of S at N steps' NFE by itself (`stored_steps`), saying so in one li
 `--sampler bns` the fitted step weights of the bespoke solver are stored and used with the grid.
 """
 from __future__ import annotations
+
 import os
 import time
 from typing import Any, Callable
+
 import click
+
 from scoresde.cli.common import _user_errors
 from scoresde.samplers.optimize import FITTED_SAMPLERS
 from scoresde.runs.steps import load_steps, steps_path

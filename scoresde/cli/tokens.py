@@ -4,11 +4,12 @@
 check the options against it, call the library and return the lines to print.
 """
 from __future__ import annotations
+
 import json
 import os
 from typing import Any
-import torch
 
+import torch
 
 __all__ = ["task_of", "sample_tokens", "likelihood_tokens"]
 

@@ -8,12 +8,15 @@ Song et al. (2021, arXiv:2011.13456). Data are checked once here: a missing path
 file, a wrong rank or NaN/inf values raise one clear error naming the source.
 """
 from __future__ import annotations
+
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
+
 import numpy as np
 import torch
+
 from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
 from scoresde._common.registry import Registry
 
@@ -21,10 +24,7 @@ from scoresde._common.registry import Registry
 __all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array",
            "load_image_folder"]
 
-
 DATASETS = Registry("dataset")
-
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 

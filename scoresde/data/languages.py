@@ -10,15 +10,17 @@
 A sample is valid when the text before its first EOS is a string of the language (and an EOS exists).
 """
 from __future__ import annotations
+
 import re
 from typing import Any
+
 import torch
+
 from scoresde._common.registry import Registry
 from scoresde._common.validation import check_int
 
 
 __all__ = ["LANGUAGES", "Language", "Brackets", "Sums", "get_language"]
-
 
 LANGUAGES = Registry("language")
 

@@ -12,12 +12,12 @@ for data of shape (n, *D) of any rank. Specs:
   samples y | x for 2-D points).
 """
 from __future__ import annotations
+
 from typing import Sequence
+
 import torch
 
-
 __all__ = ["make_mask", "MASK_SPECS"]
-
 
 MASK_SPECS = ("top", "bottom", "left", "right", "center", "random:P", "dims:I,J,...")
 

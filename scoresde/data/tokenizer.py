@@ -7,15 +7,12 @@ are 1 .. V-1 in the order of the alphabet (the sorted characters of the training
 1 + the byte value. The mask token of the diffusion process is V (never produced by `encode`).
 """
 from __future__ import annotations
-from typing import Any, Iterable, Sequence
 
+from typing import Any, Iterable, Sequence
 
 __all__ = ["CharTokenizer", "EOS"]
 
-
 EOS = 0
-
-
 KINDS = ("char", "byte")
 
 

@@ -12,21 +12,21 @@ validity), and the end-of-sequence id padding short sequences (None when the dat
 - A `.npy` array (N, L) of non-negative integer token ids; V = `vocab_size` or the largest id + 1.
 """
 from __future__ import annotations
+
 import math
 import os
 from dataclasses import dataclass
+
 import numpy as np
 import torch
+
 from scoresde.data.languages import LANGUAGES, Language, get_language
 from scoresde.data.tokenizer import EOS, CharTokenizer
 
 
 __all__ = ["TokenData", "load_tokens", "tokens_from_array", "encode_texts", "split_holdout", "TEXT_MODES"]
 
-
 TEXT_MODES = ("lines", "stream")
-
-
 MAX_AUTO_LEN = 256          # seq_len = 0 takes the longest line + 1, up to this
 
 

@@ -19,10 +19,13 @@ against fine structure in the data (e.g. modes of std 0.1), so compare with the 
 at eps. Bits/dim for 8-bit data (`bits_per_dim`) adds the uniform-dequantisation offset.
 """
 from __future__ import annotations
+
 import math
 import time
 from typing import Any, Callable
+
 import torch
+
 from scoresde._common.finite import CheckedScore, NonFiniteError, nonfinite_count
 from scoresde._common.odeint import odeint_rk45
 from scoresde._common.validation import check_choice, check_int, check_real
@@ -32,13 +35,8 @@ from scoresde._common.threads import thread_policy
 __all__ = ["log_likelihood", "bits_per_dim", "dequantize", "dataset_likelihood",
            "exact_divergence", "hutchinson_divergence", "DIVERGENCES", "PROBES"]
 
-
 DIVERGENCES = ("exact", "hutchinson")
-
-
 PROBES = ("rademacher", "gaussian")
-
-
 _EXACT_CHUNK_ELEMS = 2 ** 24     # basis vectors per batched vjp: keep chunk * B * D below this
 
 

@@ -14,10 +14,11 @@ The NELBO is the any-order average of -log prod p_theta (Jensen: NELBO >= -log p
 equality for the exact denoiser of a distribution.
 """
 from __future__ import annotations
+
 import math
 from typing import Callable
-import torch
 
+import torch
 
 __all__ = ["all_sequences", "sequence_index", "ExactDenoiser", "SupportDenoiser", "subset_logprobs", "exact_nelbo",
            "model_nll", "empirical_law", "total_variation"]

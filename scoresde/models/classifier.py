@@ -22,11 +22,14 @@ and imputation (inpainting).
 Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
 """
 from __future__ import annotations
+
 import math
 from typing import Any, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde.models.nets.layers import check_data_shape, linear, make_embedding
 from scoresde.models.score_model import CONDITIONINGS, _check_sde, conditioning_value
 from scoresde._common.tensors import as_time

@@ -22,8 +22,11 @@ and imputation (inpainting).
 Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
 """
 from __future__ import annotations
+
 from typing import Any
+
 import torch
+
 from scoresde._common.validation import check_int
 
 

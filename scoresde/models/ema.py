@@ -11,11 +11,12 @@ dominated by the random initialisation. Only trainable floating-point parameters
 `decay_n` is a Python float, so `update` issues fused device ops and never synchronises.
 """
 from __future__ import annotations
+
 import contextlib
 from typing import Any, Iterable, Iterator
+
 import torch
 from torch import nn
-
 
 __all__ = ["EMA"]
 

@@ -15,25 +15,21 @@ with r = alpha^2 + sigma^2 (1 for VP SDEs):
     x0    = (alpha x - sigma v) / r           eps   = (sigma x + alpha v) / r
 """
 from __future__ import annotations
+
 from typing import Any, Callable
+
 import torch
 from torch import nn
+
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_choice
 
 
 __all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value"]
 
-
 PARAMETERIZATIONS = ("eps", "score", "x0", "v")
-
-
 CONDITIONINGS = ("auto", "t", "log_sigma", "sigma", "timestep")
-
-
 T_SCALE = 999.0   # "t" conditioning: c = 999 t, DDPM's integer timestep for N = 1000 (fixed, so
-
-
                   # a network does not depend on the number of sampling steps)
 
 

@@ -9,16 +9,18 @@ with a registered sampler (from all-masked sequences, after a prompt, or filling
 `build_token_model(meta)` rebuilds either from checkpoint metadata (used by `scoresde.load`).
 """
 from __future__ import annotations
+
 from typing import Any
+
 import torch
 from torch import nn
+
 from scoresde.sde.masked import MaskedProcess
 from scoresde.samplers.masked import DISCRETE_SAMPLERS, categorical
 from scoresde.data.tokenizer import CharTokenizer
 
 
 __all__ = ["MaskedLM", "AutoregressiveLM", "build_token_model", "TOKEN_TASKS"]
-
 
 TOKEN_TASKS = ("masked", "autoregressive")
 

@@ -11,13 +11,12 @@ called exactly as its original code calls it. Nothing is downloaded and nothing 
 tensors and plain containers. `load_any` is the dispatcher the command line uses.
 """
 from __future__ import annotations
+
 import importlib
 import os
 from typing import Any
 
-
 __all__ = ["load_score_sde", "list_configs", "from_diffusers", "load_dit", "load_any"]
-
 
 _LAZY = {"load_score_sde": ".score_sde", "list_configs": ".score_sde", "from_diffusers": ".diffusers_models",
          "load_dit": ".dit"}

@@ -21,25 +21,23 @@ and `ancestral` with those times followed by 0 is `DDPMScheduler` given the same
 part of the model and are not applied. diffusers is needed only here (`pip install diffusers`).
 """
 from __future__ import annotations
+
 import json
 import os
 from typing import Any
+
 import torch
+
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 
 
 __all__ = ["from_diffusers", "DiffusersScoreModel"]
 
-
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-
-
 # DDPMScheduler.variance_type -> the ancestral step's variance (learned variances are not used)
 VARIANCES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "fixed_large": "beta",
              "fixed_large_log": "beta", "learned": "posterior", "learned_range": "posterior"}
-
-
 _VE = ("ScoreSdeVeScheduler", "KarrasVeScheduler")
 
 

@@ -29,11 +29,14 @@ with argparse.Namespace allowed for the `args` of the official train.py checkpoi
 weights are taken, as the official `find_model` does); `.safetensors` files are read directly.
 """
 from __future__ import annotations
+
 import argparse
 import math
 import os
 from typing import Any, Mapping
+
 import torch
+
 from scoresde.models.nets.dit import DIT_PRESETS, DiT
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.linear import VPSDE
@@ -41,12 +44,9 @@ from scoresde.sde.linear import VPSDE
 
 __all__ = ["load_dit", "DiscreteTimestepScoreModel", "OFFICIAL_DEFAULTS"]
 
-
 # the official DiT constructor's defaults (models.DiT: DiT-XL/2 on 32x32x4 latents, 1000 classes)
 OFFICIAL_DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                          mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True)
-
-
 _ARCH = ("depth", "hidden_size", "num_heads", "patch_size")
 
 

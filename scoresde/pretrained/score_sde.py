@@ -30,12 +30,15 @@ on [0, 1] (the network maps to 2 x - 1 itself). Samples come out in that space; 
 is score_sde's inverse scaler to [0, 1], `model.from_unit(x)` its scaler, `model.data_range` the range.
 """
 from __future__ import annotations
+
 import copy
 import os
 import pickle
 from typing import Any
+
 import torch
 from torch import nn
+
 from scoresde.models.nets.ncsnpp import NCSNpp
 from scoresde.models.nets.unet import DDPMUNet
 from scoresde.models.score_model import ScoreModel
@@ -48,26 +51,15 @@ from scoresde.pretrained.score_sde_keys import official_entries
 __all__ = ["load_score_sde", "list_configs", "refused_configs", "describe_configs", "resolve_config", "build_network",
            "build_sde", "read_checkpoint", "load_weights", "ScoreSDEModel"]
 
-
 _SDES = ("vpsde", "subvpsde", "vesde")
-
-
 _REQUIRED = {"data": ("image_size", "num_channels", "centered"), "training": ("sde", "continuous"),
              "model": ("name", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "num_scales", "scale_by_sigma")}
-
-
 _NCSNPP_FIELDS = ("resblock_type", "progressive", "progressive_input", "progressive_combine", "fir", "fir_kernel",
                   "skip_rescale", "init_scale", "embedding_type", "conditional")
-
-
 _SDE_FIELDS = {"vpsde": ("beta_min", "beta_max"), "subvpsde": ("beta_min", "beta_max"),
                "vesde": ("sigma_min", "sigma_max")}
-
-
 _PREDICTORS = {"euler_maruyama": "euler_maruyama", "reverse_diffusion": "reverse_diffusion",
                "ancestral_sampling": "ancestral", "none": "none"}
-
-
 _CORRECTORS = {"langevin": "langevin", "ald": "annealed_langevin", "none": "none"}
 
 

@@ -9,45 +9,29 @@ and the paper's sampler (`sampling`). The NCSN / NCSNv2 (RefineNet) configs and 
 not build in the official code and are listed in `REFUSED` with the reason.
 """
 from __future__ import annotations
+
 import copy
 from typing import Any
 
-
 __all__ = ["PRESETS", "REFUSED"]
 
-
 _SAMPLING = dict(method="pc", n_steps_each=1, noise_removal=True, probability_flow=False, snr=0.16)
-
-
 _VP_SAMPLING = dict(_SAMPLING, predictor="euler_maruyama", corrector="none")
-
-
 _VE_SAMPLING = dict(_SAMPLING, predictor="reverse_diffusion", corrector="langevin")
-
-
 _SDE = dict(sigma_min=0.01, sigma_max=50, num_scales=1000, beta_min=0.1, beta_max=20.0, dropout=0.1,
             nonlinearity="swish", conditional=True, resamp_with_conv=True)
-
 
 # configs/default_*_configs.py + the NCSN++ family's common model fields
 _NCSNPP = dict(_SDE, name="ncsnpp", nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_resolutions=[16],
                fir=True, fir_kernel=[1, 3, 3, 1], skip_rescale=True, resblock_type="biggan", progressive="none",
                progressive_input="residual", progressive_combine="sum", init_scale=0.0, fourier_scale=16,
                embedding_type="positional", scale_by_sigma=False)
-
-
 _DDPMPP = dict(_NCSNPP, fir=False, progressive_input="none")
-
-
 _DDPM = dict(_SDE, name="ddpm", nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=2, attn_resolutions=[16],
              scale_by_sigma=False)
-
-
 _HIRES = dict(_NCSNPP, ch_mult=[1, 1, 2, 2, 2, 2, 2], num_res_blocks=2, dropout=0.0, num_scales=2000,
               embedding_type="fourier", scale_by_sigma=True, progressive="output_skip",
               progressive_input="input_skip")
-
-
 _MEGA = dict(_HIRES, nf=16, ch_mult=[1, 2, 4, 8, 16, 32, 32, 32], num_res_blocks=1, sigma_max=1348,
              beta_min=None, beta_max=None)
 
@@ -68,16 +52,9 @@ def _cifar(sde: str, continuous: bool, model: dict, sampling: dict | None = None
 
 
 _FOURIER_VE = dict(embedding_type="fourier", scale_by_sigma=True)
-
-
 _DISCRETE = dict(fourier_scale=None)          # the discrete NCSN++ files never set fourier_scale
-
-
 _ANCESTRAL = dict(_VP_SAMPLING, predictor="ancestral_sampling")
-
-
 _LSUN = dict(_VE_SAMPLING, snr=0.075)
-
 
 PRESETS: dict[str, dict] = {
     # --- VE (SMLD) -------------------------------------------------------------------------------
@@ -116,18 +93,11 @@ PRESETS: dict[str, dict] = {
     "subvp/cifar10_ncsnpp_deep_continuous": _cifar("subvpsde", True, _NCSNPP, num_res_blocks=8),
 }
 
-
 _RAISES = "fails to build in the official code"
-
-
 _NCSN = (f"NCSN (RefineNet) model, not supported; the config {_RAISES} ('config.data.channels' is read but "
          "only 'data.num_channels' is set, then ConditionalResidualBlock compares dilation=None > 1)")
-
-
 _NCSNV2 = (f"NCSNv2 (RefineNet) model, not supported; the config {_RAISES} ('config.data.channels' is read but "
            "only 'data.num_channels' is set, then ncsn_conv3x3(bias=False) scales a missing bias)")
-
-
 REFUSED: dict[str, str] = {
     **{f"ve/ncsn/{n}": _NCSN for n in ("celeba", "celeba_124", "celeba_1245", "celeba_5", "cifar10", "cifar10_124",
                                         "cifar10_1245", "cifar10_5")},

@@ -15,8 +15,11 @@ tensor of the official state dict (in its order), where it lives in ours:
       trainable: in score_sde's `ema.shadow_params` (all parameters but the Fourier W; buffers never).
 """
 from __future__ import annotations
+
 from typing import NamedTuple
+
 from torch import nn
+
 from scoresde.models.nets.layers import AttnBlock, GaussianFourierProjection, ResBlockBigGAN, ResBlockDDPM
 from scoresde.models.nets.ncsnpp import NCSNpp
 from scoresde.models.nets.resample import Resample

@@ -22,9 +22,12 @@ runs UniPC's weights on its grid, i.e. it equals `unipc`. The fit is `optimize_s
 sampler="bns", return_info=True)`, whose info holds the weights. NFE rules are unipc's.
 """
 from __future__ import annotations
+
 import math
 from typing import Any, Callable, Sequence
+
 import torch
+
 from scoresde.samplers.core import SAMPLERS, progress_range
 from scoresde.samplers.logsnr import LogSNRGrid
 

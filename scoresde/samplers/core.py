@@ -13,10 +13,13 @@ no noise (the "noise removal" of Song et al. 2021). Samplers never dispatch on t
 per-SDE maths (discretisation, ancestral step, Langevin alpha) are SDE methods.
 """
 from __future__ import annotations
+
 import inspect
 import time
 from typing import Any, Callable, Sequence
+
 import torch
+
 from scoresde._common.finite import CheckedScore, NonFiniteError, check_finite, nonfinite_count
 from scoresde._common.registry import Registry
 from scoresde._common.validation import check_int
@@ -25,7 +28,6 @@ from scoresde._common.threads import thread_policy
 
 __all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CheckedScore",
            "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
-
 
 SAMPLERS = Registry("sampler")
 

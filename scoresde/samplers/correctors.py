@@ -20,8 +20,11 @@ the same seed and batch give the same samples, but a sample depends on its batch
 Annealed Langevin's step depends on t only.
 """
 from __future__ import annotations
+
 from typing import Callable
+
 import torch
+
 from scoresde._common.tensors import append_dims
 from scoresde._common.validation import check_choice, check_int, check_positive
 from scoresde.samplers.core import SAMPLERS, check_options, progress_range, randn_like
@@ -63,7 +66,6 @@ def annealed_langevin_step(sde, score_fn, x: torch.Tensor, t: torch.Tensor, *, s
 
 
 CORRECTORS: dict[str, Callable] = {"langevin": langevin_step, "annealed_langevin": annealed_langevin_step}
-
 
 _PC_DEFAULTS = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16, "corrector_steps": 1}
 

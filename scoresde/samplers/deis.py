@@ -24,19 +24,19 @@ Grid, `denoise` and NFE are those of `fast.py`: NFE = steps; with `denoise` the 
 the final data prediction D(x_eps; eps), which the corrector does not use.
 """
 from __future__ import annotations
+
 import math
+
 import numpy as np
 import torch
+
 from scoresde.samplers.core import SAMPLERS, progress_range
 from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
 
 
 __all__ = ["deis"]
 
-
 _GL_U, _GL_W = np.polynomial.legendre.leggauss(24)
-
-
 _GL_U, _GL_W = 0.5 * (_GL_U + 1.0), 0.5 * _GL_W          # nodes and weights on [0, 1]
 
 

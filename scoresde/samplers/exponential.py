@@ -28,8 +28,11 @@ End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
   2 len(ts) - 1 and 2 len(ts) - 3).
 """
 from __future__ import annotations
+
 import math
+
 import torch
+
 from scoresde.samplers.core import SAMPLERS, progress_range
 from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
 

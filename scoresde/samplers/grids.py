@@ -16,14 +16,16 @@ The grid is computed once in float64 on the host and moved to the caller's devic
 costs no per-step synchronisation.
 """
 from __future__ import annotations
+
 import math
 from typing import Any
+
 import torch
+
 from scoresde._common.validation import check_int, check_positive
 
 
 __all__ = ["SCHEDULES", "time_grid", "check_schedule"]
-
 
 SCHEDULES = ("logsnr", "karras", "uniform", "quadratic")
 

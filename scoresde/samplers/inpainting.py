@@ -22,8 +22,11 @@ and imputation (inpainting).
 Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
 """
 from __future__ import annotations
+
 from typing import Any, Callable
+
 import torch
+
 from scoresde.training.losses import _check_generator
 from scoresde.models.score_model import _check_fn, _check_sde
 from scoresde._common.finite import CheckedScore, NonFiniteError, nonfinite_count

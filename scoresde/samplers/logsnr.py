@@ -28,7 +28,9 @@ End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
   2 len(ts) - 1 and 2 len(ts) - 3).
 """
 from __future__ import annotations
+
 import torch
+
 from scoresde._common.validation import check_positive
 from scoresde.samplers.grids import check_schedule, time_grid
 

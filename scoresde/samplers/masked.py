@@ -24,8 +24,11 @@ receives `nfe` (network calls) and `nfe_per_sequence` (rows evaluated / B).
   remasking (or any order independent of the drawn values) the exact denoiser gives exact samples.
 """
 from __future__ import annotations
+
 from typing import Any, Callable
+
 import torch
+
 from scoresde._common.registry import Registry
 from scoresde._common.validation import check_int
 from scoresde.sde.masked import MaskedProcess
@@ -33,10 +36,7 @@ from scoresde.sde.masked import MaskedProcess
 
 __all__ = ["DISCRETE_SAMPLERS", "sample_mdlm", "sample_llada", "categorical", "list_discrete_samplers"]
 
-
 DISCRETE_SAMPLERS = Registry("discrete sampler")
-
-
 REMASKING = ("low_confidence", "random")
 
 

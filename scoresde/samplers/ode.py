@@ -8,8 +8,10 @@ scipy's RK45, with the same tolerance semantics); the other scipy `solve_ivp` me
 available too, at the cost of one host round trip per function evaluation.
 """
 from __future__ import annotations
+
 import numpy as np
 import torch
+
 from scoresde._common.finite import NonFiniteError
 from scoresde._common.odeint import odeint_rk45
 from scoresde._common.tensors import append_dims
@@ -18,7 +20,6 @@ from scoresde.samplers.core import SAMPLERS, check_options, flush_checks
 
 
 __all__ = ["ode", "ODE_METHODS", "TimeBar"]
-
 
 # "RK45": torch, on the data's device; the others: scipy.integrate.solve_ivp on the host (float64)
 ODE_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")

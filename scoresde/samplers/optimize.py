@@ -36,11 +36,14 @@ plus the final data prediction, 2 L - 1 for L times, so B must be odd and >= 3; 
 `load_steps` keep a grid in a run directory (RUN/steps/<sampler>-<budget>.json).
 """
 from __future__ import annotations
+
 import math
 import time
 from typing import Any, Callable
+
 import numpy as np
 import torch
+
 from scoresde.samplers.core import SAMPLERS, sample
 from scoresde._common.validation import check_int
 from scoresde.samplers.grids import time_grid
@@ -50,17 +53,9 @@ __all__ = ["optimize_steps", "grid_size", "min_budget", "FAST_SAMPLERS", "FITTED
 
 
 FAST_SAMPLERS = ("ddim", "heun", "dpm_solver", "deis", "unipc")
-
-
 FITTED_SAMPLERS = FAST_SAMPLERS + ("bns",)     # bns: its step weights are fitted too (samplers/bespoke.py)
-
-
 LOSSES = ("rmse", "l2", "geometric")
-
-
 INIT_SCHEDULES = ("logsnr", "karras", "quadratic", "uniform")
-
-
 _SLACK = 1e-3                          # initial share of the lambda range left between the last time and eps
 
 

@@ -9,8 +9,11 @@ score evaluation; `noise=False` returns the step's mean (the final "noise remova
 registered samplers run one predictor over the whole grid; `pc` reuses the same steps.
 """
 from __future__ import annotations
+
 from typing import Callable
+
 import torch
+
 from scoresde._common.tensors import append_dims
 from scoresde.samplers.core import SAMPLERS, check_options, progress_range, randn_like
 

@@ -9,7 +9,9 @@ on the flattened state (B, prod(D)) with diagonal noise. The diffusion does not 
 (additive noise), so Ito and Stratonovich forms coincide and the Stratonovich solvers apply too.
 """
 from __future__ import annotations
+
 import torch
+
 from scoresde._common.validation import check_choice, check_positive
 from scoresde.samplers.core import SAMPLERS, check_options
 from scoresde.samplers.ode import TimeBar
@@ -17,7 +19,6 @@ from scoresde.samplers.predictors import euler_maruyama_step
 
 
 __all__ = ["torchsde_sampler", "TORCHSDE_METHODS"]
-
 
 # method -> the SDE type torchsde expects of it; all are valid here as the noise is additive
 TORCHSDE_METHODS = {"euler": "ito", "milstein": "ito", "srk": "ito", "reversible_heun": "stratonovich",

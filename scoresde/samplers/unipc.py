@@ -21,9 +21,12 @@ the final data prediction D(x_eps; eps), which the corrector does not use (as in
 step is not corrected). All weights are float64 host numbers computed once before sampling.
 """
 from __future__ import annotations
+
 import math
+
 import numpy as np
 import torch
+
 from scoresde.samplers.core import SAMPLERS, progress_range
 from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
 

@@ -30,13 +30,16 @@ uncertainty of x_0 given x_t (Ho et al.'s lower bound), so coarse chains come ou
 variance for a 0.3-std Gaussian with the exact score at 200 steps, about -4% at 500.
 """
 from __future__ import annotations
+
 import abc
 import copy
 import math
 from typing import Any, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from scoresde.sde.base import SDE, SDES, check_x
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_choice, check_int, check_positive
@@ -44,13 +47,8 @@ from scoresde._common.validation import check_choice, check_int, check_positive
 
 __all__ = ["AlphaBarVPSDE", "DiscreteVPSDE", "CosineVPSDE", "beta_schedule", "BETA_SCHEDULES"]
 
-
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-
-
 INTERPOLATIONS = ("cubic", "pchip", "linear")
-
-
 ANCESTRAL_VARIANCES = ("posterior", "beta")
 
 

@@ -6,9 +6,12 @@ score, density and (for one component) the probability-flow map are exact. These
 the benchmarks (samplers compared on the exact score) and the built-in 2-D mixture dataset.
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import torch
+
 from scoresde._common.tensors import append_dims, as_time
 
 

@@ -9,10 +9,13 @@ Per-SDE behaviour that samplers need (discretisation, ancestral step, Langevin a
 here, so samplers never dispatch on the SDE type.
 """
 from __future__ import annotations
+
 import abc
 import math
 from typing import Any, Callable, Sequence
+
 import torch
+
 from scoresde._common.registry import Registry
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_int
@@ -22,8 +25,6 @@ __all__ = ["SDE", "ReverseSDE", "get_sde", "SDES"]
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 SDES = Registry("SDE")
 
 

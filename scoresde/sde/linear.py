@@ -9,9 +9,12 @@ Per-SDE behaviour that samplers need (discretisation, ancestral step, Langevin a
 here, so samplers never dispatch on the SDE type.
 """
 from __future__ import annotations
+
 import math
 from typing import Any
+
 import torch
+
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_positive
 from scoresde.sde.base import SDE, SDES, check_x

@@ -26,10 +26,13 @@ l ~ U{1..L} and weights by L/l, the `count` estimator here, lower variance than 
 Jensen it bounds -log of the model's likelihood, and equals -log p(x_0) for the exact denoiser.
 """
 from __future__ import annotations
+
 import math
 from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
+
 from scoresde._common.registry import Registry
 from scoresde._common.validation import check_int
 
@@ -37,10 +40,7 @@ from scoresde._common.validation import check_int
 __all__ = ["SCHEDULES", "MaskingSchedule", "LinearSchedule", "CosineSchedule", "MaskedProcess", "get_schedule",
            "bits_per_token", "perplexity"]
 
-
 SCHEDULES = Registry("masking schedule")
-
-
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -5,7 +5,9 @@ an SDE, Song et al. 2021, arXiv:2011.13456, eq. 7); how it is trained, checkpoin
 stopped is the engine's (`scoresde.engine`). See `train` for the arguments.
 """
 from __future__ import annotations
+
 from typing import Any
+
 from scoresde.training.engine import Engine, TrainResult, TrainingError
 from scoresde.training.resolve import resolve_run
 

@@ -13,11 +13,13 @@ Training defaults follow score_sde (Song et al. 2021, arXiv:2011.13456): Adam lr
 run (the four-mode mixture), so its warm-up and EMA decay are shorter than the image defaults.
 """
 from __future__ import annotations
+
 import copy
 import math
 import os
 import tomllib
 from typing import Any, Mapping
+
 from scoresde._common.toml import load_toml
 
 
@@ -116,19 +118,12 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-
 _FREE_SECTIONS = ("sde", "model")
-
-
 _TASK_SECTIONS = ("discrete", "vae")   # kept only for the tasks that list them in `Task.sections`
-
-
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
             "discrete.remasking": ("low_confidence", "random"), "discrete.loss": ("time", "count"),
             "vae.loss": ("l1", "l2")}
-
-
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
     "seed": (0, False), "threads": (0, False), "data.size": (1, False), "data.image_size": (0, False),
@@ -147,8 +142,6 @@ _BOUNDS = {
     "vae.dropout": (0.0, False), "vae.kl_weight": (0.0, False), "vae.disc_weight": (0.0, False),
     "vae.disc_start": (0, False), "vae.disc_ch": (1, False), "vae.disc_layers": (1, False),
 }
-
-
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 
 

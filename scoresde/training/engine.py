@@ -16,6 +16,7 @@ non-finite loss or gradient skips the update; `max_nonfinite` in a row raise `Tr
 leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`scoresde.distributed`).
 """
 from __future__ import annotations
+
 import io
 import json
 import logging
@@ -27,7 +28,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
 import torch
+
 from scoresde._common import distributed as D
 from scoresde._common.finite import nonfinite_count
 from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_state, list_checkpoints, prune_checkpoints, save_checkpoint, tensor_digests, unflatten_state)
@@ -41,10 +44,7 @@ from scoresde._common.threads import policy_threads
 
 __all__ = ["Engine", "TrainResult", "TrainingError", "make_adam", "resolve_run", "run_dir_of"]
 
-
 log = logging.getLogger("scoresde")
-
-
 _LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "skipped", "seconds"]
 
 

@@ -22,9 +22,12 @@ and imputation (inpainting).
 Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
 """
 from __future__ import annotations
+
 from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
+
 from scoresde.models.score_model import _check_fn, _check_sde
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_int

@@ -6,9 +6,11 @@ system drops the lock when its process dies (even by `kill -9`), so a lock file 
 process is stale by construction: the next run takes it over and says whose it was.
 """
 from __future__ import annotations
+
 import os
 import time
 from typing import Any, Mapping
+
 from scoresde._common.toml import load_toml
 from scoresde.training.config import resolve
 from scoresde.training.tasks.base import get_task

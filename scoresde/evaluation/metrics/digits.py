@@ -10,14 +10,14 @@ class-conditional samples from its logits. It reads images exactly as scoresde t
 20% of the 1797 images (359) held out, the other 1438 for training.
 """
 from __future__ import annotations
+
 import json
 import os
+
 import torch
 import torch.nn as nn
 
-
 __all__ = ["DigitsClassifier", "digits_split", "load_digits_classifier", "DIGITS_WEIGHTS"]
-
 
 DIGITS_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_classifier.safetensors")
 

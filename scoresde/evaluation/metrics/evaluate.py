@@ -8,10 +8,13 @@ et al. 2019, arXiv:1904.06991, k = 3), "is" ("is", "is_std"; Salimans et al. 201
 arXiv:1606.03498), "acc" ("class_accuracy": the classifier's class of each sample equals its label).
 """
 from __future__ import annotations
+
 import os
 from dataclasses import dataclass
+
 import numpy as np
 import torch
+
 from scoresde.evaluation.metrics.features import extract_features, get_feature_net
 from scoresde.evaluation.metrics.fid import check_full_rank, feature_stats, frechet_distance, load_stats
 from scoresde.evaluation.metrics.kid import kid as kid_fn
@@ -21,7 +24,6 @@ from scoresde.evaluation.metrics.scores import class_accuracy, inception_score
 
 __all__ = ["METRICS", "Reference", "evaluate", "evaluate_files", "metrics_from_features", "run_metrics",
            "run_metric_name", "floor_metrics", "load_inputs"]
-
 
 METRICS = ("fid", "kid", "pr", "is", "acc")
 

@@ -9,14 +9,14 @@ A `FeatureNet` maps a batch of data (B, *D), as scoresde holds it ([-1, 1] for i
 - any callable `features(x) -> (B, F)` (no logits).
 """
 from __future__ import annotations
+
 from typing import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-
 __all__ = ["FeatureNet", "get_feature_net", "extract_features", "check_input", "FEATURE_NETS", "FEATURE_DIMS"]
-
 
 FEATURE_NETS = ("inception", "digits")
 
@@ -58,8 +58,6 @@ def _image_check(name: str, channels: tuple[int, ...], size: tuple[int, int] | N
 
 
 _CHECKS = {"inception": _image_check("inception", (1, 3)), "digits": _image_check("digits", (1,), (8, 8))}
-
-
 FEATURE_DIMS = {"inception": 2048, "digits": 64}
 
 

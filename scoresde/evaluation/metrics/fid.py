@@ -10,10 +10,11 @@ published numbers. Statistics files hold `mu` (F,) and `sigma` (F, F), the forma
 (Karras et al. 2022, arXiv:2206.00364) read and write, so their reference statistics work as they are.
 """
 from __future__ import annotations
+
 import os
 import warnings
-import numpy as np
 
+import numpy as np
 
 __all__ = ["feature_stats", "frechet_distance", "fid_from_features", "load_stats", "save_stats"]
 

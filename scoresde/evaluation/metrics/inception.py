@@ -18,24 +18,20 @@ equal to ours under random weights):
   without the bias (the Inception Score's logits, the original code's `softmax/logits/MatMul`).
 """
 from __future__ import annotations
+
 import math
 import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 __all__ = ["InceptionV3", "load_inception", "random_inception_state_dict", "tf1_resize_bilinear",
            "INCEPTION_WEIGHTS_ENV", "INCEPTION_WEIGHTS_HELP"]
 
-
 INCEPTION_WEIGHTS_ENV = "SCORESDE_INCEPTION_WEIGHTS"
-
-
 INCEPTION_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                          "pt_inception-2015-12-05-6726825d.pth")
-
-
 INCEPTION_WEIGHTS_HELP = (f"download pt_inception-2015-12-05-6726825d.pth (the FID Inception-v3 weights of "
                           f"pytorch-fid and torch-fidelity, 95 MB) from {INCEPTION_WEIGHTS_URL} and pass its path "
                           f"with --inception-weights PATH or ${INCEPTION_WEIGHTS_ENV}")

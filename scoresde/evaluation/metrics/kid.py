@@ -9,9 +9,9 @@ can be negative). As torch-fidelity, clean-fid and StyleGAN's metrics do, it is 
 capped at the smaller set), reporting the mean and standard deviation over subsets.
 """
 from __future__ import annotations
+
 import numpy as np
 import torch
-
 
 __all__ = ["polynomial_kernel", "mmd2_unbiased", "kid"]
 

@@ -8,9 +8,9 @@ manifold; recall is the fraction of real features inside the generated manifold:
 Distances are computed in blocks, so memory stays at `block` x N.
 """
 from __future__ import annotations
+
 import numpy as np
 import torch
-
 
 __all__ = ["kth_neighbour_radii", "manifold_coverage", "precision_recall"]
 

@@ -8,9 +8,9 @@ For the FID Inception network the logits are pool3 @ W without the bias, the ori
 `softmax/logits/MatMul`.
 """
 from __future__ import annotations
+
 import numpy as np
 import torch
-
 
 __all__ = ["inception_score", "class_accuracy"]
 

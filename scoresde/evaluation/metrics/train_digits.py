@@ -9,13 +9,16 @@ the held-out accuracy and the floor of each metric: the held-out split against t
 in the new features.
 """
 from __future__ import annotations
+
 import argparse
 import json
 import math
 import time
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
 from scoresde.evaluation.metrics.digits import DIGITS_WEIGHTS, DigitsClassifier, digits_split
 
 

@@ -13,11 +13,14 @@ train-autoencoder`, whose checkpoints store the measured scale) or a diffusers `
 `latents_std`). diffusers is imported only on that path.
 """
 from __future__ import annotations
+
 import json
 import os
 from typing import Any
+
 import torch
 from torch import nn
+
 from scoresde.models.autoencoders.vae import DiagonalGaussian
 
 

@@ -13,11 +13,14 @@ The optional patch discriminator is pix2pix's (Isola et al. 2017, arXiv:1611.070
 GroupNorm in place of BatchNorm (no running statistics to carry through the EMA and DDP).
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde.models.nets.layers import (AttnBlock, Downsample, Upsample, check_data_shape, check_sequence, conv, group_norm)
 from scoresde._common.validation import check_int, check_positive
 

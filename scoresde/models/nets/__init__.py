@@ -19,9 +19,12 @@ Every network is an `nn.Module` built by `get_model(name, data_shape=..., **conf
 The token networks take `forward(x, t)` with x (B, L) token ids and return logits (B, L, K).
 """
 from __future__ import annotations
+
 import inspect
 from typing import Any
+
 from torch import nn
+
 from scoresde._common.registry import Registry
 from scoresde.models.nets.device import autocast, prepare_model
 from scoresde.models.nets.dit import DiT
@@ -35,28 +38,13 @@ __all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model
            "DDPMUNet", "NCSNpp", "SeqTransformer", "DiT",
            "autocast", "prepare_model"]
 
-
 MODELS = Registry("model")
-
-
 MODELS.register("mlp")(MLP)
-
-
 MODELS.register("ddpm_unet")(DDPMUNet)
-
-
 MODELS.register("ddpmpp")(ddpmpp)
-
-
 MODELS.register("ncsnpp")(NCSNpp)
-
-
 MODELS.register("seq_transformer")(SeqTransformer)
-
-
 MODELS.register("causal_transformer")(causal_transformer)
-
-
 MODELS.register("dit")(DiT)
 
 

@@ -15,11 +15,12 @@ branching on tensor values), so CUDA kernels queue ahead of the Python loop and 
 torch.compile work; `torch.cuda.set_sync_debug_mode("error")` can be used to check it.
 """
 from __future__ import annotations
+
 import contextlib
 from typing import Any
+
 import torch
 from torch import nn
-
 
 __all__ = ["autocast", "prepare_model", "to_channels_last"]
 

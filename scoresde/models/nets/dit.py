@@ -19,12 +19,15 @@ memory-efficient kernels on CUDA, bf16 autocast); the forward pass has no host s
 on GPUs and no data-dependent Python control flow, so it is torch.compile friendly.
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes, class_labels)
 
@@ -34,8 +37,6 @@ __all__ = ["DiT", "DIT_PRESETS", "timestep_embedding", "sincos_pos_embed_2d"]
 
 # name -> (depth, hidden_size, num_heads, patch_size)   (Peebles & Xie 2023, Table 1)
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-
-
 DIT_PRESETS = {f"DiT-{s}/{p}": dict(depth=d, hidden_size=h, num_heads=n, patch_size=p)
                for s, (d, h, n) in _SIZES.items() for p in (2, 4, 8)}
 

@@ -14,11 +14,14 @@ Everything here is autocast- and channels_last-safe: no dtype-specific branches,
 no Python control flow on tensor values.
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.tensors import append_dims
 
 
@@ -27,7 +30,6 @@ __all__ = [
     "make_embedding", "LabelEmbedding", "check_num_classes", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
     "fir_resample", "ResBlockDDPM", "ResBlockBigGAN", "AttnBlock",
 ]
-
 
 EMBEDDINGS = ("sinusoidal", "fourier")  # "positional" is accepted as an alias of "sinusoidal"
 

@@ -8,11 +8,14 @@ With `num_classes=K` a learned class embedding (K classes and a null label K, Ho
 arXiv:2207.12598) is added to the noise-level embedding.
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.validation import check_int
 from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs, linear, make_embedding)
 

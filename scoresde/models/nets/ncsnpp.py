@@ -22,11 +22,14 @@ With `num_classes=K` a learned class embedding (null label K; Ho & Salimans 2022
 is added to the noise-level embedding.
 """
 from __future__ import annotations
+
 import math
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.validation import check_choice, check_int, check_positive
 from scoresde.models.nets.layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, ResBlockDDPM, add_sigma_table, check_data_shape, check_inputs, check_num_classes, check_sequence, conv, embed_inputs, fir_resample, group_norm, linear, make_embedding, scale_by_sigma)
 from scoresde.models.nets.resample import Resample, check_fir_kernel

@@ -11,11 +11,12 @@ reference implementation.
   map as "FIR-downsample then a 3x3 convolution".
 """
 from __future__ import annotations
+
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 __all__ = ["upfirdn2d", "fir_filter", "fir_up", "fir_down", "Resample", "check_fir_kernel"]
 

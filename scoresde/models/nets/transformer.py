@@ -14,16 +14,18 @@ Like the other networks: no host synchronisation in `forward`, bf16-autocast saf
 float32), `config` rebuilds the module with `get_model(name, **config)`.
 """
 from __future__ import annotations
+
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.validation import check_int
 from scoresde.models.nets.layers import sinusoidal_embedding
 
 
 __all__ = ["SeqTransformer", "causal_transformer", "POSITIONS"]
-
 
 POSITIONS = ("rotary", "learned")
 

@@ -13,10 +13,13 @@ two 16x16 attention blocks of 263,680 parameters fewer). `centered=False` (data 
 2 x - 1 first), `scale_by_sigma` and `num_scales` are score_sde's input and output conventions.
 """
 from __future__ import annotations
+
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table, check_data_shape, check_inputs, check_num_classes, embed_inputs, scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
 

@@ -17,13 +17,15 @@ A task may set `defaults` ({section: {key: value}}): they replace the built-in d
 task (a free section, `model` or `sde`, is replaced whole), under the user's config.
 """
 from __future__ import annotations
+
 from typing import Any
+
 import torch
+
 from scoresde._common.registry import Registry
 
 
 __all__ = ["Task", "TASKS", "get_task"]
-
 
 TASKS = Registry("task")
 

@@ -11,9 +11,12 @@ of its weights and the scaling used), so `ss.load` and `scoresde sample` rebuild
 A run is latent when its config names an `autoencoder` (`scoresde train --autoencoder RUN_OR_DIR`).
 """
 from __future__ import annotations
+
 import math
 from typing import Any
+
 import torch
+
 from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
 from scoresde.training.tasks.score import ScoreTask

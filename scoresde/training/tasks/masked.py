@@ -8,9 +8,12 @@ token ids (`[data] name`), with the options of the `[discrete]` section; the tok
 the process go into the checkpoint metadata, so `scoresde.load` rebuilds the model.
 """
 from __future__ import annotations
+
 import os
 from typing import Any
+
 import torch
+
 from scoresde.training.tasks.base import TASKS, Task
 
 

@@ -6,18 +6,18 @@ Loss: Song et al. (2021), "Score-Based Generative Modeling through SDEs", arXiv:
 [sample] sampler; evaluation is the exact mode statistics for mixture data.
 """
 from __future__ import annotations
+
 from typing import Any
+
 import torch
+
 from scoresde.data.datasets import Dataset, from_array, load_dataset
 from scoresde.training.tasks.base import TASKS, Task
 
 
 __all__ = ["ScoreTask"]
 
-
 _SCORE_KEYS = ("parameterization", "conditioning", "scale_by_sigma")   # model.* keys for ScoreModel
-
-
 _EVAL_FIELDS = {"mode_weight_tv": ("mode_weight_tv", "within_mode_std_error"), "fid": ("fid", "kid"),
                 "kid": ("kid", "kid_std")}
 

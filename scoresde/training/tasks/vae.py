@@ -17,25 +17,23 @@ training images, measured on the raw weights, which are the ones `load_autoencod
 stage keeps no EMA, so the task's default `train.ema_decay` is 0 (the run's plots then show them too).
 """
 from __future__ import annotations
+
 import logging
 import math
 from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from scoresde.data.datasets import Dataset, from_array, load_dataset
 from scoresde.training.tasks.base import TASKS, Task
 
 
 __all__ = ["AutoencoderTask"]
 
-
 log = logging.getLogger("scoresde")
-
-
 _ARCH = ("ch", "ch_mult", "num_res_blocks", "z_channels", "mid_attn", "num_groups", "dropout")
-
-
 _SCALE_EXAMPLES = 1024
 
 
