@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+import torch
 
 
-__all__ = ["check_positive", "check_real", "check_int", "check_choice"]
+__all__ = ["check_positive", "check_real", "check_int", "check_choice", "check_fn", "check_generator"]
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -47,3 +49,16 @@ def check_real(name: str, value: Any, lo: float | None = None, hi: float | None 
     if not inside:
         raise ValueError(f"{name}: expected a finite number in {span}, found {value!r}")
     return float(value)
+
+
+def check_fn(fn: Any, name: str) -> Callable:
+    """A callable fn(x, t) (a score, noise or denoiser function)."""
+    if not callable(fn):
+        raise TypeError(f"{name}: expected a callable {name}(x, t), found {type(fn).__name__}")
+    return fn
+
+
+def check_generator(generator: Any) -> None:
+    """A torch.Generator or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, found {type(generator).__name__}")

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde.models.nets.layers import check_data_shape, linear, make_embedding
-from scoresde.models.score_model import CONDITIONINGS, _check_sde, conditioning_value
+from scoresde.models.score_model import CONDITIONINGS, conditioning_value
+from scoresde.sde.base import check_sde
 from scoresde._common.tensors import as_time
 from scoresde._common.validation import check_choice, check_int
 
@@ -50,7 +51,7 @@ class NoiseConditionalClassifier(nn.Module):
     def __init__(self, sde: Any, data_shape: Sequence[int], num_classes: int, width: int = 128,
                  depth: int = 3, conditioning: str = "auto", embed_dim: int = 64):
         super().__init__()
-        self.sde = _check_sde(sde)
+        self.sde = check_sde(sde)
         self.data_shape = check_data_shape(data_shape, image=False)
         self.num_classes = check_int("num_classes", num_classes)
         width, depth, embed_dim = check_int("width", width), check_int("depth", depth), check_int("embed_dim", embed_dim)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from scoresde.models.score_model import _check_fn
+from scoresde._common.validation import check_fn
 from scoresde._common.tensors import as_time
 from scoresde._common.validation import check_real
 from scoresde.models.conditioning import batch_labels, check_num_classes, validated_labels
@@ -77,7 +77,7 @@ def classifier_free_score(score_model: Callable, y: Any, w: float, *, num_classe
     Each call evaluates the network ONCE on a doubled batch (conditional and unconditional halves
     concatenated), so a sampler's NFE counts network calls of batch 2B.
     """
-    _check_fn(score_model, "score_model")
+    check_fn(score_model, "score_model")
     K = check_num_classes(num_classes, score_model)
     w = check_real("w", w)
     y = validated_labels(y, K)
@@ -123,8 +123,8 @@ def classifier_guided_score(score_fn: Callable, classifier: Callable, y: Any, sc
     samplers' `torch.no_grad()` (not under `torch.inference_mode()`). One NFE = one score call
     plus one classifier forward/backward.
     """
-    _check_fn(score_fn, "score_fn")
-    _check_fn(classifier, "classifier")
+    check_fn(score_fn, "score_fn")
+    check_fn(classifier, "classifier")
     scale = check_real("scale", scale)
     if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
         raise TypeError(f"y: expected an int or a (B,) integer tensor of class labels, found {type(y).__name__}")

@@ -22,39 +22,23 @@ import torch
 from torch import nn
 
 from scoresde._common.tensors import append_dims, as_time
-from scoresde._common.validation import check_choice
+from scoresde._common.validation import check_choice, check_fn
+from scoresde.sde.base import check_sde
+from scoresde.models.preconditioners import NOISE_INPUTS, PRECONDITIONERS, T_SCALE, Preconditioner
 
 
-__all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value"]
+__all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value",
+           "T_SCALE"]
 
-PARAMETERIZATIONS = ("eps", "score", "x0", "v")
-CONDITIONINGS = ("auto", "t", "log_sigma", "sigma", "timestep")
-T_SCALE = 999.0   # "t" conditioning: c = 999 t, DDPM's integer timestep for N = 1000 (fixed, so
-                  # a network does not depend on the number of sampling steps)
+PARAMETERIZATIONS = tuple(PRECONDITIONERS)            # "eps", "score", "x0", "v", "edm"
+CONDITIONINGS = ("auto", *NOISE_INPUTS)               # "t", "log_sigma", "sigma", "timestep", "edm"
 
 
 def conditioning_value(kind: str, sde: Any, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The (B,) value c a network is fed for conditioning `kind` ("t", "log_sigma", "sigma", "timestep")."""
-    if kind == "t":
-        return T_SCALE * t
-    if kind == "log_sigma":
-        return torch.log(sigma)
-    if kind == "timestep":
-        return sde.timestep(t)
-    return sigma
+    """The (B,) value c a network is fed for conditioning `kind` (a name of `NOISE_INPUTS`)."""
+    return NOISE_INPUTS[kind]()(sde, t, sigma)
 
 
-def _check_sde(sde: Any, name: str = "sde") -> Any:
-    if not callable(getattr(sde, "marginal_coefs", None)):
-        raise TypeError(f"{name}: expected an SDE with marginal_coefs(t) (e.g. scoresde.VPSDE), "
-                        f"found {type(sde).__name__}")
-    return sde
-
-
-def _check_fn(fn: Any, name: str) -> Callable:
-    if not callable(fn):
-        raise TypeError(f"{name}: expected a callable {name}(x, t), found {type(fn).__name__}")
-    return fn
 
 
 class _Converted:
@@ -82,12 +66,12 @@ class _Converted:
 
 def score_from_eps(eps_fn: Callable, sde: Any) -> Callable:
     """Score function score(x, t) = -eps_fn(x, t) / sigma(t) of a noise predictor."""
-    return _Converted(_check_fn(eps_fn, "eps_fn"), _check_sde(sde), "score")
+    return _Converted(check_fn(eps_fn, "eps_fn"), check_sde(sde), "score")
 
 
 def eps_from_score(score_fn: Callable, sde: Any) -> Callable:
     """Noise predictor eps(x, t) = -sigma(t) score_fn(x, t) of a score function."""
-    return _Converted(_check_fn(score_fn, "score_fn"), _check_sde(sde), "eps")
+    return _Converted(check_fn(score_fn, "score_fn"), check_sde(sde), "eps")
 
 
 class ScoreModel(nn.Module):
@@ -98,11 +82,13 @@ class ScoreModel(nn.Module):
             conditioning value; its output is shaped like x. Its `data_shape` attribute, if any,
             is exposed as `.data_shape` (so samplers accept a batch size alone).
         sde: the SDE whose kernel x_t = alpha(t) x0 + sigma(t) z the network was trained on.
-        parameterization: what the network predicts:
+        parameterization: what the network predicts, a name of `PRECONDITIONERS` or a
+            `Preconditioner` (scoresde/models/preconditioners.py, where each is a few lines):
             "eps":   the noise z;            score = -net / sigma
             "score": the score;              score = net / sigma if `scale_by_sigma`, else net
             "x0":    the clean data;         score = (alpha net - x) / sigma^2
             "v":     the velocity alpha eps - sigma x0;  eps = (sigma x + alpha net) / (alpha^2 + sigma^2)
+            "edm":   EDM's preconditioned F (Karras et al. 2022), sigma_data = 0.5
         conditioning: what the network is fed as c: "t" -> 999 t (DDPM's timestep scale, suits
             sinusoidal embeddings), "log_sigma" -> log sigma(t) (NCSN++ VE convention),
             "sigma" -> sigma(t), "timestep" -> `sde.timestep(t)` (the discrete timestep scale of an
@@ -111,8 +97,9 @@ class ScoreModel(nn.Module):
         scale_by_sigma: only for "score": divide the output by sigma(t) (NCSN++). Default: on when
             the SDE's default conditioning is "log_sigma" (VE), off otherwise.
 
-    Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`
-    and `.x0(x, t)` return the noise and data predictions. A class-conditional network (built with
+    Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`,
+    `.x0(x, t)` (the denoiser D) and `.v(x, t)` the noise, data and velocity predictions, all derived
+    by the preconditioner (`.precond`) from one network call. A class-conditional network (built with
     `num_classes=K`, forward(x, c, y)) takes labels: `model(x, t, y=labels)`, labels a (B,) long
     tensor in [0, K] with K the null label; `y=None` is the null label (unconditional score).
     `.num_classes` is the network's K (None when unconditional).
@@ -124,10 +111,14 @@ class ScoreModel(nn.Module):
         if not callable(net):
             raise TypeError(f"net: expected an nn.Module (or callable) net(x, c), found {type(net).__name__}")
         self.net = net
-        self.sde = _check_sde(sde)
-        if not isinstance(parameterization, str):
-            raise TypeError(f"parameterization: expected one of {list(PARAMETERIZATIONS)}, "
+        self.sde = check_sde(sde)
+        if isinstance(parameterization, Preconditioner):
+            precond, parameterization = parameterization, parameterization.name
+        elif not isinstance(parameterization, str):
+            raise TypeError(f"parameterization: expected one of {list(PARAMETERIZATIONS)} or a Preconditioner, "
                             f"found {type(parameterization).__name__}")
+        else:
+            precond = None
         if not isinstance(conditioning, str):
             raise TypeError(f"conditioning: expected one of {list(CONDITIONINGS)}, found {type(conditioning).__name__}")
         self.parameterization = check_choice("parameterization", parameterization, PARAMETERIZATIONS)
@@ -140,14 +131,23 @@ class ScoreModel(nn.Module):
             raise ValueError(f"conditioning: 'timestep' needs an SDE with a discrete timestep scale "
                              f"(a `timestep(t)` method, e.g. DiscreteVPSDE), found {type(sde).__name__}")
         self.conditioning = conditioning
+        self.noise_input = NOISE_INPUTS[conditioning]()
         if scale_by_sigma is None:
-            scale_by_sigma = parameterization == "score" and sde_default == "log_sigma"
+            scale_by_sigma = (precond.scale_by_sigma if precond is not None and parameterization == "score"
+                              else parameterization == "score" and sde_default == "log_sigma")
         if not isinstance(scale_by_sigma, bool):
             raise TypeError(f"scale_by_sigma: expected a bool or None, found {type(scale_by_sigma).__name__}")
         if scale_by_sigma and parameterization != "score":
             raise ValueError(f"scale_by_sigma: only applies to parameterization='score', found "
                              f"parameterization={parameterization!r}")
         self.scale_by_sigma = scale_by_sigma
+        if precond is None:
+            precond = PRECONDITIONERS[parameterization](**({"scale_by_sigma": scale_by_sigma}
+                                                           if parameterization == "score" else {}))
+        elif parameterization == "score" and precond.scale_by_sigma != scale_by_sigma:
+            raise ValueError(f"scale_by_sigma: {scale_by_sigma} disagrees with the preconditioner's "
+                             f"{precond.scale_by_sigma}")
+        self.precond = precond
 
     @property
     def data_shape(self) -> tuple[int, ...] | None:
@@ -160,8 +160,9 @@ class ScoreModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The wrapper's settings (resolved), for checkpoints."""
+        extra = {k: v for k, v in self.precond.config().items() if k != "scale_by_sigma"}
         return {"parameterization": self.parameterization, "conditioning": self.conditioning,
-                "scale_by_sigma": self.scale_by_sigma}
+                "scale_by_sigma": self.scale_by_sigma, **extra}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + f", sde={self.sde!r}"
@@ -169,7 +170,7 @@ class ScoreModel(nn.Module):
     # --- the network call ---------------------------------------------------------------------
     def condition(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The (B,) conditioning value c fed to the network."""
-        return conditioning_value(self.conditioning, self.sde, t, sigma)
+        return self.noise_input(self.sde, t, sigma)
 
     def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, y)` when class-conditional.
@@ -184,44 +185,33 @@ class ScoreModel(nn.Module):
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
-        out = self.call_net(x, self.condition(t, sigma), y)
+        a, s = append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
+        out = self.call_net(self.precond.input(x, a, s), self.condition(t, sigma), y)
         if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
             out = out[:, : x.shape[1]]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
-        return out, append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
+        return out, a, s
 
     def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """The score grad_x log p_t(x), shaped like x."""
         out, alpha, sigma = self._raw(x, t, y)
-        if self.parameterization == "eps":
-            return -out / sigma                                   # score = -eps / sigma
-        if self.parameterization == "score":
-            return out / sigma if self.scale_by_sigma else out
-        if self.parameterization == "v":                          # score = -eps / sigma
-            return -(sigma * x + alpha * out) / ((alpha.square() + sigma.square()) * sigma)
-        return (alpha * out - x) / sigma.square()                 # score = (alpha x0 - x) / sigma^2
+        return self.precond.score(out, x, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
         out, alpha, sigma = self._raw(x, t, y)
-        if self.parameterization == "eps":
-            return out
-        if self.parameterization == "score":
-            return -out if self.scale_by_sigma else -sigma * out  # eps = -sigma * score
-        if self.parameterization == "v":
-            return (sigma * x + alpha * out) / (alpha.square() + sigma.square())
-        return (x - alpha * out) / sigma                          # x = alpha x0 + sigma eps
+        return self.precond.eps(out, x, alpha, sigma)
 
     def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula)."""
+        """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula): EDM's denoiser D."""
         out, alpha, sigma = self._raw(x, t, y)
-        if self.parameterization == "eps":
-            return (x - sigma * out) / alpha
-        if self.parameterization == "score":
-            score = out / sigma if self.scale_by_sigma else out
-            return (x + sigma.square() * score) / alpha           # x0 = (x + sigma^2 score) / alpha
-        if self.parameterization == "v":
-            return (alpha * x - sigma * out) / (alpha.square() + sigma.square())
-        return out
+        return self.precond.x0(out, x, alpha, sigma)
+
+    denoiser = x0
+
+    def v(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity prediction alpha eps - sigma x0 (Salimans & Ho 2022)."""
+        out, alpha, sigma = self._raw(x, t, y)
+        return self.precond.v(out, x, alpha, sigma)

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import torch
 
-from scoresde.training.losses import _check_generator
-from scoresde.models.score_model import _check_fn, _check_sde
+from scoresde._common.validation import check_fn, check_generator
+from scoresde.sde.base import check_sde
 from scoresde._common.finite import CheckedScore, NonFiniteError, nonfinite_count
 from scoresde.samplers.core import check_samples, progress_range, uniform_grid
 from scoresde.samplers.correctors import CORRECTORS
@@ -76,8 +76,8 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
     Returns:
         (B, *D) samples equal to x_known where mask == 1.
     """
-    _check_sde(sde)
-    _check_fn(score_fn, "score_fn")
+    check_sde(sde)
+    check_fn(score_fn, "score_fn")
     if not isinstance(x_known, torch.Tensor) or x_known.ndim < 1 or not x_known.is_floating_point():
         found = f"{x_known.dtype} {tuple(x_known.shape)}" if isinstance(x_known, torch.Tensor) else type(x_known).__name__
         raise TypeError(f"x_known: expected a floating-point tensor of shape (B, *D), found {found}")
@@ -95,7 +95,7 @@ def impute(sde: Any, score_fn: Callable, x_known: torch.Tensor, mask: torch.Tens
     eps = sde.default_eps if eps is None else eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
-    _check_generator(generator)
+    check_generator(generator)
     if generator is not None and generator.device.type != x_known.device.type:
         raise ValueError(f"generator: expected a torch.Generator on x_known's device ({x_known.device}), "
                          f"found one on {generator.device}")

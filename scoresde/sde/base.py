@@ -21,7 +21,7 @@ from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_int
 
 
-__all__ = ["SDE", "ReverseSDE", "get_sde", "SDES"]
+__all__ = ["check_sde", "SDE", "ReverseSDE", "get_sde", "SDES"]
 
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,6 +37,13 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
         raise ValueError(f"shape: expected a non-empty sequence of positive ints (B, *D), found {shape!r}")
     return tuple(shape)
 
+
+def check_sde(sde: Any, name: str = "sde") -> Any:
+    """An SDE with `marginal_coefs(t)` (duck-typed: VPSDE, VESDE, a user's linear SDE)."""
+    if not callable(getattr(sde, "marginal_coefs", None)):
+        raise TypeError(f"{name}: expected an SDE with marginal_coefs(t) (e.g. scoresde.VPSDE), "
+                        f"found {type(sde).__name__}")
+    return sde
 
 def check_x(x: Any, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from scoresde.models.score_model import _check_fn, _check_sde
+from scoresde._common.validation import check_fn, check_generator
+from scoresde.sde.base import check_sde
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_int
 from scoresde._common.validation import check_real
@@ -42,7 +43,7 @@ def label_dropout(y: torch.Tensor, p_uncond: float, num_classes: int,
     """Replace each label by the null label `num_classes` with probability `p_uncond` (Ho & Salimans 2022, Alg. 1)."""
     K = check_int("num_classes", num_classes)
     p = check_real("p_uncond", p_uncond, 0.0, 1.0)
-    _check_generator(generator)
+    check_generator(generator)
     y = check_labels(y, None, K, allow_null=True)
     device = generator.device if generator is not None else y.device
     u = torch.rand(y.shape, generator=generator, device=device).to(y.device)
@@ -59,7 +60,7 @@ def conditional_dsm_loss(score_model: Callable, sde: Any, x0: torch.Tensor, y: t
     with the same `generator` and any of its keyword options (likelihood_weighting, eps, t, noise,
     reduce_mean, per_sample). `num_classes` defaults to `score_model.num_classes`.
     """
-    _check_fn(score_model, "score_model")
+    check_fn(score_model, "score_model")
     K = check_num_classes(num_classes, score_model)
     x0 = _check_x0(x0)
     y = check_labels(y, x0.shape[0], K, allow_null=True, device=x0.device)
@@ -75,10 +76,10 @@ def classifier_loss(classifier: Callable, sde: Any, x0: torch.Tensor, y: torch.T
     `classifier(x, t) -> (B, K)` logits; `y` (B,) labels in [0, K). Random t (first) and z come
     from `generator`; `t` and `noise` may be given. Returns the batch mean (or (B,) values).
     """
-    _check_fn(classifier, "classifier")
-    _check_sde(sde)
+    check_fn(classifier, "classifier")
+    check_sde(sde)
     x0 = _check_x0(x0)
-    _check_generator(generator)
+    check_generator(generator)
     if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
         raise TypeError(f"y: expected a ({x0.shape[0]},) integer tensor of class labels, found {type(y).__name__}")
     t = _train_time(t, x0, sde, eps, generator)
@@ -112,10 +113,6 @@ def _check_bool(name: str, value: Any) -> bool:
         raise TypeError(f"{name}: expected a bool, found {type(value).__name__} {value!r}")
     return value
 
-
-def _check_generator(generator: Any) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, found {type(generator).__name__}")
 
 
 def _noise(noise: Any, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -208,13 +205,13 @@ def dsm_loss(score_fn: Callable, sde: Any, x0: torch.Tensor, *, likelihood_weigh
         generator: source of the random t and z (t is drawn first).
         per_sample: return the (B,) per-sample losses instead of their batch mean.
     """
-    _check_fn(score_fn, "score_fn")
-    _check_sde(sde)
+    check_fn(score_fn, "score_fn")
+    check_sde(sde)
     x0 = _check_x0(x0)
     _check_bool("likelihood_weighting", likelihood_weighting)
     _check_bool("reduce_mean", reduce_mean)
     _check_bool("per_sample", per_sample)
-    _check_generator(generator)
+    check_generator(generator)
     t = _train_time(t, x0, sde, eps, generator)
     z = _noise(noise, x0, generator)
     alpha, sigma = sde.marginal_coefs(t)
@@ -234,7 +231,7 @@ def _discrete_draw(x0, index, index_name: str, N: int, noise, reduce_mean, per_s
     x0 = _check_x0(x0)
     _check_bool("reduce_mean", reduce_mean)
     _check_bool("per_sample", per_sample)
-    _check_generator(generator)
+    check_generator(generator)
     i = _index(index, index_name, x0, N, generator)
     return x0, i, _noise(noise, x0, generator)
 
@@ -256,7 +253,7 @@ def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = 
     """
     if isinstance(eps_fn, ScoreModel):
         eps_fn = eps_fn.eps
-    _check_fn(eps_fn, "eps_fn")
+    check_fn(eps_fn, "eps_fn")
     if getattr(vpsde, "alphas_cumprod", None) is None or not callable(getattr(vpsde, "marginal_coefs", None)):
         raise TypeError(f"vpsde: expected a variance-preserving SDE with DDPM's discrete schedule "
                         f"(an `alphas_cumprod` attribute, e.g. scoresde.VPSDE), found {type(vpsde).__name__}")
@@ -285,7 +282,7 @@ def smld_loss(score_fn: Callable, vesde: Any, x0: torch.Tensor, *, sigma_index: 
 
     Only an SDE with SMLD's noise levels (`discrete_sigmas`, i.e. VESDE) is accepted.
     """
-    _check_fn(score_fn, "score_fn")
+    check_fn(score_fn, "score_fn")
     if getattr(vesde, "discrete_sigmas", None) is None:
         raise TypeError(f"vesde: expected a variance-exploding SDE with SMLD's noise levels "
                         f"(a `discrete_sigmas` attribute, e.g. scoresde.VESDE), found {type(vesde).__name__}")

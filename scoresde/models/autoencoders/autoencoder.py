@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from scoresde._common.digests import tensor_digests
+
 from scoresde.models.autoencoders.vae import DiagonalGaussian
 
 
@@ -152,7 +154,6 @@ class Autoencoder(nn.Module):
     def digest(self) -> str:
         """SHA-256 of the autoencoder's weights (names, shapes, dtypes, bytes)."""
         if self._digest is None:
-            from scoresde.runs.checkpoint import tensor_digests
             self._digest = tensor_digests({f"ae/{k}": v for k, v in self.vae.state_dict().items()})["ae"]
         return self._digest
 
