@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tomllib
 from typing import Any, Mapping
+from scoresde._common.files import atomic_write_bytes
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -45,5 +46,4 @@ def to_toml(cfg: Mapping[str, Any]) -> str:
 
 def save_toml(cfg: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write the config as TOML, atomically (temporary file, then rename)."""
-    from scoresde._common.files import atomic_write_bytes
     atomic_write_bytes(path, ("# resolved scoresde config\n" + to_toml(cfg)).encode())

@@ -18,6 +18,8 @@ from torch import nn
 from scoresde.sde.masked import MaskedProcess
 from scoresde.samplers.masked import DISCRETE_SAMPLERS, categorical
 from scoresde.data.tokenizer import CharTokenizer
+from scoresde.models.nets import get_model
+from scoresde.data.languages import get_language
 
 
 __all__ = ["MaskedLM", "AutoregressiveLM", "build_token_model", "TOKEN_TASKS"]
@@ -193,8 +195,6 @@ class AutoregressiveLM(_TokenModel):
 def build_token_model(meta: dict[str, Any], device: Any = None):
     """(model, process) described by a token task's checkpoint metadata (process None for autoregressive),
     with freshly initialised weights."""
-    from scoresde.models.nets import get_model
-    from scoresde.data.languages import get_language
     tok = meta["tokens"]
     V = int(tok["vocab_size"])
     tokenizer = CharTokenizer.from_config(tok["tokenizer"]) if tok.get("tokenizer") else None

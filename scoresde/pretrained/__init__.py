@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from typing import Any
+from scoresde.runs.load import load
 
 __all__ = ["load_score_sde", "list_configs", "from_diffusers", "load_dit", "load_any"]
 
@@ -64,7 +65,6 @@ def load_any(path: str | os.PathLike, *, config: Any = None, ema: bool = True, d
         if config is not None:
             raise ValueError(f"config: a scoresde run or checkpoint ({path!r}) carries its own config; "
                              f"found config={config!r}")
-        from scoresde.runs.load import load
         return load(path, ema=ema, device=device)
     model.eval()
     return (model.to(device) if device is not None else model), sde

@@ -30,6 +30,7 @@ import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
 from scoresde.samplers.logsnr import LogSNRGrid
+from scoresde.samplers.unipc import unipc
 
 
 __all__ = ["bns", "unipc_weights", "check_weights", "fit_bns"]
@@ -45,7 +46,6 @@ def unipc_weights(sde, ts: torch.Tensor, denoise: bool = True, **unipc_options: 
     unipc runs on m + 1 one-dimensional samples, sample 0 starting at 1 (x_T) and the score made so
     that D_k = 1 on sample k + 1 and 0 elsewhere; every evaluation point and the output are then
     the columns of weights."""
-    from scoresde.samplers.unipc import unipc
     ts = torch.as_tensor(ts, dtype=torch.float64).cpu()
     m = _evaluations(len(ts) - 1, denoise)
     rows: list[torch.Tensor] = []

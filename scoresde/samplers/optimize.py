@@ -47,6 +47,7 @@ import torch
 from scoresde.samplers.core import SAMPLERS, sample
 from scoresde._common.validation import check_int
 from scoresde.samplers.grids import time_grid
+from scoresde.samplers.bns import fit_bns, unipc_weights
 
 
 __all__ = ["optimize_steps", "grid_size", "min_budget", "FAST_SAMPLERS", "FITTED_SAMPLERS"]
@@ -233,7 +234,6 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         best["err"] = err_default
     extra: dict[str, Any] = {}
     if sampler == "bns":
-        from scoresde.samplers.bns import fit_bns, unipc_weights
         extra = {"error_unipc": best["err"], "iterations": iterations}
         g, weights, _ = fit_bns(sde, score_fn, x_T, x_ref, grid, pooled, iterations=iterations, bar=bar)
         e = error(g, "bns", weights=weights)                   # as `sample` runs it

@@ -21,6 +21,9 @@ import tomllib
 from typing import Any, Mapping
 
 from scoresde._common.toml import load_toml
+from scoresde.training.tasks.base import TASKS
+from scoresde.models.nets import MODELS, check_model_config
+from scoresde.models.score_model import ScoreModel
 
 
 __all__ = ["default_config", "resolve", "validate", "check_model_keys", "parse_override", "set_dotted"]
@@ -236,7 +239,6 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
 def _task_attr(task: Any, name: str, default: Any) -> Any:
     """An attribute of the registered task class `task` (scoresde.tasks), or `default` for unknown names
     (reported where the task is looked up)."""
-    from scoresde.training.tasks.base import TASKS
     return getattr(TASKS[task], name) if isinstance(task, str) and task in TASKS else default
 
 
@@ -251,8 +253,6 @@ def check_model_keys(model: Mapping[str, Any]) -> None:
     naming the known keys). `data_shape` comes from the data, so it is not a key; an unknown
     model name is left to the registry lookup."""
     import inspect
-    from scoresde.models.nets import MODELS, check_model_config
-    from scoresde.models.score_model import ScoreModel
     name = model.get("name")
     if not isinstance(name, str) or name not in MODELS:
         return

@@ -40,6 +40,9 @@ from scoresde.runs.directory import RunLock, RunLockedError, append_log
 from scoresde.training.resolve import resolve_run, run_dir_of
 from scoresde.training.tasks.base import Task
 from scoresde._common.threads import policy_threads
+from scoresde.models.ema import EMA
+from scoresde.models.nets.device import autocast
+from scoresde.runs.plots import plot_loss
 
 
 __all__ = ["Engine", "TrainResult", "TrainingError", "make_adam", "resolve_run", "run_dir_of"]
@@ -168,7 +171,6 @@ class Engine:
 
     def _setup(self) -> None:
         """Task, model, optimiser, EMA and generators; restored from the resume checkpoint if any."""
-        from scoresde.models.ema import EMA
         cfg, T, info, device, task = self.cfg, self.T, self.info, self.device, self.task
         task.prepare()
         threads = policy_threads((task.example_numel,), device, cfg["threads"])
@@ -237,7 +239,6 @@ class Engine:
     def _train(self) -> TrainResult:
         self._setup()
         T, info, device, task, model, ema, opt = self.T, self.info, self.device, self.task, self.model, self.ema, self.opt
-        from scoresde.models.nets.device import autocast
         net = D.wrap(model, info, device)
         main, run_dir = self.main, self.run_dir
         if main:
@@ -359,7 +360,6 @@ class Engine:
             digest = tensor_digests({f"w/{k}": v for k, v in model.state_dict().items()})["w"]
             atomic_write_bytes(os.path.join(run_dir, f"weights_rank{info.rank}.sha256"), digest.encode())
         if self.main and interrupted is None:
-            from scoresde.runs.plots import plot_loss
             plot_loss(self.log_path, os.path.join(run_dir, "loss.png"))
             t0 = time.perf_counter()
             result.samples_path = os.path.join(run_dir, "samples.png")

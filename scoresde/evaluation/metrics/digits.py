@@ -16,6 +16,7 @@ import os
 
 import torch
 import torch.nn as nn
+from scoresde.data.datasets import load_dataset
 
 __all__ = ["DigitsClassifier", "digits_split", "load_digits_classifier", "DIGITS_WEIGHTS"]
 
@@ -47,7 +48,6 @@ class DigitsClassifier(nn.Module):
 
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test) of the built-in digits: the first 20% (359) held out, in [-1, 1]."""
-    from scoresde.data.datasets import load_dataset
     ds = load_dataset("digits")
     n_test = len(ds) // 5
     return ds.x[n_test:], ds.labels[n_test:], ds.x[:n_test], ds.labels[:n_test]

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoresde.evaluation.metrics.features import extract_features, get_feature_net
-from scoresde.evaluation.metrics.fid import check_full_rank, feature_stats, frechet_distance, load_stats
+from scoresde.evaluation.metrics.features import extract_features, get_feature_net, FEATURE_DIMS, check_input
+from scoresde.evaluation.metrics.fid import check_full_rank, feature_stats, frechet_distance, load_stats, save_stats as write_stats
 from scoresde.evaluation.metrics.kid import kid as kid_fn
 from scoresde.evaluation.metrics.precision_recall import precision_recall
 from scoresde.evaluation.metrics.scores import class_accuracy, inception_score
+from scoresde.sde.analytic import mode_stats
+from scoresde.data.datasets import list_datasets, load_dataset
+from scoresde._common.toml import load_toml
 
 
 __all__ = ["METRICS", "Reference", "evaluate", "evaluate_files", "metrics_from_features", "run_metrics",
@@ -154,7 +157,6 @@ def run_metrics(dataset, samples: torch.Tensor, *, labels=None, seed: int = 0) -
     The headline metric is `run_metric_name(dataset)`. Features run on the samples' device.
     """
     if getattr(dataset, "mixture", None) is not None:
-        from scoresde.sde.analytic import mode_stats
         tv, std_err = mode_stats(dataset.mixture, samples.detach().cpu())
         return {"mode_weight_tv": tv, "within_mode_std_error": std_err}
     if _is_digits(dataset):
@@ -194,10 +196,8 @@ def load_inputs(spec: str, *, n: int | None = None, what: str = "samples"):
     `scoresde sample --checkpoint RUN --out RUN/samples.npy`). Arrays are (N, C, H, W) or (N, H, W, C) with
     C = 1 or 3, in [-1, 1] (floats) or 0..255 (uint8).
     """
-    from scoresde.data.datasets import list_datasets, load_dataset
     cfg = None
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "config.toml")):
-        from scoresde._common.toml import load_toml
         cfg = load_toml(os.path.join(spec, "config.toml"))
         path = os.path.join(spec, "samples.npy")
         if not os.path.isfile(path):
@@ -228,8 +228,6 @@ def evaluate_files(samples: str, ref: str | None = None, *, features: str | None
     "metrics"} ("metrics" None when only `save_stats` was asked for). Every check that needs no
     network (shapes, N > F for FID) runs before the feature network is loaded.
     """
-    from scoresde.evaluation.metrics.features import FEATURE_DIMS, check_input
-    from scoresde.evaluation.metrics.fid import save_stats as write_stats
     names = _parse_metrics(metrics)
     if features is not None and features not in FEATURE_DIMS:
         raise KeyError(f"features: expected one of {', '.join(FEATURE_DIMS)}, found {features!r}")

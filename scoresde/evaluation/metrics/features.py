@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from scoresde.evaluation.metrics.inception import load_inception
+from scoresde.evaluation.metrics.digits import load_digits_classifier
 
 __all__ = ["FeatureNet", "get_feature_net", "extract_features", "check_input", "FEATURE_NETS", "FEATURE_DIMS"]
 
@@ -75,12 +77,10 @@ def get_feature_net(features, *, inception_weights: str | None = None, device=No
     if callable(features) and not isinstance(features, str):
         return FeatureNet(getattr(features, "__name__", type(features).__name__), features, device=device)
     if features == "inception":
-        from scoresde.evaluation.metrics.inception import load_inception
         net = load_inception(inception_weights, device=device)
         return FeatureNet("inception", net, check=_CHECKS["inception"], prepare=_to_uint8_range, has_logits=True,
                           batch_size=64, device=device)
     if features == "digits":
-        from scoresde.evaluation.metrics.digits import load_digits_classifier
         net = load_digits_classifier(device=device)
         return FeatureNet("digits", net, check=_CHECKS["digits"], has_logits=True, batch_size=1024, device=device)
     raise KeyError(f"features: expected one of {', '.join(FEATURE_NETS)} or a callable features(x) -> (B, F), "

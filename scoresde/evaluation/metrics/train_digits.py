@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scoresde.evaluation.metrics.digits import DIGITS_WEIGHTS, DigitsClassifier, digits_split
+from scoresde.evaluation.metrics.evaluate import floor_metrics
 
 
 __all__ = ["train_digits_classifier", "main"]
@@ -78,7 +79,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     from safetensors.torch import save_file
-    from scoresde.evaluation.metrics.evaluate import floor_metrics
     torch.set_num_threads(1)
     x_train, y_train, x_test, y_test = digits_split()
     start = time.perf_counter()

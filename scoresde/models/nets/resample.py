@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from scoresde.models.nets.primitives import conv
 
 __all__ = ["upfirdn2d", "fir_filter", "fir_up", "fir_down", "Resample", "check_fir_kernel"]
 
@@ -90,7 +91,6 @@ class Resample(nn.Module):
             raise ValueError(f"Resample: without a convolution the width cannot change, found {cin} -> {cout}")
         self.up, self.with_conv, self.fir = bool(up), bool(with_conv), bool(fir)
         self.fir_kernel = check_fir_kernel(fir_kernel)
-        from scoresde.models.nets.layers import conv  # layers imports this module
         self.conv = conv(cin, cout, 3, stride=2 if (not up and not fir) else 1) if with_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,10 @@ import torch
 from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
 from scoresde.training.tasks.score import ScoreTask
+from scoresde.runs.load import load_autoencoder
+from scoresde.training import losses
+from scoresde.training.losses import conditional_dsm_loss
+from scoresde.runs.plots import plot_samples
 
 
 __all__ = ["LatentScoreTask"]
@@ -39,7 +43,6 @@ class LatentScoreTask(ScoreTask):
                              "a diffusers AutoencoderKL directory), found none")
 
     def prepare(self) -> None:
-        from scoresde.runs.load import load_autoencoder
         super().prepare()                                     # the images (and labels) as for pixel space
         self.pixels = self.ds
         self.ae = load_autoencoder(self.cfg["autoencoder"])
@@ -65,8 +68,6 @@ class LatentScoreTask(ScoreTask):
         return m
 
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
-        from scoresde.training import losses
-        from scoresde.training.losses import conditional_dsm_loss
         T = self.cfg["train"]
         idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
         mean = self.x_all[idx]
@@ -83,5 +84,4 @@ class LatentScoreTask(ScoreTask):
         return self.ae.decode_all(super().sample(model, generator, n, progress=progress)).cpu()
 
     def plot(self, x, path, title) -> None:
-        from scoresde.runs.plots import plot_samples
         plot_samples(x, path, title=f"{self.pixels.name}: {title} (latent, decoded)")

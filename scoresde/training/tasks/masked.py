@@ -15,6 +15,13 @@ from typing import Any
 import torch
 
 from scoresde.training.tasks.base import TASKS, Task
+from scoresde.sde.masked import SCHEDULES, MaskedProcess
+from scoresde.samplers.masked import DISCRETE_SAMPLERS
+from scoresde.models.nets import MODELS, get_model
+from scoresde.data.tokens import TokenData, load_tokens, split_holdout, tokens_from_array
+from scoresde._common.files import atomic_write_bytes
+from scoresde.runs.plots import plot_texts, sample_metrics
+from scoresde.models.token_model import MaskedLM, AutoregressiveLM
 
 
 __all__ = ["MaskedTask", "AutoregressiveTask"]
@@ -28,9 +35,6 @@ class _TokenTask(Task):
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
-        from scoresde.sde.masked import SCHEDULES
-        from scoresde.samplers.masked import DISCRETE_SAMPLERS
-        from scoresde.models.nets import MODELS
         MODELS[cfg["model"]["name"]], SCHEDULES[cfg["discrete"]["schedule"]]
         if cls is MaskedTask:
             DISCRETE_SAMPLERS[cfg["sample"]["sampler"]]
@@ -40,7 +44,6 @@ class _TokenTask(Task):
 
     # --- data and model ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from scoresde.data.tokens import TokenData, load_tokens, split_holdout, tokens_from_array
         d, D = self.cfg["data"], self.cfg["discrete"]
         if isinstance(self.data, TokenData):
             tokens = self.data
@@ -59,7 +62,6 @@ class _TokenTask(Task):
         return self.tokens.seq_len
 
     def _net(self):
-        from scoresde.models.nets import get_model
         kw = {k: v for k, v in self.cfg["model"].items() if k != "name"}
         V = self.tokens.vocab_size
         return get_model(self.cfg["model"]["name"], **{**kw, "vocab_size": V + 1, "num_outputs": V,
@@ -90,8 +92,6 @@ class _TokenTask(Task):
         return model.sample(n, generator=generator, progress=progress, **self._sample_kw()).cpu()
 
     def plot(self, x, path, title) -> None:
-        from scoresde._common.files import atomic_write_bytes
-        from scoresde.runs.plots import plot_texts
         texts, valid = self.model.decode(x), self.model.is_valid(x)
         atomic_write_bytes(os.path.splitext(path)[0] + ".txt", "".join(s + "\n" for s in texts).encode())
         plot_texts(texts, path, valid=valid, title=f"{self.tokens.name}: {title}")
@@ -110,7 +110,6 @@ class _TokenTask(Task):
         return out
 
     def final_metrics(self, x) -> dict[str, Any]:
-        from scoresde.runs.plots import sample_metrics
         return sample_metrics(self.model, x)
 
 
@@ -126,13 +125,11 @@ class MaskedTask(_TokenTask):
                 "sample": {"sampler": "llada", "steps": 64, "n": 256}, "eval": {"n": 256}}
 
     def prepare(self) -> None:
-        from scoresde.sde.masked import MaskedProcess
         super().prepare()
         D = self.cfg["discrete"]
         self.process = MaskedProcess(self.tokens.vocab_size, D["schedule"], D["eps"])
 
     def _make(self, net):
-        from scoresde.models.token_model import MaskedLM
         return MaskedLM(net, self.process, self.tokens.tokenizer, self.tokens.eos_id, self.tokens.language)
 
     def meta(self) -> dict[str, Any]:
@@ -162,7 +159,6 @@ class AutoregressiveTask(_TokenTask):
     defaults = {**MaskedTask.defaults, "model": {**MaskedTask.defaults["model"], "name": "causal_transformer"}}
 
     def _make(self, net):
-        from scoresde.models.token_model import AutoregressiveLM
         return AutoregressiveLM(net, self.tokens.vocab_size, self.tokens.tokenizer, self.tokens.eos_id,
                                 self.tokens.language)
 

@@ -11,8 +11,16 @@ from typing import Any
 
 import torch
 
-from scoresde.data.datasets import Dataset, from_array, load_dataset
+from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source
 from scoresde.training.tasks.base import TASKS, Task
+from scoresde.models.nets import MODELS
+from scoresde.samplers.core import SAMPLERS
+from scoresde.sde.base import SDES
+from scoresde.evaluation.metrics.evaluate import run_metric_name, run_metrics
+from scoresde.runs.load import build_model
+from scoresde.training.losses import conditional_dsm_loss
+from scoresde.training import losses
+from scoresde.runs.plots import plot_samples
 
 
 __all__ = ["ScoreTask"]
@@ -31,10 +39,6 @@ class ScoreTask(Task):
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
         """Registry names of the config exist (KeyError listing the known names otherwise)."""
-        from scoresde.models.nets import MODELS
-        from scoresde.samplers.core import SAMPLERS
-        from scoresde.sde.base import SDES
-        from scoresde.data.datasets import check_data_source
         SDES[cfg["sde"]["name"]], MODELS[cfg["model"]["name"]], SAMPLERS[cfg["sample"]["sampler"]]
         check_data_source(cfg["data"]["name"])              # a bad --data fails before anything runs
 
@@ -42,7 +46,6 @@ class ScoreTask(Task):
     def eval_fields(self) -> tuple[str, ...]:
         """The run's metric (`scoresde.metrics.run_metrics`): mixture mode statistics, digits FID/KID,
         KID of other point sets; the first is the figure of merit."""
-        from scoresde.evaluation.metrics.evaluate import run_metric_name
         return _EVAL_FIELDS.get(run_metric_name(self.ds), ())
 
     # --- data and model ------------------------------------------------------------------------------
@@ -80,7 +83,6 @@ class ScoreTask(Task):
         return K
 
     def build(self, device: torch.device) -> torch.nn.Module:
-        from scoresde.runs.load import build_model
         cfg, shape = self.cfg, list(self.ds.shape)
         model_kw = {k: v for k, v in cfg["model"].items() if k != "name" and k not in _SCORE_KEYS
                     and not (k == "num_classes" and not v)}           # num_classes = 0: unconditional
@@ -103,8 +105,6 @@ class ScoreTask(Task):
 
     # --- one step --------------------------------------------------------------------------------------
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
-        from scoresde.training.losses import conditional_dsm_loss
-        from scoresde.training import losses
         T = self.cfg["train"]
         idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
         kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
@@ -121,17 +121,14 @@ class ScoreTask(Task):
                                generator=generator, device=device, progress=progress).cpu()
 
     def plot(self, x, path, title) -> None:
-        from scoresde.runs.plots import plot_samples
         plot_samples(x, path, data=self.ds.x, title=f"{self.ds.name}: {title}")
 
     def evaluate(self, model, generator) -> dict[str, float]:
-        from scoresde.evaluation.metrics.evaluate import run_metrics
         if not self.eval_fields:
             return {}
         return run_metrics(self.ds, self.sample(model, generator, self.cfg["eval"]["n"]), seed=self.cfg["seed"])
 
     def final_metrics(self, x) -> dict[str, Any]:
-        from scoresde.evaluation.metrics.evaluate import run_metrics
         if not self.eval_fields or (self.eval_fields[0] == "fid" and len(x) <= 64):   # FID needs N > F = 64
             return {}
         return {k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}

@@ -28,6 +28,10 @@ from torch import nn
 
 from scoresde.data.datasets import Dataset, from_array, load_dataset
 from scoresde.training.tasks.base import TASKS, Task
+from scoresde.models.autoencoders.vae import KLAutoencoder, PatchDiscriminator
+from scoresde.models.nets.layers import check_sequence
+from scoresde.models.autoencoders.autoencoder import measure_scale_factor
+from scoresde.runs.plots import image_grid
 
 
 __all__ = ["AutoencoderTask"]
@@ -38,7 +42,6 @@ _SCALE_EXAMPLES = 1024
 
 
 def _vae(cfg: dict[str, Any], data_shape):
-    from scoresde.models.autoencoders.vae import KLAutoencoder
     return KLAutoencoder(data_shape=tuple(data_shape), **{k: cfg["vae"][k] for k in _ARCH})
 
 
@@ -91,7 +94,6 @@ class AutoencoderTask(Task):
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
         """The [vae] architecture builds (on the meta device, at the smallest image size it accepts)."""
-        from scoresde.models.nets.layers import check_sequence
         f = 2 ** (len(check_sequence("vae.ch_mult", cfg["vae"]["ch_mult"])) - 1)
         with torch.device("meta"):
             _vae(cfg, (1, f, f))
@@ -118,7 +120,6 @@ class AutoencoderTask(Task):
         return self.ds.x[0].numel()
 
     def build(self, device: torch.device) -> nn.Module:
-        from scoresde.models.autoencoders.vae import PatchDiscriminator
         v = self.cfg["vae"]
         self.vae = _vae(self.cfg, self.ds.shape)
         disc = None
@@ -139,7 +140,6 @@ class AutoencoderTask(Task):
 
     def scale_factor(self) -> float:
         """1 / std of posterior draws over up to 1024 training images (LDM's scale_by_std), current weights."""
-        from scoresde.models.autoencoders.autoencoder import measure_scale_factor
         was = self.vae.training
         self.vae.eval()
         g = torch.Generator(self.x_all.device).manual_seed(self.cfg["seed"])
@@ -168,7 +168,6 @@ class AutoencoderTask(Task):
         return self._reconstruct(model, self._inputs(n))
 
     def plot(self, x, path, title) -> None:
-        from scoresde.runs.plots import image_grid
         data = self._inputs(len(x))
         rows = [t for i in range(0, len(x), 8) for t in (data[i:i + 8], x[i:i + 8])]   # data row, reconstruction row
         image_grid(torch.cat(rows), path, nrow=8,
