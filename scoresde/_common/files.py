@@ -1,22 +1,5 @@
-"""Checkpoints: safetensors files plus JSON metadata, written atomically; loading never unpickles.
-
-One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run directory holding
-
-- `model/<name>`: the raw weights, `ema/...`: the EMA state, `optim/...`: the optimizer state,
-  `rng/...`: the random-number-generator states (torch CPU, the data/noise generator, CUDA);
-- metadata `format = "scoresde.checkpoint"`, `version`, and `meta`: JSON with the step, the
-  resolved config, the model/SDE names and arguments, counters, and the non-tensor parts of the
-  nested states (tensors stand in as references to the file's tensors).
-
-Files are written to a temporary file in the same directory, fsynced, then renamed over the
-target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept. A full
-disk is one `StorageError` line with the temporary file removed.
-
-Each file carries a SHA-256 digest of each tensor group (`model`, `ema`, `optim`, `rng`) in its
-header; reading recomputes them, so flipped bytes are a `CheckpointError` naming the file, never
-silently damaged weights. Reading validates the format and the metadata's types, and loading
-compares every weight shape the metadata implies (the network is built on the meta device, nothing
-allocated) with the tensors in the file before building the network for real.
+"""Files written atomically (a temporary in the same directory, fsync, rename), the storage error
+they raise, and the removal of temporaries a killed process left behind.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Small shared helpers: broadcasting, argument validation and the generic registry."""
+"""`Registry`: a name -> object mapping filled by a `register(name)` decorator, refusing duplicates,
+whose KeyError lists the names it holds (SDEs, samplers, networks, tasks, preconditioners).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping

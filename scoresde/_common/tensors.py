@@ -1,4 +1,6 @@
-"""Small shared helpers: broadcasting, argument validation and the generic registry."""
+"""Tensor helpers: broadcasting a per-sample value against data of any rank (`append_dims`) and
+turning a float or (B,) time into a (B,) tensor on the data's device and dtype (`as_time`).
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,6 @@
-"""Small shared helpers: broadcasting, argument validation and the generic registry."""
+"""The CPU thread policy: data of at most `SMALL_EXAMPLE` values per example runs with one thread
+(torch's intra-op pool only adds synchronisation on such small tensors).
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,17 +1,4 @@
-"""Training configuration: defaults, TOML files, command-line overrides and validation.
-
-A config is a nested dict with the sections below. The fixed sections (`data`, `train`,
-`sample`, and the top-level run keys) are checked key by key against `DEFAULTS`, each value against
-the default's type. The `sde` and `model` sections hold a `name` plus free keyword arguments that
-go to the SDE constructor and to `get_model`, so every network option stays reachable from a file.
-
-    cfg = resolve("configs/digits.toml", {"train.lr": 1e-4})   # file, then dotted overrides
-    save_toml(cfg, "runs/x/config.toml"); cfg == load_toml("runs/x/config.toml")
-
-Training defaults follow score_sde (Song et al. 2021, arXiv:2011.13456): Adam lr 2e-4, betas
-(0.9, 0.999), eps 1e-8, gradient clipping at norm 1, EMA; the embedded default is a short 2-D
-run (the four-mode mixture), so its warm-up and EMA decay are shorter than the image defaults.
-"""
+"""TOML reading and writing of plain nested dicts (configs, run records); writes are atomic."""
 from __future__ import annotations
 
 import os

@@ -1,25 +1,6 @@
-"""Controllable generation: class-conditional training, classifier-free and classifier guidance,
-and imputation (inpainting).
-
-- Classifier-free guidance: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance",
-  arXiv:2207.12598. One network learns both the conditional score s(x, t, y) and, with the label
-  replaced by a null label with probability p_uncond during training, the unconditional score
-  s(x, t, null). Sampling uses the guided score
-      s_w(x, t, y) = (1 - w) s(x, t, null) + w s(x, t, y),
-  w = 0 unconditional, w = 1 conditional, w > 1 sharper (fidelity up, diversity down).
-- Classifier guidance: Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
-  arXiv:2105.05233, Sec. 4; Song et al. (2021), arXiv:2011.13456, Sec. 5 / App. I.1. A classifier
-  p(y | x_t, t) trained on perturbed data x_t = alpha x0 + sigma z steers an unconditional score:
-      s(x, t) + scale grad_x log p(y | x_t, t)      (scale = 1: Bayes' rule, the exact conditional).
-- Imputation: Song et al. (2021), App. I.2, the "replacement" method. Known entries (mask == 1) are
-  set after every sampler update to a fresh forward-perturbed copy of the known data at the new
-  time, alpha(t) x_known + sigma(t) z, so the unknown entries follow the joint score; at the end
-  they are set to x_known exactly. The paper derives it as an approximation,
-  p_t(x_unknown | x_known(0)) ~ p_t(x_unknown | x_known(t) drawn from the forward kernel): it is
-  exact when known and unknown entries are independent and biased (toward the unconditional
-  distribution) when they are strongly correlated at high noise levels.
-
-Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
+"""A noise-conditional classifier p(y | x_t, t) for classifier guidance (Dhariwal & Nichol 2021,
+arXiv:2105.05233, Sec. 4; Song et al. 2021, arXiv:2011.13456, Sec. 5 / App. I.1), trained on perturbed
+data x_t = alpha x0 + sigma z by `scoresde.training.losses.classifier_loss`.
 """
 from __future__ import annotations
 

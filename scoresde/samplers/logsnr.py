@@ -1,31 +1,6 @@
-"""Fast deterministic samplers of the probability-flow ODE: DDIM, Heun and DPM-Solver++.
-
-- `ddim`: DDIM (Song et al. 2021, arXiv:2010.02502), i.e. the first-order exponential integrator
-  in data prediction (DPM-Solver++(1), Lu et al. 2022, arXiv:2211.01095).
-- `heun`: Heun's 2nd-order method on the ODE dy/dsigma~ = (y - D(y; sigma~)) / sigma~ in the
-  scale-free variables y = x / alpha, sigma~ = sigma / alpha (Karras et al. 2022,
-  arXiv:2206.00364, Algorithm 1 with S_churn = 0), exact for VP, sub-VP and VE alike.
-- `dpm_solver`: DPM-Solver++ multistep of order 2 or 3 in data prediction (Lu et al. 2022,
-  arXiv:2211.01095, Algorithm 2 and its 3rd-order extension).
-
-Every SDE here has the kernel x_t = alpha x_0 + sigma z, so the score gives the data prediction
-D = (x + sigma^2 s) / alpha (Tweedie) and the noise prediction eps = -sigma s; lambda = log(alpha /
-sigma) is the half log-SNR. The samplers rebuild their own time grid from the caller's `ts`
-(first time, last time, number of steps) with `schedules.time_grid`, or, with `schedule="given"`
-(what `sample(..., times=...)` passes), step through every interval of `ts` itself; all step
-coefficients are Python floats computed once, so sampling makes no host synchronisation per step.
-
-End of sampling and NFE (score evaluations), with `steps = len(ts) - 1`:
-
-- denoise=False: `steps` intervals from T to eps, the sample is x(eps). NFE: ddim and dpm_solver
-  `steps`; heun `2 steps - 1` (the last interval is an Euler step, as in Karras et al.).
-- denoise=True: `steps - 1` intervals from T to eps, then one final step from eps to noise level
-  0, which for every one of these integrators is the data prediction D(x_eps; eps): the sample
-  is Tweedie's denoised x_0 at eps, as in score_sde's "noise removal" and in k-diffusion/diffusers'
-  final step to sigma = 0, and it costs no extra evaluation. NFE as above.
-- schedule="given": every interval of `ts`, then with denoise the data prediction at its last time
-  (diffusers' DDIM with set_alpha_to_one); NFE = len(ts) with denoise, len(ts) - 1 without (heun:
-  2 len(ts) - 1 and 2 len(ts) - 3).
+"""The log-SNR grid shared by the probability-flow solvers (ddim, heun, dpm_solver, deis, unipc, bns):
+alpha, sigma and lambda = log(alpha / sigma) at every grid time, the data prediction D(x, t) from a
+score, and the order check of the multistep solvers.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
-"""Continuous-time diffusion SDEs: VP (DDPM), sub-VP and VE (SMLD).
+"""The SDE interface (Song et al. 2021, "Score-Based Generative Modeling through Stochastic
+Differential Equations", arXiv:2011.13456, Appendix B): drift and diffusion, marginals, prior,
+discretisation, the reverse-time SDE / probability-flow ODE, and the registry `get_sde`.
 
-Formulas follow Song et al. (2021), "Score-Based Generative Modeling through Stochastic
-Differential Equations", arXiv:2011.13456, Appendix B. Every SDE here is linear in x, so its
-perturbation kernel is Gaussian, x_t = alpha(t) x_0 + sigma(t) z, and the samplers and losses
-work from `marginal_coefs(t) = (alpha, sigma)` without knowing which SDE they hold.
-
-Per-SDE behaviour that samplers need (discretisation, ancestral step, Langevin alpha) is a method
-here, so samplers never dispatch on the SDE type.
+Every SDE here is linear in x, so its perturbation kernel is Gaussian, x_t = alpha(t) x_0 + sigma(t) z,
+and the samplers and losses work from `marginal_coefs(t) = (alpha, sigma)` without knowing which SDE
+they hold. Per-SDE behaviour that samplers need (discretisation, ancestral step, Langevin alpha) is a
+method, so samplers never dispatch on the SDE type. `SDE.sample` and `SDE.log_likelihood` are the
+documented shortcuts into the samplers and the likelihood (the one upward reach of the layers, lazy).
 """
 from __future__ import annotations
 

@@ -1,25 +1,26 @@
-"""Controllable generation: class-conditional training, classifier-free and classifier guidance,
-and imputation (inpainting).
+"""Denoising score-matching losses: continuous-time DSM, DDPM's epsilon-MSE and SMLD's loss.
 
-- Classifier-free guidance: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance",
-  arXiv:2207.12598. One network learns both the conditional score s(x, t, y) and, with the label
-  replaced by a null label with probability p_uncond during training, the unconditional score
-  s(x, t, null). Sampling uses the guided score
-      s_w(x, t, y) = (1 - w) s(x, t, null) + w s(x, t, y),
-  w = 0 unconditional, w = 1 conditional, w > 1 sharper (fidelity up, diversity down).
-- Classifier guidance: Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
-  arXiv:2105.05233, Sec. 4; Song et al. (2021), arXiv:2011.13456, Sec. 5 / App. I.1. A classifier
-  p(y | x_t, t) trained on perturbed data x_t = alpha x0 + sigma z steers an unconditional score:
-      s(x, t) + scale grad_x log p(y | x_t, t)      (scale = 1: Bayes' rule, the exact conditional).
-- Imputation: Song et al. (2021), App. I.2, the "replacement" method. Known entries (mask == 1) are
-  set after every sampler update to a fresh forward-perturbed copy of the known data at the new
-  time, alpha(t) x_known + sigma(t) z, so the unknown entries follow the joint score; at the end
-  they are set to x_known exactly. The paper derives it as an approximation,
-  p_t(x_unknown | x_known(0)) ~ p_t(x_unknown | x_known(t) drawn from the forward kernel): it is
-  exact when known and unknown entries are independent and biased (toward the unconditional
-  distribution) when they are strongly correlated at high noise levels.
+- `dsm_loss`: Song et al. (2021), "Score-Based Generative Modeling through SDEs",
+  arXiv:2011.13456, eq. 7, with lambda(t) = sigma(t)^2, or the likelihood weighting
+  lambda(t) = g(t)^2 of Song et al. (2021), "Maximum Likelihood Training of Score-Based
+  Diffusion Models", arXiv:2101.09258.
+- `ddpm_loss`: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", arXiv:2006.11239,
+  L_simple (eq. 14) at DDPM's integer timesteps.
+- `smld_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
+  Distribution", arXiv:1907.05600, eqs. 5-6, on the VE SDE's geometric noise levels.
 
-Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
+All three are the same objective, E ||sigma s(x_t, t) + z||^2 with x_t = alpha x0 + sigma z: for
+s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/ddpm_is_dsm.md).
+
+Per-sample reduction over the data dimensions follows score_sde's losses: `reduce_mean=True`
+takes the mean over the data dimensions, `reduce_mean=False` half the sum. The returned loss is
+the mean over the batch of these per-sample values, or the (B,) values with `per_sample=True`.
+Random draws (times, then noise) come only from `generator`.
+
+Class-conditional training for classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
+`conditional_dsm_loss` with `label_dropout`, which replaces labels by the null label with probability
+p_uncond so one network learns s(x, t, y) and s(x, t, null); and `classifier_loss`, the cross-entropy of
+a noise-conditional classifier on perturbed data (classifier guidance).
 """
 from __future__ import annotations
 

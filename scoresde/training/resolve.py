@@ -1,10 +1,4 @@
-"""A run directory: its exclusive lock, its CSV log, and how a config names and resumes it.
-
-One training process (rank 0 of a torchrun job) holds `RUN/.lock` with `fcntl.flock` for the whole
-run; a second run into the same directory is refused with one line naming the holder. The operating
-system drops the lock when its process dies (even by `kill -9`), so a lock file left by a dead
-process is stale by construction: the next run takes it over and says whose it was.
-"""
+"""Which run directory a config names, and the state a resumed run starts from (`resolve_run`)."""
 from __future__ import annotations
 
 import os
