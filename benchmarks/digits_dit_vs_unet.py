@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import scoresde as ss  # noqa: E402
-from scoresde._common.toml import load_toml
+from scoresde._common.toml import load_toml  # noqa: E402
 from scoresde.nets import count_parameters  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

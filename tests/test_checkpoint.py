@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scoresde.runs.checkpoint import (CheckpointError, find_checkpoint, flatten_state, read_checkpoint, save_checkpoint, unflatten_state)
+from scoresde.runs.checkpoint import (CheckpointError, find_checkpoint, flatten_state, read_checkpoint, save_checkpoint,
+                                      unflatten_state)
 from scoresde._common.files import atomic_write_bytes
 from scoresde.runs.load import load
 

@@ -6,7 +6,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from scoresde.runs.checkpoint import list_checkpoints

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from scoresde.discrete import MaskedProcess, sample_llada, sample_mdlm
-from scoresde.evaluation.token_exact import (ExactDenoiser, SupportDenoiser, all_sequences, empirical_law, exact_nelbo, model_nll, sequence_index, subset_logprobs, total_variation)
+from scoresde.evaluation.token_exact import (ExactDenoiser, SupportDenoiser, all_sequences, empirical_law, exact_nelbo,
+                                             model_nll, sequence_index, subset_logprobs, total_variation)
 
 V, L = 3, 3
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde.evaluation.likelihood import (dataset_likelihood, dequantize, exact_divergence, hutchinson_divergence, log_likelihood)
+from scoresde.evaluation.likelihood import (dataset_likelihood, dequantize, exact_divergence, hutchinson_divergence,
+                                            log_likelihood)
 from problems import Gaussian, four_mode_mixture
 
 EPS = 1e-5

@@ -17,7 +17,8 @@ from scoresde.metrics import (Reference, class_accuracy, digits_split, evaluate,
                               fid_from_features, frechet_distance, get_feature_net, inception_score, kid,
                               load_digits_classifier, load_inception, load_stats, mmd2_unbiased, precision_recall,
                               run_metric_name, run_metrics, save_stats)
-from scoresde.evaluation.metrics.inception import (INCEPTION_WEIGHTS_ENV, random_inception_state_dict, tf1_resize_bilinear)
+from scoresde.evaluation.metrics.inception import (INCEPTION_WEIGHTS_ENV, random_inception_state_dict,
+                                                   tf1_resize_bilinear)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402

@@ -13,7 +13,6 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file

@@ -2,6 +2,7 @@
 
     python tools/imports.py [PACKAGE_DIR]        # default: scoresde
     python tools/imports.py --list-inner         # also list every in-function import of our modules
+    python tools/imports.py --check --max-inner 25   # CI: exit 1 on any import cycle or too many inner imports
 
 Counts, from the source alone (nothing is imported):
 - modules: the .py files of the package;
@@ -121,6 +122,8 @@ def main():
     ap.add_argument("package", nargs="?", default="scoresde")
     ap.add_argument("--list-inner", action="store_true")
     ap.add_argument("--list-cycles", action="store_true")
+    ap.add_argument("--check", action="store_true", help="exit 1 on an import cycle or more than --max-inner")
+    ap.add_argument("--max-inner", type=int, default=25)
     a = ap.parse_args()
     root = Path(a.package).resolve()
     known, top, inner, inner_list, lines = scan(root)
@@ -144,6 +147,14 @@ def main():
     if a.list_inner:
         for mod, line, t in inner_list:
             print(f"  {mod}:{line} -> {t}")
+    if a.check:
+        problems = [f"import cycle: {' <-> '.join(c)}" for c in c_all]
+        if len(inner_list) > a.max_inner:
+            problems.append(f"{len(inner_list)} in-function imports of our modules, at most {a.max_inner} allowed "
+                            "(an optional heavy dependency or the SDE shortcut; see --list-inner)")
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":

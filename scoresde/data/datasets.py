@@ -154,7 +154,7 @@ def _check_array_header(name: str, shape: tuple[int, ...], dtype: np.dtype) -> N
                          f"{shape}" + ("; reshape 1-D data to (N, 1)" if len(shape) == 1 else ""))
     if shape[0] == 0 or math.prod(shape) == 0:
         raise ValueError(f"data {name}: expected at least one example, found shape {shape}")
-    if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"data {name}: expected real numbers, found dtype {dtype}")
 
 

@@ -33,7 +33,8 @@ import torch
 
 from scoresde._common import distributed as D
 from scoresde._common.finite import nonfinite_count
-from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_state, list_checkpoints, prune_checkpoints, save_checkpoint, tensor_digests, unflatten_state)
+from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_state, list_checkpoints, prune_checkpoints,
+                                      save_checkpoint, tensor_digests, unflatten_state)
 from scoresde._common.files import atomic_write_bytes, remove_stale_temporaries
 from scoresde._common.toml import save_toml
 from scoresde.runs.directory import RunLock, RunLockedError, append_log

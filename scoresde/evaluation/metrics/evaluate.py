@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from scoresde.evaluation.metrics.features import extract_features, get_feature_net, FEATURE_DIMS, check_input
-from scoresde.evaluation.metrics.fid import check_full_rank, feature_stats, frechet_distance, load_stats, save_stats as write_stats
+from scoresde.evaluation.metrics.fid import (check_full_rank, feature_stats, frechet_distance, load_stats, save_stats as
+                                             write_stats)
 from scoresde.evaluation.metrics.kid import kid as kid_fn
 from scoresde.evaluation.metrics.precision_recall import precision_recall
 from scoresde.evaluation.metrics.scores import class_accuracy, inception_score

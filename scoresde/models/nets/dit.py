@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
-from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes, class_labels)
+from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
+                                         class_labels)
 
 
 __all__ = ["DiT", "DIT_PRESETS", "timestep_embedding", "sincos_pos_embed_2d"]

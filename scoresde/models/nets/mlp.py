@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int
-from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs, linear, make_embedding)
+from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs, linear,
+                                         make_embedding)
 
 
 __all__ = ["MLP"]

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
-from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table, check_data_shape, check_inputs, check_num_classes, embed_inputs, scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
+from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
+                                         check_data_shape, check_inputs, check_num_classes, embed_inputs,
+                                         scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
 
 
 __all__ = ["DDPMUNet"]

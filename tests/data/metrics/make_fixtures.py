@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))            # tests/, for peers.py
 from peers import pytorch_fid_frechet_distance, torch_fidelity_inception_class  # noqa: E402
 
-from scoresde.evaluation.metrics.inception import random_inception_state_dict
+from scoresde.evaluation.metrics.inception import random_inception_state_dict  # noqa: E402
 
 
 def inception_inputs():
