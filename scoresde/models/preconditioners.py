@@ -51,6 +51,7 @@ class Preconditioner:
     """
 
     name = "?"
+    scales_input = True     # False: c_in = 1, the network sees x itself (no scalings computed per call)
 
     def scalings(self, alpha: torch.Tensor, sigma: torch.Tensor):
         """(c_skip, c_out, c_in), each broadcast against x; c_in None means the input is not scaled."""
@@ -62,6 +63,8 @@ class Preconditioner:
 
     def input(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The network's input c_in x."""
+        if not self.scales_input:
+            return x
         c_in = self.scalings(alpha, sigma)[2]
         return x if c_in is None else c_in * x
 
@@ -91,6 +94,7 @@ class EpsPrediction(Preconditioner):
     """F predicts the noise z (Ho et al. 2020, arXiv:2006.11239)."""
 
     name = "eps"
+    scales_input = False
 
     def scalings(self, alpha, sigma):
         return 1 / alpha, -sigma / alpha, None
@@ -110,6 +114,7 @@ class ScorePrediction(Preconditioner):
     """F predicts the score (Song & Ermon 2019); with `scale_by_sigma`, F / sigma does (NCSN++)."""
 
     name = "score"
+    scales_input = False
 
     def __init__(self, scale_by_sigma: bool = False):
         self.scale_by_sigma = scale_by_sigma
@@ -135,6 +140,7 @@ class X0Prediction(Preconditioner):
     """F predicts the clean data x_0."""
 
     name = "x0"
+    scales_input = False
 
     def scalings(self, alpha, sigma):
         return torch.zeros_like(alpha), torch.ones_like(alpha), None
@@ -154,6 +160,7 @@ class VPrediction(Preconditioner):
     """F predicts the velocity v = alpha z - sigma x_0 (Salimans & Ho 2022, arXiv:2202.00512, App. D)."""
 
     name = "v"
+    scales_input = False
 
     def scalings(self, alpha, sigma):
         r = alpha.square() + sigma.square()
