@@ -28,7 +28,7 @@ the same on the trained digits U-Net of benchmarks/samplers.py (configs/digits.t
 in runs/bench_samplers/), scored by the digits FID of `--n-digits` samples against the 359 held-out
 images, with 32 calibration draws and at most 80 sampler runs per fit.
 
-"ours bns [opt]": the bespoke non-stationary solver (scoresde/samplers/bespoke.py): the unipc grid
+"ours bns [opt]": the bespoke non-stationary solver (scoresde/samplers/bns.py): the unipc grid
 fitted as above, then its times and all its step weights by Adam on the mean per-sample RMSE
 (1500 steps on the mixtures, `--digits-iterations` 200 on digits); same calibration draws.
 

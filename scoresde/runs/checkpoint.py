@@ -20,7 +20,6 @@ allocated) with the tensors in the file before building the network for real.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from scoresde._common.files import atomic_write_bytes
+from scoresde._common.digests import tensor_digests
 
 
 __all__ = ["CheckpointError", "tensor_digests", "save_checkpoint", "read_checkpoint", "list_checkpoints", "find_checkpoint", "prune_checkpoints", "flatten_state", "unflatten_state", "check_shapes"]
@@ -84,16 +84,6 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # --- files -----------------------------------------------------------------------------------------
-def tensor_digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    """SHA-256 of each tensor group (the part of the key before the first "/"): names, dtypes, shapes
-    and raw bytes, in sorted key order."""
-    hashes: dict[str, Any] = {}
-    for key in sorted(tensors):
-        t = tensors[key]
-        h = hashes.setdefault(key.split("/", 1)[0], hashlib.sha256())
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    return {g: h.hexdigest() for g, h in hashes.items()}
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

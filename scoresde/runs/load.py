@@ -1,41 +1,28 @@
-"""Checkpoints: safetensors files plus JSON metadata, written atomically; loading never unpickles.
-
-One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run directory holding
-
-- `model/<name>`: the raw weights, `ema/...`: the EMA state, `optim/...`: the optimizer state,
-  `rng/...`: the random-number-generator states (torch CPU, the data/noise generator, CUDA);
-- metadata `format = "scoresde.checkpoint"`, `version`, and `meta`: JSON with the step, the
-  resolved config, the model/SDE names and arguments, counters, and the non-tensor parts of the
-  nested states (tensors stand in as references to the file's tensors).
-
-Files are written to a temporary file in the same directory, fsynced, then renamed over the
-target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept. A full
-disk is one `StorageError` line with the temporary file removed.
-
-Each file carries a SHA-256 digest of each tensor group (`model`, `ema`, `optim`, `rng`) in its
-header; reading recomputes them, so flipped bytes are a `CheckpointError` naming the file, never
-silently damaged weights. Reading validates the format and the metadata's types, and loading
-compares every weight shape the metadata implies (the network is built on the meta device, nothing
-allocated) with the tensors in the file before building the network for real.
+"""Loading a trained model from a run directory or checkpoint file (`scoresde.load`): rebuild the
+network, the ScoreModel and the SDE from the checkpoint's metadata, check the weights' shapes before
+loading, apply the EMA weights; and `load_autoencoder` for latent runs (a scoresde autoencoder run or a
+diffusers `AutoencoderKL` directory).
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from scoresde.models.token_model import build_token_model
 from scoresde.runs.checkpoint import CheckpointError, check_shapes, find_checkpoint, read_checkpoint, unflatten_state
 
 from torch import nn
 
 from scoresde.models.autoencoders.vae import KLAutoencoder
 from scoresde.models.autoencoders.autoencoder import Autoencoder, diffusers_dir, from_diffusers, load_diffusers
+from scoresde.models.nets import get_model
+from scoresde.models.score_model import ScoreModel
+from scoresde.sde.base import get_sde
+from scoresde.models.ema import EMA
 
 
 def build_model(meta: dict[str, Any], device: Any = None):
     """(ScoreModel, SDE) described by a checkpoint's metadata, with freshly initialised weights."""
-    from scoresde.models.nets import get_model
-    from scoresde.models.score_model import ScoreModel
-    from scoresde.sde.base import get_sde
     sde = get_sde(meta["sde"]["name"], **meta["sde"]["config"])
     net_cfg = dict(meta["model"]["config"])
     net_cfg["data_shape"] = tuple(net_cfg.get("data_shape", meta["data_shape"]))
@@ -59,16 +46,13 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoe
         raise CheckpointError(f"checkpoint {file!r}: an autoencoder run (scoresde train-autoencoder), not a score "
                               "model; load it with scoresde.load_autoencoder, or train a latent model on it with "
                               "scoresde train --autoencoder")
-    build = build_model
-    if meta.get("task") in ("masked", "autoregressive"):
-        from scoresde.models.token_model import build_token_model as build
+    build = build_token_model if meta.get("task") in ("masked", "autoregressive") else build_model
     try:
         check_shapes(lambda: build(meta)[0], tensors, "model/", file)
         model, sde = build(meta)
         weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         model.load_state_dict(weights, strict=True)
         if ema:
-            from scoresde.models.ema import EMA
             e = EMA(model)
             e.load_state_dict(unflatten_state(meta["state"]["ema"], tensors))
             e.copy_to(model)
@@ -99,7 +83,6 @@ def _latent_autoencoder(file: str, info: dict[str, Any], path: Any):
 
 
 def _load_scoresde(path: str) -> Autoencoder:
-    from scoresde.runs.checkpoint import CheckpointError, check_shapes, find_checkpoint, read_checkpoint
     if os.path.isdir(path) and not os.path.isdir(os.path.join(path, "checkpoints")):
         raise ValueError(f"autoencoder {path!r}: neither a scoresde autoencoder run (no checkpoints/) nor a "
                          "diffusers AutoencoderKL directory (no config.json)")
@@ -149,7 +132,6 @@ def load_autoencoder(path: str | os.PathLike | nn.Module, *, device: Any = None,
         ae = load_diffusers(path, d) if d else _load_scoresde(path)
     if expect is not None:
         if expect.get("digest") != ae.digest:
-            from scoresde.runs.checkpoint import CheckpointError
             raise CheckpointError(f"autoencoder {ae.source!r}: its weights are not the ones the latent model was "
                                   f"trained with (digest {ae.digest[:12]}, recorded {str(expect.get('digest'))[:12]})")
         ae = Autoencoder(ae.vae, kind=ae.kind, source=ae.source, image_channels=ae.image_channels,

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from typing import Any, Sequence
+from scoresde._common.finite import check_finite
+from scoresde._common.files import atomic_write_bytes
 
 
 __all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape"]
 
 
 def _finite(name: str, x: torch.Tensor | None) -> None:
-    from scoresde._common.finite import check_finite
     if x is not None:
         check_finite(name, x.detach(), "values to plot")
 
@@ -33,7 +34,6 @@ def _figure():
 
 
 def _save(fig, path: str) -> None:
-    from scoresde._common.files import atomic_write_bytes
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _figure().close(fig)
