@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 
 import scoresde as ss
+from scoresde.samplers.core import sampler_info
 from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
 
 BUDGETS = (4, 5, 6, 8, 10, 20)
@@ -222,9 +223,11 @@ def sigma_min_eps(sde) -> float:
     return sde.t_from_half_log_snr(torch.tensor(-math.log(SIGMA_MIN), dtype=torch.float64)).item()
 
 
-def _budget_for(sampler: str, budget: int) -> int:
-    """heun spends 2 steps - 1: an even budget is run at one evaluation less."""
-    return budget - 1 if sampler == "heun" and budget % 2 == 0 else budget
+def _budget_for(sampler: str, budget: int, **opts) -> int:
+    """The most NFE up to `budget` the sampler can spend, as it declares it (heun, 2 steps - 1: an even budget
+    is run at one evaluation less)."""
+    info = sampler_info(sampler)
+    return info.nfe(info.steps_for(budget, **opts), **opts)
 
 
 def ours_runs(sde, mix, z, names=OURS):
@@ -233,7 +236,7 @@ def ours_runs(sde, mix, z, names=OURS):
 
     def run(name, opts):
         def go(budget):
-            steps = (budget + 1) // 2 if name == "heun" else budget
+            steps = sampler_info(name).steps_for(budget, **opts)          # heun: (budget + 1) // 2
             x, info = sde.sample(mix.score_fn(sde), None, sampler=name, steps=steps, x_init=x_T, eps=eps,
                                  denoise=True, return_info=True, **opts)
             return x, info["nfe"]
@@ -246,7 +249,7 @@ def optimised_runs(sde, score_fn, x_T, x_cal, eps, costs: dict, label: str, name
     """'ours <name> [opt]' runs: a grid fitted on the calibration draws x_cal, sampled from x_T."""
     def run(key, sampler, opts):
         def go(budget):
-            b = _budget_for(sampler, budget)
+            b = _budget_for(sampler, budget, **opts)
             grid, info = ss.optimize_steps(sde, score_fn, b, sampler=sampler, calibration=x_cal, eps=eps,
                                            return_info=True, **fit, **opts)
             costs[(label, key, budget)] = (info["cpu_seconds"], info["fevals"], info["error_default"], info["error"])
@@ -356,7 +359,7 @@ def digits_table(args, costs: dict, budgets=BUDGETS):
 
     def fixed(sampler, opts):
         def go(budget):
-            steps = (budget + 1) // 2 if sampler == "heun" else budget
+            steps = sampler_info(sampler).steps_for(budget, **opts)       # heun: (budget + 1) // 2
             x, info = sde.sample(model, None, sampler=sampler, steps=steps, x_init=x_T, return_info=True, **opts)
             return x, info["nfe"]
         return go

@@ -7,9 +7,10 @@ diffusion on the reverse SDE, predictor-corrector (reverse diffusion + Langevin,
 the probability-flow ODE with adaptive RK45 (its NFE set by sweeping rtol = atol), Heun (Karras et
 al. 2022, arXiv:2206.00364), DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095) and DEIS (Zhang &
 Chen 2022, arXiv:2204.13902). Every sampler runs through `scoresde.samplers.sample` with its
-defaults (final time eps = 1e-3 for VP, 1e-5 for VE, `denoise=True`) and the step count that
-spends the budget (pc: budget / 2 steps, heun: (budget + 1) / 2); all runs of a problem start
-from the same seed. Problems:
+defaults (final time eps = 1e-3 for VP, 1e-5 for VE, `denoise=True`) and the most steps whose NFE,
+as the sampler declares it (`SamplerInfo.nfe`), fits the budget (pc: budget / 2 steps, heun:
+(budget + 1) / 2); all runs of a problem start from the same seed. The table's kind is the
+sampler's declared kind; the discrete-time models' own samplers are marked and drawn dashed. Problems:
 
 1. exact score, four-mode 2-D mixture (means (+-1, +-1), std 0.1, weights 0.1-0.4), VP(0.1, 20)
    and VE(0.01, 50): no network, so only the integrator differs;
@@ -57,7 +58,7 @@ import scoresde as ss
 from scoresde.sde.analytic import four_mode_mixture
 from scoresde.runs.checkpoint import list_checkpoints
 from scoresde._common.toml import load_toml
-from scoresde.samplers.core import sample
+from scoresde.samplers.core import sample, sampler_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fast_samplers import metric  # noqa: E402  (TV + KL of the mixture; shared with fast_samplers)
@@ -65,29 +66,35 @@ from fast_samplers import metric  # noqa: E402  (TV + KL of the mixture; shared 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
 
-# label -> (sampler, options, kind); the steps that spend a budget are in `steps_for`
+# label -> (sampler, options); the steps that spend a budget are in `steps_for`, the kind in `kind`
 SAMPLERS = {
-    "ancestral": ("ancestral", {}, "discrete (DDPM / SMLD)"),
-    "ddim": ("ddim", {}, "discrete (DDIM)"),
-    "annealed_langevin": ("annealed_langevin", {}, "discrete (SMLD)"),
-    "euler_maruyama": ("euler_maruyama", {}, "SDE"),
-    "reverse_diffusion": ("reverse_diffusion", {}, "SDE"),
-    "pc (rd + langevin)": ("pc", {}, "SDE"),
-    "ode (RK45)": ("ode", {}, "ODE, adaptive"),
-    "heun": ("heun", {}, "ODE"),
-    "dpm_solver (2M)": ("dpm_solver", {}, "ODE"),
-    "deis": ("deis", {}, "ODE"),
+    "ancestral": ("ancestral", {}),
+    "ddim": ("ddim", {}),
+    "annealed_langevin": ("annealed_langevin", {}),
+    "euler_maruyama": ("euler_maruyama", {}),
+    "reverse_diffusion": ("reverse_diffusion", {}),
+    "pc (rd + langevin)": ("pc", {}),
+    "ode (RK45)": ("ode", {}),
+    "heun": ("heun", {}),
+    "dpm_solver (2M)": ("dpm_solver", {}),
+    "deis": ("deis", {}),
 }
+# the samplers of the discrete-time models this benchmark sets against the continuous ones
+DISCRETE = {"ancestral": "DDPM / SMLD", "ddim": "DDIM", "annealed_langevin": "SMLD"}
 ODE_TOLS = (3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
 
 
-def steps_for(sampler: str, budget: int) -> int:
-    """Steps whose NFE is at most `budget`: pc spends 2 per step, heun 2 steps - 1."""
-    if sampler == "pc":
-        return max(1, budget // 2)
-    if sampler == "heun":
-        return (budget + 1) // 2
-    return budget
+def steps_for(sampler: str, budget: int, **options) -> int:
+    """The most steps whose declared NFE is at most `budget` (at least 1): pc spends 2 per step, heun 2 steps - 1."""
+    return sampler_info(sampler).steps_for(budget, **options)
+
+
+def kind(label: str) -> str:
+    """The kind column: the sampler's declared kind, "adaptive" when the solver sets its NFE, the discrete origin."""
+    sampler, opts = SAMPLERS[label]
+    info = sampler_info(sampler)
+    return (info.kind + (", adaptive" if info.nfe(1, **opts) is None else "")
+            + (f", discrete ({DISCRETE[sampler]})" if sampler in DISCRETE else ""))
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def evaluate(p: Problem, labels, seed: int, bar) -> dict[str, list]:
     """label -> [(metric, NFE, seconds) per budget]; the ODE's tolerance runs go to the nearest budget."""
     table = {}
     for label in labels:
-        sampler, opts, _ = SAMPLERS[label]
+        sampler, opts = SAMPLERS[label]
         if sampler == "ode":
             runs = []
             for tol in p.tols:
@@ -195,7 +202,7 @@ def evaluate(p: Problem, labels, seed: int, bar) -> dict[str, list]:
         row = []
         for b in p.budgets:
             bar.set_postfix_str(f"{p.name[:24]} | {label} NFE={b}")
-            m, nfe, sec = run_one(p, sampler, opts, steps_for(sampler, b), seed)
+            m, nfe, sec = run_one(p, sampler, opts, steps_for(sampler, b, **opts), seed)
             if nfe > b:
                 raise RuntimeError(f"{label} used {nfe} > {b} score evaluations")
             row.append((m, nfe, sec))
@@ -242,7 +249,7 @@ def to_markdown(p: Problem, table: dict) -> str:
                 cells.append("undef.")
                 continue
             cells.append(f"{_fmt(m)} / {sec:.2f}s" + ("" if nfe == b else f" ({nfe})"))
-        lines.append(f"| {label} | {SAMPLERS[label][2]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {kind(label)} | " + " | ".join(cells) + " |")
     lines.append(f"| *floor: {p.floor_label}* | | " + " | ".join(_fmt(p.floor) for _ in p.budgets) + " |")
     return "\n".join(lines)
 
@@ -259,7 +266,7 @@ def plot(results, path: Path) -> None:
             for label, cells in table.items():
                 pts = [(c[xi], c[0]) for c in cells if c is not None and math.isfinite(c[0]) and c[xi] > 0]
                 if pts:
-                    style = "--" if SAMPLERS[label][2].startswith("discrete") else "-"
+                    style = "--" if SAMPLERS[label][0] in DISCRETE else "-"
                     ax.plot(*zip(*pts), style, marker="o", ms=3, color=colors[label], label=label)
             ax.axhline(p.floor, color="k", lw=0.8, ls=":", label="floor")
             ax.set(xscale="log", yscale="log", xlabel=xlabel, title=p.name if row == 0 else "",
@@ -319,7 +326,8 @@ def main(argv=None) -> str:
     (out / "samplers.md").write_text(
         "# Discrete vs continuous samplers: quality vs NFE and wall time\n\n"
         "Lower is better. Mixtures: TV of mode weights + weight-averaged KL(fitted Gaussian || true mode). "
-        "Digits: digits FID (64 features of the shipped digits classifier) against the 359 held-out images. ode (RK45) is swept over "
+        "Digits: digits FID (64 features of the shipped digits classifier) against the 359 held-out images. "
+        "ode (RK45) is swept over "
         "rtol = atol; each run sits in the column nearest its NFE. See the docstring of "
         "benchmarks/samplers.py for the set-up.\n\n" + text + "\n")
     plot(results, out / "samplers.png")

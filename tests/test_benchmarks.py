@@ -110,7 +110,7 @@ def test_samplers_quick(samplers_bench, tmp_path):
     assert text in md and (tmp_path / "samplers.png").stat().st_size > 10000
     assert md.count("**exact score") == 2 and "**trained MLP on mixture" in md and "**trained U-Net on digits" in md
     cell = re.compile(r"^(inf|[-+0-9.e]+) / ([0-9.]+)s( \((\d+)\))?$")
-    for label, (name, _, _) in samplers_bench.SAMPLERS.items():
+    for label, (name, _) in samplers_bench.SAMPLERS.items():
         rows = _rows(md, label)
         assert len(rows) == 4, label                                    # one row per problem
         for r in rows:

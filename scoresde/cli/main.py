@@ -53,6 +53,17 @@ def _names(kind: str) -> list[str]:
     return list_samplers() + list_discrete_samplers()       # the discrete ones: task masked
 
 
+def _sampler_help() -> str:
+    """`sample --sampler`'s help: the samplers grouped by the kind their records declare (`SamplerInfo`)."""
+    from scoresde.samplers.masked import list_discrete_samplers
+    from scoresde.samplers.core import SAMPLERS
+    kinds: dict[str, list[str]] = {}
+    for r in SAMPLERS.records():
+        kinds.setdefault(r.kind, []).append(r.name)
+    return ("; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
+            + f"; sequence runs: {', '.join(list_discrete_samplers())}.")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="scoresde", message="%(prog)s %(version)s")
 def cli():
@@ -187,7 +198,8 @@ def _to_unit(model, x):
 @click.option("--config", metavar="PRESET|FILE", help=_CONFIG_HELP)
 @click.option("--list-configs", is_flag=True, is_eager=True, expose_value=False, callback=_list_configs,
               help="List the score_sde presets and exit.")
-@click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler; deis (pretrained)")
+@click.option("--sampler", type=click.Choice(_names("sampler")), show_default="the run's sampler; deis (pretrained)",
+              help=_sampler_help())
 @click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps; 20 (pretrained)",
               help="Sampler steps.")
 @click.option("--n", "n", type=click.IntRange(min=1), show_default="1000; 16 for a sequence run",

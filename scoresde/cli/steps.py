@@ -17,16 +17,21 @@ from typing import Any, Callable
 import click
 
 from scoresde.cli.common import _user_errors
-from scoresde.samplers.optimize import FITTED_SAMPLERS
+from scoresde.samplers.core import SAMPLERS
+from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule
 from scoresde.runs.steps import load_steps, steps_path
 
 
 __all__ = ["optimize_steps_command", "stored_steps"]
 
 
-def _nfe(sampler: str, steps: int) -> int:
-    """Score evaluations of `sample(..., steps=steps)` with denoise: heun 2 steps - 1, the others steps."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+def _budget_help() -> str:
+    """--budget's help: the fitted samplers grouped by the budgets their records accept."""
+    groups: dict[str, list[str]] = {}
+    for name in FITTED_SAMPLERS:
+        groups.setdefault(budget_rule(name), []).append(name)
+    return ("Score evaluations per sample (" + "; ".join(f"{'/'.join(names)}: {rule}" for rule, names in groups.items())
+            + ").")
 
 
 def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
@@ -35,7 +40,7 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
     options it was made with) when RUN/steps holds one made for `checkpoint_file`, else `steps=`."""
     if sampler not in FITTED_SAMPLERS or not os.path.isdir(run_dir) or steps < 2:
         return {"steps": steps}
-    budget = _nfe(sampler, steps)
+    budget = SAMPLERS[sampler].nfe(steps)               # as `sample(..., steps=steps)` spends it
     try:
         found = load_steps(run_dir, sampler, budget)
     except ValueError:                                   # a grid that does not fit these steps
@@ -61,9 +66,10 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
 @click.option("--checkpoint", required=True, type=click.Path(), metavar="RUN",
               help="Run directory: its latest checkpoint is fitted and the grid goes to RUN/steps/.")
 @click.option("--budget", required=True, type=click.IntRange(min=1), metavar="NFE",
-              help="Score evaluations per sample (ddim/dpm_solver/deis/unipc: >= 2; heun: odd, >= 3).")
+              help=_budget_help())
 @click.option("--sampler", type=click.Choice(FITTED_SAMPLERS), default="unipc", show_default=True,
-              help="bns: the unipc grid, then its times and step weights by gradient (a bespoke solver).")
+              help="Samplers with a fitted grid; bns: the unipc grid, then its times and step weights by gradient "
+                   "(a bespoke solver).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=256, show_default=True,
               help="Calibration draws from the prior.")
 @click.option("--reference-steps", type=click.IntRange(min=2), default=500, show_default=True,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from scoresde._common.validation import check_int
-from scoresde.samplers.optimize import _check_sampler, grid_size
+from scoresde.samplers.optimize import check_fitted, grid_size
 from scoresde._common.files import atomic_write_bytes
 from scoresde.samplers.bns import check_weights
 
@@ -18,7 +18,7 @@ from scoresde.samplers.bns import check_weights
 # --- storage in a run directory --------------------------------------------------------------------
 def steps_path(run_dir: str | os.PathLike, sampler: str, budget: int) -> str:
     """RUN/steps/<sampler>-<budget>.json"""
-    return os.path.join(os.fspath(run_dir), "steps", f"{_check_sampler(sampler)}-{check_int('budget', budget)}.json")
+    return os.path.join(os.fspath(run_dir), "steps", f"{check_fitted(sampler)}-{check_int('budget', budget)}.json")
 
 
 def save_steps(run_dir: str | os.PathLike, grid: torch.Tensor, info: dict[str, Any], **extra: Any) -> str:

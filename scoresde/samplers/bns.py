@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid
+from scoresde.samplers.logsnr import LogSNRGrid, one_per_time
 from scoresde.samplers.unipc import unipc
 
 
@@ -102,7 +102,9 @@ def _solve(score_fn: Callable, x: torch.Tensor, times: torch.Tensor, alpha, sigm
     return _combine(rows[-1], x, D)
 
 
-@SAMPLERS.register("bns")
+@SAMPLERS.register("bns", kind="fast ode", summary="bespoke non-stationary solver: weights fitted by "
+                   "optimize-steps (unipc's own without them)", nfe=one_per_time, stochastic=False, takes_grid=True,
+                   schedule="logsnr", fitted="times and weights")
 def bns(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
         schedule: str = "logsnr", rho: float = 7.0, weights=None) -> torch.Tensor:
     """Bespoke non-stationary solver: fitted weights over x_T and all data predictions; NFE = steps.

@@ -11,11 +11,15 @@ then given `schedule="given"`). Step i calls
 `score_fn` at t_i with the whole batch and moves x to t_{i+1}; with `denoise` the last step adds
 no noise (the "noise removal" of Song et al. 2021). Samplers never dispatch on the SDE type: the
 per-SDE maths (discretisation, ancestral step, Langevin alpha) are SDE methods.
+
+Each sampler declares its facts once, next to its function (`SAMPLERS.register(name, kind=..., nfe=...)`):
+one `SamplerInfo` record that `sample`, `optimize_steps`, the CLI and the benchmarks read, the way a
+diffrax solver declares what it supports and the dispatcher checks it.
 """
 from __future__ import annotations
 
-import inspect
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,15 +30,98 @@ from scoresde._common.validation import check_int
 from scoresde._common.threads import thread_policy
 
 
-__all__ = ["SAMPLERS", "sample", "list_samplers", "uniform_grid", "progress_range", "CheckedScore",
-           "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
+__all__ = ["SAMPLERS", "SamplerInfo", "sample", "list_samplers", "sampler_info", "uniform_grid", "progress_range",
+           "CheckedScore", "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
 
-SAMPLERS = Registry("sampler")
+KINDS = ("sde", "pc", "corrector", "ode", "fast ode")
+FITS = (None, "times", "times and weights")
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What a sampler declares about itself, once, where it is registered.
+
+    name, fn: the registry name and the sampler function (the record is callable as the function).
+    kind: "sde" (reverse-SDE steps), "pc" (predictor-corrector), "corrector" (Langevin only),
+        "ode" (probability-flow ODE, adaptive) or "fast ode" (few-step probability-flow integrators).
+    summary: one line for the CLI help and the docs.
+    nfe: nfe(steps, denoise=True, **options) -> the exact score evaluations of `sample(..., steps=steps,
+        denoise=denoise, **options)` (an explicit grid passes `schedule="given"`, see `grid_nfe`), or
+        None where the solver decides (adaptive ODE, torchsde's higher-order methods).
+    stochastic: draws noise from `generator` while sampling (else deterministic given x_T).
+    takes_grid: steps through every time of an explicit `times` grid (ode, torchsde: its end points only).
+    schedule: the default layout of its own grid (a `schedule=` option, "given" for an explicit grid),
+        None for the samplers that step on the uniform grid.
+    fitted: what `optimize_steps` fits for it: "times", "times and weights" (bns), None: nothing.
+    """
+    name: str
+    fn: Callable = field(repr=False)
+    kind: str
+    summary: str
+    nfe: Callable[..., int | None] = field(repr=False)
+    stochastic: bool
+    takes_grid: bool
+    schedule: str | None = None
+    fitted: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {', '.join(KINDS)}, found {self.kind!r}")
+        if "\n" in self.summary:
+            raise ValueError(f"summary: expected one line, found {self.summary!r}")
+        if self.fitted not in FITS:
+            raise ValueError(f"fitted: expected one of {FITS}, found {self.fitted!r}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def grid_nfe(self, intervals: int, denoise: bool = True, **options: Any) -> int | None:
+        """Score evaluations on an explicit grid of `intervals` intervals, as `sample(..., times=...)` runs it."""
+        if self.schedule is not None:
+            options = {**options, "schedule": "given"}
+        return self.nfe(intervals, denoise, **options)
+
+    def min_budget(self, denoise: bool = True, **options: Any) -> int | None:
+        """The fewest score evaluations on an explicit grid (2 times, the fewest `times` allows)."""
+        return self.grid_nfe(1, denoise, **options)
+
+    def steps_for(self, budget: int, denoise: bool = True, **options: Any) -> int:
+        """The most steps (at least 1) whose NFE is at most `budget` (NFE grows with steps, one or more per step)."""
+        steps = 1
+        while steps < budget and self.nfe(steps + 1, denoise, **options) <= budget:
+            steps += 1
+        return steps
+
+
+class SamplerRegistry(Registry):
+    """The samplers' registry: name -> `SamplerInfo`; `register(name, **facts)` declares the facts."""
+
+    def register(self, name: str, **facts: Any) -> Callable[[Callable], Callable]:
+        """Decorator: register `fn` under `name` with its facts (`SamplerInfo`'s fields); returns `fn` unchanged."""
+        add = super().register(name)
+
+        def deco(fn: Callable) -> Callable:
+            add(SamplerInfo(name=name, fn=fn, **facts))
+            return fn
+
+        return deco
+
+    def records(self) -> list[SamplerInfo]:
+        """Every record, in registration order (the order the families are imported in `samplers/__init__`)."""
+        return list(self._items.values())
+
+
+SAMPLERS = SamplerRegistry("sampler")
 
 
 def list_samplers() -> list[str]:
     """Names of the registered samplers."""
     return list(SAMPLERS)
+
+
+def sampler_info(name: str) -> SamplerInfo:
+    """The facts `name` declares (`SamplerInfo`); an unknown name raises a KeyError listing the known ones."""
+    return SAMPLERS[name]
 
 
 def flush_checks(score_fn: Any) -> None:
@@ -121,7 +208,8 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
         shape: (B, *D), or the batch size alone when `score_fn.data_shape` exists; may be None
             when `x_init` is given.
         sampler: a name from `list_samplers()`.
-        steps: number of steps (default `sde.N`); NFE per sampler as documented in the API.
+        steps: number of steps (default `sde.N`); NFE per sampler as documented in the API and declared
+            by the sampler (`sampler_info(sampler).nfe(steps, denoise, **options)`).
         eps: final time (default `sde.default_eps`: 1e-3 for VP/sub-VP, 1e-5 for VE).
         x_init: start here instead of a prior draw.
         denoise: end with one noise-free step (Tweedie / "noise removal").
@@ -144,13 +232,13 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     """
     if not callable(score_fn):
         raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
-    fn = SAMPLERS[sampler]
+    info = SAMPLERS[sampler]
     if times is not None:
         if steps is not None or eps is not None:
             raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
         grid = check_times(sde, times)
         steps = len(grid) - 1
-        if "schedule" in inspect.signature(fn).parameters:
+        if info.schedule is not None:          # a sampler with its own grid layout steps on this one
             if options.setdefault("schedule", "given") != "given":
                 raise ValueError(f"schedule: an explicit `times` grid is stepped as given; found "
                                  f"schedule={options['schedule']!r}")
@@ -180,7 +268,7 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     counted = CheckedScore(score_fn, where=f"sampler {sampler!r}")
     start = time.perf_counter()
     with torch.no_grad(), thread_policy(x.shape[1:], x.device):
-        x = fn(sde, counted, x, ts, generator=generator, denoise=bool(denoise), progress=bool(progress), **options)
+        x = info.fn(sde, counted, x, ts, generator=generator, denoise=bool(denoise), progress=bool(progress), **options)
         counted.flush()
         check_samples(x, f"sampler {sampler!r}")
     if not return_info:

@@ -81,7 +81,20 @@ def _check_pc(sampler: str, options: dict) -> dict:
     return opts
 
 
-@SAMPLERS.register("pc")
+def _pc_nfe(steps: int, denoise: bool = True, **options) -> int:
+    """steps (1 + corrector_steps); predictor="none": steps corrector_steps; corrector="none": steps."""
+    opts = {**_PC_DEFAULTS, **options}
+    return steps * ((opts["predictor"] != "none") + (opts["corrector"] != "none") * opts["corrector_steps"])
+
+
+def _annealed_langevin_nfe(steps: int, denoise: bool = True, corrector_steps: int | None = None, **options) -> int:
+    """steps corrector_steps (default 1)."""
+    return steps * (1 if corrector_steps is None else corrector_steps)
+
+
+@SAMPLERS.register("pc", kind="pc", summary="predictor-corrector: predictor= euler_maruyama / reverse_diffusion / "
+                   "ancestral / none, corrector= langevin / annealed_langevin / none", nfe=_pc_nfe, stochastic=True,
+                   takes_grid=True)
 def pc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3).
 
@@ -115,7 +128,8 @@ def pc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **
     return x
 
 
-@SAMPLERS.register("annealed_langevin")
+@SAMPLERS.register("annealed_langevin", kind="corrector", summary="annealed Langevin dynamics alone "
+                   "(Song & Ermon 2019)", nfe=_annealed_langevin_nfe, stochastic=True, takes_grid=True)
 def annealed_langevin(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Corrector-only annealed Langevin dynamics (Song & Ermon 2019; Song et al. 2021, Sec. 4.2).
 

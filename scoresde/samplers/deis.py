@@ -2,8 +2,8 @@
 
 - `deis`: DEIS's multistep exponential integrator (Zhang & Chen 2022, arXiv:2204.13902, Sec. 4,
   "AB-DEIS"), in its log-rho form: the noise prediction eps(x, lambda) is replaced on each step by
-  the Lagrange polynomial in the half log-SNR lambda = -log rho through its last `order` values, and the semi-linear probability-flow ODE is
-  integrated exactly against it. In the scale-free variables y = x / alpha and
+  the Lagrange polynomial in the half log-SNR lambda = -log rho through its last `order` values, and
+  the semi-linear probability-flow ODE is integrated exactly against it. In the scale-free variables y = x / alpha and
   sigma~ = sigma / alpha = e^{-lambda} the ODE reads dy/dsigma~ = eps, i.e.
 
       x_{i+1} = alpha_{i+1} / alpha_i x_i - alpha_{i+1} int_{lambda_i}^{lambda_{i+1}} e^{-lambda} eps(lambda) dlambda.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order, one_per_time
 
 
 __all__ = ["deis"]
@@ -56,7 +56,9 @@ def _weights(lam: list[float], i: int, nodes: list[int], sign: float) -> list[fl
     return out
 
 
-@SAMPLERS.register("deis")
+@SAMPLERS.register("deis", kind="fast ode", summary="multistep exponential integrator (DEIS / DPM-Solver), order "
+                   "1-3, optional UniC corrector", nfe=one_per_time, stochastic=False, takes_grid=True,
+                   schedule="karras", fitted="times")
 def deis(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "karras", rho: float = 7.0, order: int = 2, prediction: str = "eps",
          corrector: bool = False, lower_order_final: bool = True) -> torch.Tensor:

@@ -34,13 +34,14 @@ import math
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order, intervals, one_per_time
 
 
 __all__ = ["ddim", "heun", "dpm_solver"]
 
 
-@SAMPLERS.register("ddim")
+@SAMPLERS.register("ddim", kind="fast ode", summary="deterministic DDIM, the first-order exponential integrator",
+                   nfe=one_per_time, stochastic=False, takes_grid=True, schedule="logsnr", fitted="times")
 def ddim(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "logsnr", rho: float = 7.0) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) on the probability-flow ODE; NFE = steps."""
@@ -55,7 +56,15 @@ def ddim(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
     return x
 
 
-@SAMPLERS.register("heun")
+def _heun_nfe(steps: int, denoise: bool = True, schedule: str = "karras", **options) -> int:
+    """2 per interval; with `denoise` plus the final data prediction, without it the last interval's Euler step
+    makes one: 2 steps - 1 on its own grid, 2 steps + 1 / 2 steps - 1 on a given one."""
+    return 2 * intervals(steps, denoise, schedule) + (1 if denoise else -1)
+
+
+@SAMPLERS.register("heun", kind="fast ode", summary="Heun's 2nd-order method on the probability-flow ODE "
+                   "(Karras et al. 2022)", nfe=_heun_nfe, stochastic=False, takes_grid=True, schedule="karras",
+                   fitted="times")
 def heun(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "karras", rho: float = 7.0) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); NFE = 2 steps - 1."""
@@ -74,7 +83,8 @@ def heun(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
     return g.alpha[g.n] * y
 
 
-@SAMPLERS.register("dpm_solver")
+@SAMPLERS.register("dpm_solver", kind="fast ode", summary="DPM-Solver++ multistep, order 2 or 3 (Lu et al. 2022)",
+                   nfe=one_per_time, stochastic=False, takes_grid=True, schedule="logsnr", fitted="times")
 def dpm_solver(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
                schedule: str = "logsnr", rho: float = 7.0, order: int = 2,
                lower_order_final: bool = True) -> torch.Tensor:

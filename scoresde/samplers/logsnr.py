@@ -17,13 +17,11 @@ class LogSNRGrid:
         if schedule != "given":
             check_schedule(schedule)
         check_positive("rho", rho)
-        steps = len(ts) - 1
+        self.n = intervals(len(ts) - 1, denoise, schedule)       # ODE intervals before the final step
         if schedule == "given":                                   # the caller's grid, every interval of it
-            self.n = steps
             t = ts.double().cpu()                                 # one host read, before sampling
         else:
             t_start, t_end = ts[[0, -1]].double().tolist()        # one host read, before sampling
-            self.n = steps - 1 if denoise else steps              # ODE intervals before the final step
             if self.n == 0:
                 t = torch.tensor([t_start], dtype=torch.float64)
             else:
@@ -31,11 +29,24 @@ class LogSNRGrid:
         alpha, sigma = sde.marginal_coefs(t)
         if not bool((sigma > 0).all()):
             raise ValueError(f"times: the fast samplers need sigma(t) > 0 at every time; found t = {float(t[-1])} "
-                             "with sigma = 0 (end at the smallest positive time; denoise=True adds the data prediction)")
+                             "with sigma = 0 (end at the smallest positive time; denoise=True adds the data "
+                             "prediction)")
         self.t = t.to(device=x.device, dtype=x.dtype)             # (n + 1,)
         self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
         self.lam = (alpha.log() - sigma.log()).tolist()           # half log-SNR lambda_i
         self.sig = (sigma / alpha).tolist()                       # sigma~_i = sigma_i / alpha_i = e^{-lambda_i}
+
+
+def intervals(steps: int, denoise: bool, schedule: str) -> int:
+    """ODE intervals of a fast sampler's grid for `steps`: every interval of a given grid; on its own grid,
+    with `denoise`, one fewer (the last step, eps -> noise 0, is the data prediction)."""
+    return steps if schedule == "given" or not denoise else steps - 1
+
+
+def one_per_time(steps: int, denoise: bool = True, schedule: str = "logsnr", **options) -> int:
+    """NFE of the one-evaluation-per-grid-time samplers (ddim, dpm_solver, deis, unipc, bns): one per
+    interval, plus the final data prediction with `denoise`."""
+    return intervals(steps, denoise, schedule) + bool(denoise)
 
 
 def check_order(order) -> int:

@@ -60,7 +60,13 @@ def _solve_scipy(f, x: torch.Tensor, t0: float, t1: float, method: str, rtol: fl
     return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).to(device=x.device, dtype=x.dtype).reshape(x.shape)
 
 
-@SAMPLERS.register("ode")
+def _adaptive(steps: int, denoise: bool = True, **options) -> None:
+    """The solver chooses its steps: NFE is known after the run only (`sample(..., return_info=True)`)."""
+    return None
+
+
+@SAMPLERS.register("ode", kind="ode", summary="probability-flow ODE, adaptive RK45 (or a scipy solve_ivp method)",
+                   nfe=_adaptive, stochastic=False, takes_grid=False)
 def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Probability-flow ODE from T to eps, adaptive RK45 (Song et al. 2021, Sec. 4.3).
 

@@ -25,15 +25,17 @@ inside [eps, T]. The samplers run without gradients, so the search is derivative
 the fixed grids (log-SNR, Karras rho = 7, quadratic, uniform). The result is never worse than the
 sampler's default grid on the calibration batch: every fixed grid tried stays a candidate.
 
-`sampler="bns"` goes one step further (scoresde/samplers/bespoke.py): after the unipc grid it fits
+`sampler="bns"` goes one step further (scoresde/samplers/bns.py): after the unipc grid it fits
 the times and every step weight of a bespoke non-stationary solver by gradient descent (Adam, through
 the score's derivatives), with the mean RMSE ("l2") as its default loss; its weights are returned in
 the info dict (so bns needs `return_info=True`) and stored with the grid.
 
-NFE rules (with `denoise`, the samplers' default): ddim, dpm_solver, deis and unipc spend one
-evaluation per grid time, so a budget B is a grid of B times (B >= 2); heun spends 2 per interval
-plus the final data prediction, 2 L - 1 for L times, so B must be odd and >= 3; bns follows unipc. `save_steps` /
-`load_steps` keep a grid in a run directory (RUN/steps/<sampler>-<budget>.json).
+NFE rules are the samplers' own declared facts (`SamplerInfo.nfe` / `grid_nfe`, scoresde/samplers/core.py);
+with `denoise`, the samplers' default: ddim, dpm_solver, deis and unipc spend one evaluation per grid
+time, so a budget B is a grid of B times (B >= 2); heun spends 2 per interval plus the final data
+prediction, 2 L - 1 for L times, so B must be odd and >= 3; bns follows unipc. `grid_size` inverts
+them. `save_steps` / `load_steps` (scoresde/runs/steps.py) keep a grid in a run directory
+(RUN/steps/<sampler>-<budget>.json).
 """
 from __future__ import annotations
 
@@ -44,49 +46,73 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from scoresde.samplers.core import SAMPLERS, sample
+from scoresde.samplers.core import SAMPLERS, SamplerInfo, sample
 from scoresde._common.validation import check_int
 from scoresde.samplers.grids import time_grid
 from scoresde.samplers.bns import fit_bns, unipc_weights
 
 
-__all__ = ["optimize_steps", "grid_size", "min_budget", "FAST_SAMPLERS", "FITTED_SAMPLERS"]
+__all__ = ["optimize_steps", "grid_size", "min_budget", "budget_rule", "check_fitted", "FAST_SAMPLERS",
+           "FITTED_SAMPLERS"]
 
 
-FAST_SAMPLERS = ("ddim", "heun", "dpm_solver", "deis", "unipc")
-FITTED_SAMPLERS = FAST_SAMPLERS + ("bns",)     # bns: its step weights are fitted too (samplers/bespoke.py)
+# the names, in registration order, of the samplers whose records declare a fit: their grid (the fast samplers),
+# and for bns its step weights too (samplers/bns.py)
+FAST_SAMPLERS = tuple(r.name for r in SAMPLERS.records() if r.fitted == "times")
+FITTED_SAMPLERS = tuple(r.name for r in SAMPLERS.records() if r.fitted is not None)
 LOSSES = ("rmse", "l2", "geometric")
 INIT_SCHEDULES = ("logsnr", "karras", "quadratic", "uniform")
 _SLACK = 1e-3                          # initial share of the lambda range left between the last time and eps
 
 
-def _check_sampler(sampler: Any) -> str:
+def _fitted(sampler: Any) -> SamplerInfo:
+    """The record of a sampler that `optimize_steps` can fit; KeyError naming `sampler` otherwise."""
     if sampler not in FITTED_SAMPLERS:
         raise KeyError(f"sampler: expected one of the fast samplers {', '.join(FITTED_SAMPLERS)} (they step "
                        f"through a given grid), found {sampler!r}")
-    return sampler
+    return SAMPLERS[sampler]
+
+
+def check_fitted(sampler: Any) -> str:
+    """`sampler` when `optimize_steps` can fit a grid for it (`SamplerInfo.fitted`); a KeyError naming it otherwise."""
+    return _fitted(sampler).name
+
+
+def _budgets(sampler: str, denoise: bool) -> tuple[int, int]:
+    """(low, stride): the budgets `sampler` can spend exactly on a given grid are low, low + stride, ...
+    (its declared NFE on grids of 1, 2, ... intervals)."""
+    info = _fitted(sampler)
+    low = info.grid_nfe(1, denoise)
+    return low, info.grid_nfe(2, denoise) - low
 
 
 def min_budget(sampler: str, denoise: bool = True) -> int:
     """The fewest score evaluations that `sampler` can spend on a given grid (at least 2 times)."""
-    _check_sampler(sampler)
-    if sampler == "heun":
-        return 3 if denoise else 1
-    return 2 if denoise else 1
+    return _budgets(sampler, denoise)[0]
+
+
+def budget_rule(sampler: str, denoise: bool = True) -> str:
+    """The budgets `sampler` accepts, in words: ">= 2", "odd, >= 3", ..."""
+    low, stride = _budgets(sampler, denoise)
+    if stride == 1:
+        return f">= {low}"
+    return f"{'odd' if low % 2 else 'even'}, >= {low}" if stride == 2 else f"{low} + {stride} k"
 
 
 def grid_size(sampler: str, budget: int, denoise: bool = True) -> int:
     """Number of grid times L whose NFE is exactly `budget`; ValueError naming `budget` otherwise."""
     budget = check_int("budget", budget)
-    low = min_budget(sampler, denoise)
-    if sampler == "heun":
-        if budget < low or budget % 2 == 0:
-            raise ValueError(f"budget: heun spends 2 evaluations per step plus {'one' if denoise else 'minus one'}, "
-                             f"so it needs an odd budget >= {low}; found {budget}")
-        return (budget + 1) // 2 if denoise else (budget + 3) // 2
-    if budget < low:
+    low, stride = _budgets(sampler, denoise)
+    intervals = 1 + max(budget - low, 0) // stride
+    if budget >= low and SAMPLERS[sampler].grid_nfe(intervals, denoise) == budget:
+        return intervals + 1
+    if stride == 1:
         raise ValueError(f"budget: {sampler} needs at least {low} score evaluations, found {budget}")
-    return budget if denoise else budget + 1
+    offset = low - stride                                    # NFE = stride * intervals + offset
+    plus = {1: "plus one", -1: "minus one"}.get(offset, f"plus {offset}")
+    needs = f"an {'odd' if low % 2 else 'even'} budget >= {low}" if stride == 2 else f"a budget {low} + {stride} k"
+    raise ValueError(f"budget: {sampler} spends {stride} evaluations per step {plus}, so it needs {needs}; "
+                     f"found {budget}")
 
 
 def _grid_from_logits(w: np.ndarray, lam0: float, lam_end: float) -> np.ndarray:
@@ -132,7 +158,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         `(grid, info)`. For bns: `sample(..., sampler="bns", times=grid, weights=info["weights"])`.
     """
     cpu0 = time.process_time()
-    _check_sampler(sampler)
+    _fitted(sampler)
     L = grid_size(sampler, budget, bool(denoise))
     if "schedule" in options:
         raise ValueError(f"schedule: the optimised grid replaces the schedule; found schedule={options['schedule']!r}")
@@ -230,7 +256,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
             w = res.x
     grid = best["grid"].double()
     if err_default <= best["err"]:                             # never worse than the default grid
-        grid = time_grid(sde, L - 1, eps, _default_schedule(sampler), dtype=torch.float64)
+        grid = time_grid(sde, L - 1, eps, SAMPLERS[sampler].schedule, dtype=torch.float64)
         best["err"] = err_default
     extra: dict[str, Any] = {}
     if sampler == "bns":
@@ -248,15 +274,10 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         return grid
     info = {"sampler": sampler, "budget": int(budget), "options": dict(options), "denoise": bool(denoise),
             "eps": float(eps), "calibration": len(x_T), "reference_steps": reference_steps, "loss": loss,
-            "error_default": err_default, "default_schedule": _default_schedule(sampler),
+            "error_default": err_default, "default_schedule": SAMPLERS[sampler].schedule,
             "error_fixed": errs, "start": start, "error": best["err"], "fevals": best["fev"], **extra,
             "cpu_seconds": time.process_time() - cpu0}
     return grid, info
-
-
-def _default_schedule(sampler: str) -> str:
-    import inspect
-    return inspect.signature(SAMPLERS[sampler]).parameters["schedule"].default
 
 
 def _calibration_batch(sde, score_fn, calibration, generator, device, dtype) -> torch.Tensor:

@@ -19,7 +19,7 @@ from scoresde.samplers.core import SAMPLERS, check_options, progress_range, rand
 
 
 __all__ = ["PREDICTORS", "euler_maruyama_step", "reverse_diffusion_step", "ancestral_step", "run_predictor",
-           "check_discretization"]
+           "check_discretization", "one_per_step"]
 
 
 def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: bool = True,
@@ -113,7 +113,13 @@ def run_predictor(step: Callable, sde, score_fn, x: torch.Tensor, ts: torch.Tens
     return x
 
 
-@SAMPLERS.register("euler_maruyama")
+def one_per_step(steps: int, denoise: bool = True, **options) -> int:
+    """NFE of a sampler with one score evaluation per step, the noise-free last one included: steps."""
+    return steps
+
+
+@SAMPLERS.register("euler_maruyama", kind="sde", summary="reverse SDE, Euler-Maruyama (Song et al. 2021)",
+                   nfe=one_per_step, stochastic=True, takes_grid=True)
 def euler_maruyama(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Sec. 4.2); NFE = steps."""
     check_options("euler_maruyama", options, {})
@@ -121,7 +127,8 @@ def euler_maruyama(sde, score_fn, x, ts, *, generator=None, denoise=True, progre
                          progress=progress, desc="euler_maruyama")
 
 
-@SAMPLERS.register("reverse_diffusion")
+@SAMPLERS.register("reverse_diffusion", kind="sde", summary="reverse SDE via the SDE's own discretisation "
+                   "(the DDPM / SMLD step; uniform grids only)", nfe=one_per_step, stochastic=True, takes_grid=True)
 def reverse_diffusion(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Reverse diffusion: the reverse of `sde.discretize` (Song et al. 2021, eq. 46); NFE = steps."""
     check_options("reverse_diffusion", options, {})
@@ -130,7 +137,8 @@ def reverse_diffusion(sde, score_fn, x, ts, *, generator=None, denoise=True, pro
                          progress=progress, desc="reverse_diffusion")
 
 
-@SAMPLERS.register("ancestral")
+@SAMPLERS.register("ancestral", kind="sde", summary="ancestral sampling: DDPM for VP, SMLD for VE",
+                   nfe=one_per_step, stochastic=True, takes_grid=True)
 def ancestral(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Ancestral sampling: DDPM for VP, SMLD for VE, the Gaussian posterior for sub-VP; NFE = steps."""
     check_options("ancestral", options, {})

@@ -15,7 +15,7 @@ import torch
 from scoresde._common.validation import check_choice, check_positive
 from scoresde.samplers.core import SAMPLERS, check_options
 from scoresde.samplers.ode import TimeBar
-from scoresde.samplers.predictors import euler_maruyama_step
+from scoresde.samplers.predictors import euler_maruyama_step, one_per_step
 
 
 __all__ = ["torchsde_sampler", "TORCHSDE_METHODS"]
@@ -51,13 +51,20 @@ class _ReverseInS:
         return g[:, None].expand(y.shape)
 
 
-@SAMPLERS.register("torchsde")
+def _torchsde_nfe(steps: int, denoise: bool = True, method: str = "euler", **options) -> int | None:
+    """steps for the one-evaluation methods (euler, milstein) on the default dt; else the solver's (None)."""
+    return one_per_step(steps) if method in ("euler", "milstein") and "dt" not in options else None
+
+
+@SAMPLERS.register("torchsde", kind="sde", summary="reverse SDE solved by torchsde.sdeint (method= euler, milstein, "
+                   "srk, ...)", nfe=_torchsde_nfe, stochastic=True, takes_grid=False)
 def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Reverse SDE solved by `torchsde.sdeint` with a fixed step.
 
     Options: method="euler" (also "milstein", "srk", "reversible_heun", "heun", "midpoint",
-    "euler_heun"), dt=(T - eps) / steps, with T and eps the grid's first and last times. The Brownian motion is a `torchsde.BrownianInterval`
-    seeded from `generator`. NFE is the solver's (euler: one per step; srk, heun, midpoint: more).
+    "euler_heun"), dt=(T - eps) / steps, with T and eps the grid's first and last times. The Brownian
+    motion is a `torchsde.BrownianInterval` seeded from `generator`. NFE is the solver's (euler,
+    milstein: one per step, as declared; srk, heun, midpoint: more).
     With `denoise` the final step of length dt is a noise-free Euler step (one NFE), as in the
     other SDE samplers. `progress` shows a bar over time, advanced from the drift's evaluations.
     "reversible_heun" has a small stability region: with sharp data (mode std 0.1) the drift near

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order, one_per_time
 
 
 __all__ = ["unipc"]
@@ -61,7 +61,9 @@ def _weights(lam: list[float], i: int, q: int, variant: str, corrector: bool) ->
     return h_phi_1, sum(w), w                                  # scaled by alpha_{i+1} by the caller
 
 
-@SAMPLERS.register("unipc")
+@SAMPLERS.register("unipc", kind="fast ode", summary="UniPC predictor-corrector in data prediction, order 1-3 "
+                   "(Zhao et al. 2023)", nfe=one_per_time, stochastic=False, takes_grid=True, schedule="logsnr",
+                   fitted="times")
 def unipc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
           schedule: str = "logsnr", rho: float = 7.0, order: int = 2, variant: str = "bh2",
           corrector: bool = True, lower_order_final: bool = True) -> torch.Tensor:
