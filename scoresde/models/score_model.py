@@ -23,6 +23,7 @@ from torch import nn
 
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_choice
+from scoresde.models.conditioning import Cond, as_cond
 
 
 __all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value"]
@@ -112,10 +113,12 @@ class ScoreModel(nn.Module):
             the SDE's default conditioning is "log_sigma" (VE), off otherwise.
 
     Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`
-    and `.x0(x, t)` return the noise and data predictions. A class-conditional network (built with
-    `num_classes=K`, forward(x, c, y)) takes labels: `model(x, t, y=labels)`, labels a (B,) long
-    tensor in [0, K] with K the null label; `y=None` is the null label (unconditional score).
-    `.num_classes` is the network's K (None when unconditional).
+    and `.x0(x, t)` return the noise and data predictions. A conditional network (forward(x, c, cond))
+    takes its condition as a `Cond`: `model(x, t, Cond(labels=labels))` for one built with
+    `num_classes=K`, labels (B,) long in [0, K] with K the null label; `cond=None` is the null label
+    (unconditional score); a batch-1 Cond is broadcast to the batch of x. Class labels where the
+    condition goes, `model(x, t, labels)` or the former `model(x, t, y=labels)` (an int or a (B,)
+    tensor), are `Cond(labels=labels)`. `.num_classes` is the network's K (None when unconditional).
     """
 
     def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
@@ -171,20 +174,24 @@ class ScoreModel(nn.Module):
         """The (B,) conditioning value c fed to the network."""
         return conditioning_value(self.conditioning, self.sde, t, sigma)
 
-    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, y)` when class-conditional.
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, cond)` when conditional (cond a
+        `Cond` broadcast to the batch of x; class labels become Cond(labels=...), see `as_cond`).
         Wrappers of other libraries' networks override this to adapt their call and output."""
-        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
-        return self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
+        cond = as_cond(cond)
+        # an unconditional net(x, c) is called without a condition; a conditional one gets cond (None = null)
+        if cond is None and self.num_classes is None:
+            return self.net(x, c)
+        return self.net(x, c, None if cond is None else cond.expand(x.shape[0]))
 
-    def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
+    def _raw(self, x: torch.Tensor, t: Any, cond: Cond | None = None):
         """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise TypeError(f"x: expected a floating-point tensor (B, *D), found "
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
-        out = self.call_net(x, self.condition(t, sigma), y)
+        out = self.call_net(x, self.condition(t, sigma), cond)
         if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
             out = out[:, : x.shape[1]]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -192,9 +199,9 @@ class ScoreModel(nn.Module):
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
         return out, append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
 
-    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The score grad_x log p_t(x), shaped like x."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         if self.parameterization == "eps":
             return -out / sigma                                   # score = -eps / sigma
         if self.parameterization == "score":
@@ -203,9 +210,9 @@ class ScoreModel(nn.Module):
             return -(sigma * x + alpha * out) / ((alpha.square() + sigma.square()) * sigma)
         return (alpha * out - x) / sigma.square()                 # score = (alpha x0 - x) / sigma^2
 
-    def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         if self.parameterization == "eps":
             return out
         if self.parameterization == "score":
@@ -214,9 +221,9 @@ class ScoreModel(nn.Module):
             return (sigma * x + alpha * out) / (alpha.square() + sigma.square())
         return (x - alpha * out) / sigma                          # x = alpha x0 + sigma eps
 
-    def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def x0(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula)."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         if self.parameterization == "eps":
             return (x - sigma * out) / alpha
         if self.parameterization == "score":
