@@ -1,33 +1,34 @@
-"""Controllable generation: class-conditional training, classifier-free and classifier guidance,
-and imputation (inpainting).
+"""What a score model is conditioned on: the `Cond` container and class-label validation.
 
-- Classifier-free guidance: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance",
-  arXiv:2207.12598. One network learns both the conditional score s(x, t, y) and, with the label
-  replaced by a null label with probability p_uncond during training, the unconditional score
-  s(x, t, null). Sampling uses the guided score
-      s_w(x, t, y) = (1 - w) s(x, t, null) + w s(x, t, y),
-  w = 0 unconditional, w = 1 conditional, w > 1 sharper (fidelity up, diversity down).
-- Classifier guidance: Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
-  arXiv:2105.05233, Sec. 4; Song et al. (2021), arXiv:2011.13456, Sec. 5 / App. I.1. A classifier
-  p(y | x_t, t) trained on perturbed data x_t = alpha x0 + sigma z steers an unconditional score:
-      s(x, t) + scale grad_x log p(y | x_t, t)      (scale = 1: Bayes' rule, the exact conditional).
-- Imputation: Song et al. (2021), App. I.2, the "replacement" method. Known entries (mask == 1) are
-  set after every sampler update to a fresh forward-perturbed copy of the known data at the new
-  time, alpha(t) x_known + sigma(t) z, so the unknown entries follow the joint score; at the end
-  they are set to x_known exactly. The paper derives it as an approximation,
-  p_t(x_unknown | x_known(0)) ~ p_t(x_unknown | x_known(t) drawn from the forward kernel): it is
-  exact when known and unknown entries are independent and biased (toward the unconditional
-  distribution) when they are strongly correlated at high noise levels.
+A condition travels as ONE object, `Cond`, with named optional fields (as k-diffusion's conditioning
+keys), so a new kind of conditioning changes no sampler and no guidance code: samplers only ever see
+`score_fn(x, t)`; a network reads the fields it was built for and refuses the others.
 
-Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
+- `labels` (B,) long: class labels in [0, K) for K classes; index K = `num_classes` is the null label
+  (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", arXiv:2207.12598).
+- `context` (B, L, D) float with `context_mask` (B, L) bool (True = a real token, False = padding): a
+  token sequence for cross-attention, e.g. a text encoder's hidden states (LDM, Rombach et al. 2022,
+  arXiv:2112.10752, Sec. 3.3).
+- `image` (B, C, h, w) float with `image_level` (B,) float: an image condition (the low-resolution
+  image of a super-resolution stage, SR3 arXiv:2104.07636) and the level s of its noise
+  augmentation (Cascaded Diffusion Models, Ho et al. 2021, arXiv:2106.15282).
+
+The unconditional branch of classifier-free guidance is `cond.null_like(K)`: labels -> K, context ->
+zeros with an all-False mask, the image condition kept (see `Cond.null_like`).
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import torch
 
+from scoresde._common.tensors import append_dims
 from scoresde._common.validation import check_int
+
+
+__all__ = ["Cond", "as_cond", "call_conditional", "check_num_classes", "check_labels", "validated_labels",
+           "batch_labels"]
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -36,7 +37,8 @@ def check_num_classes(num_classes: Any, owner: Any = None) -> int:
     if num_classes is None:
         num_classes = getattr(owner, "num_classes", None)
         if num_classes is None:
-            raise ValueError("num_classes: expected an int >= 1 (or a model with a `num_classes` attribute), found None")
+            raise ValueError("num_classes: expected an int >= 1 (or a model with a `num_classes` attribute), "
+                             "found None")
     return check_int("num_classes", num_classes)
 
 
@@ -74,3 +76,208 @@ def batch_labels(y: int | torch.Tensor, batch: int, device) -> torch.Tensor:
     if y.shape != (batch,):
         raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
     return y.to(device)
+
+
+# --- the conditioning object ----------------------------------------------------------------------
+_FIELDS = {  # name: (rank, None = any >= 2; dtype kind; what is expected)
+    "labels": (1, "integer", "(B,) integer tensor of class labels"),
+    "context": (3, "float", "(B, L, D) floating-point tensor (a token sequence)"),
+    "context_mask": (2, "bool", "(B, L) bool tensor (True = token, False = padding)"),
+    "image": (None, "float", "(B, C, h, w) floating-point tensor"),
+    "image_level": (1, "float", "(B,) floating-point tensor of noise-augmentation levels"),
+}
+
+
+def _kind(v: torch.Tensor) -> str:
+    return ("bool" if v.dtype == torch.bool else "float" if v.is_floating_point()
+            else "complex" if v.is_complex() else "integer")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Cond:
+    """A batch of conditions: optional named fields, validated at construction, never mutated.
+
+    Fields (each None or a tensor whose first dim is the batch B, the same B for all):
+        labels: (B,) integer class labels in [0, K], K = the null label; an int is one label (batch 1).
+        context: (B, L, D) float token sequence (e.g. a text encoder's hidden states).
+        context_mask: (B, L) bool, True where `context` holds a token (None: every position does).
+        image: (B, C, h, w) float image condition (any rank >= 2).
+        image_level: (B,) float noise-augmentation level of `image`; a number is used for every row.
+    A batch-1 condition is broadcast to a batch by `expand` (ScoreModel does it). `Cond()` (no field) is
+    the unconditional call, as `cond=None`. Label ranges are checked where K is known (the network,
+    guidance), not here.
+    """
+
+    labels: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    image_level: torch.Tensor | None = None
+
+    def __post_init__(self):
+        for dep, on in (("context_mask", "context"), ("image_level", "image")):
+            if getattr(self, dep) is not None and getattr(self, on) is None:
+                raise ValueError(f"{dep}: expected together with {on}, found {on}=None")
+        if isinstance(self.labels, int) and not isinstance(self.labels, bool):
+            object.__setattr__(self, "labels", torch.tensor([self.labels]))
+        level = self.image_level
+        if isinstance(level, (int, float)) and not isinstance(level, bool) and isinstance(self.image, torch.Tensor):
+            object.__setattr__(self, "image_level", torch.full(self.image.shape[:1], float(level),
+                                                               dtype=self.image.dtype, device=self.image.device))
+        for name, (rank, kind, what) in _FIELDS.items():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"{name}: expected a {what}, found {type(v).__name__}")
+            if _kind(v) != kind:
+                raise TypeError(f"{name}: expected a {what}, found dtype {v.dtype}")
+            if (v.ndim != rank) if rank else v.ndim < 2:
+                raise ValueError(f"{name}: expected a {what}, found shape {tuple(v.shape)}")
+        if self.context_mask is not None and self.context_mask.shape != self.context.shape[:2]:
+            raise ValueError(f"context_mask: expected shape {tuple(self.context.shape[:2])} (B, L of context), "
+                             f"found {tuple(self.context_mask.shape)}")
+        batches = {k: v.shape[0] for k, v in self.items()}
+        if len(set(batches.values())) > 1:
+            raise ValueError("Cond: expected one batch size B for every field, found "
+                             + ", ".join(f"{k} {b}" for k, b in batches.items()))
+
+    # --- views ------------------------------------------------------------------------------------
+    def keys(self) -> tuple[str, ...]:
+        """The names of the fields that are set, in field order."""
+        return tuple(k for k in _FIELDS if getattr(self, k) is not None)
+
+    def items(self) -> tuple[tuple[str, torch.Tensor], ...]:
+        return tuple((k, getattr(self, k)) for k in self.keys())
+
+    @property
+    def batch_size(self) -> int | None:
+        """B, or None for the empty `Cond()`."""
+        return next((v.shape[0] for _, v in self.items()), None)
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the first field set, or None for the empty `Cond()`."""
+        return next((v.device for _, v in self.items()), None)
+
+    def __repr__(self) -> str:
+        return "Cond(" + ", ".join(f"{k}={tuple(v.shape)} {v.dtype}" for k, v in self.items()) + ")"
+
+    def _map(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Cond:
+        return Cond(**{k: fn(k, v) for k, v in self.items()})
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Cond:
+        """On `device`, floating-point fields cast to `dtype` (labels and masks keep theirs); `to(dtype)` too."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        return self._map(lambda k, v: v.to(device=device, dtype=dtype if v.is_floating_point() else None))
+
+    def expand(self, batch: int) -> Cond:
+        """The condition for `batch` rows: a batch-1 condition broadcast (views), one of that batch itself."""
+        B = self.batch_size
+        if B is None or B == batch:
+            return self
+        if B != 1:
+            raise ValueError(f"cond: expected a batch of 1 or {batch} (the batch of x), found {B}")
+        return self._map(lambda k, v: v.expand(batch, *v.shape[1:]))
+
+    # --- classifier-free guidance -------------------------------------------------------------------
+    def null_like(self, num_classes: int | None = None) -> Cond:
+        """The unconditional condition of the same batch, the branch classifier-free guidance moves away from.
+
+        labels -> the null label K = `num_classes` (needed when labels are set: the network's class table
+        keeps its null row K, so old weights stay valid); context -> zeros with an all-False mask (no
+        token, as diffusers' `force_zeros_for_empty_prompt`; a text pipeline passes the encoding of "" or
+        of a negative prompt as its own unconditional Cond instead); image and image_level are KEPT: in a
+        cascade the low-resolution image is what is being upsampled, not what guidance amplifies, so
+        both branches see it and guidance acts on the class / text only.
+        """
+        out = dict(self.items())
+        if self.labels is not None:
+            if num_classes is None:
+                raise ValueError("num_classes: expected the network's null label index K (an int >= 1) to null "
+                                 "labels, found None")
+            out["labels"] = torch.full_like(self.labels, check_int("num_classes", num_classes))
+        if self.context is not None:
+            out["context"] = torch.zeros_like(self.context)
+            out["context_mask"] = torch.zeros(self.context.shape[:2], dtype=torch.bool, device=self.context.device)
+        return Cond(**out)
+
+    def is_null(self, num_classes: int | None = None) -> torch.Tensor:
+        """(B,) bool: the rows that are the null condition (labels == K and a context without any token; the
+        image condition does not count, `null_like` keeps it). A 0-dim True for the empty `Cond()`."""
+        rows = []
+        if self.labels is not None:
+            rows.append(self.labels == check_num_classes(num_classes))
+        if self.context is not None:
+            mask = self.context_mask
+            rows.append(~mask.any(1) if mask is not None else torch.zeros_like(self.context[:, 0, 0], dtype=torch.bool))
+        if not rows:
+            B = self.batch_size
+            return torch.ones(() if B is None else (B,), dtype=torch.bool, device=self.device)
+        return rows[0] if len(rows) == 1 else rows[0] & rows[1]
+
+    @staticmethod
+    def cat(*conds: Cond) -> Cond:
+        """The conditions stacked along the batch, e.g. `Cond.cat(cond, cond.null_like(K))` for one batched
+        guidance call. Every one must set the same fields (a missing context_mask counts as all True)."""
+        conds = _aligned(conds, "conds")
+        return Cond(**{k: torch.cat([c[k] for c in conds]) for k in conds[0]})
+
+    def where(self, keep: torch.Tensor, other: Cond) -> Cond:
+        """Row-wise choice as `torch.where(keep, self, other)`: row i of self where keep[i], else of other (same
+        fields, same batch); label dropout is `cond.where(~drop, cond.null_like(K))`."""
+        if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (self.batch_size,):
+            found = f"{keep.dtype} {tuple(keep.shape)}" if isinstance(keep, torch.Tensor) else type(keep).__name__
+            raise ValueError(f"keep: expected a ({self.batch_size},) bool tensor, found {found}")
+        a, b = _aligned((self, other), "other")
+        if other.batch_size != self.batch_size:
+            raise ValueError(f"other: expected a Cond of batch {self.batch_size}, found {other.batch_size}")
+        return Cond(**{k: torch.where(append_dims(keep, v.ndim), v, b[k]) for k, v in a.items()})
+
+
+def _aligned(conds, name: str) -> list[dict[str, torch.Tensor]]:
+    """Fields of each Cond as dicts with the same keys (masks filled with True) and the same per-row shapes."""
+    if not conds or not all(isinstance(c, Cond) for c in conds):
+        raise TypeError(f"{name}: expected Cond objects, found {[type(c).__name__ for c in conds]}")
+    masked = any(c.context_mask is not None for c in conds)
+    out = []
+    for c in conds:
+        d = dict(c.items())
+        if masked and c.context is not None and c.context_mask is None:
+            d["context_mask"] = torch.ones(c.context.shape[:2], dtype=torch.bool, device=c.context.device)
+        out.append({k: d[k] for k in _FIELDS if k in d})
+    for d in out[1:]:
+        if tuple(d) != tuple(out[0]):
+            raise ValueError(f"{name}: expected the same fields in every Cond, found {tuple(out[0])} and {tuple(d)}")
+        for k, v in d.items():
+            if v.shape[1:] != out[0][k].shape[1:]:
+                raise ValueError(f"{k}: expected the same shape after the batch in every Cond, found "
+                                 f"{tuple(out[0][k].shape[1:])} and {tuple(v.shape[1:])}")
+    return out
+
+
+def as_cond(cond: Any = None, y: Any = None) -> Cond | None:
+    """The condition of a call: a Cond, or None for the unconditional call (also for `Cond()`). Class labels
+    where the condition goes, an int or a (B,) integer tensor, positionally or through the former keyword
+    `y=`, become `Cond(labels=...)`, so `model(x, t, labels)` and `model(x, t, y=labels)` keep working."""
+    if y is not None:
+        if cond is not None:
+            raise TypeError("y: the former label keyword and cond exclude each other, found both; pass cond only")
+        cond = y
+    if cond is None or isinstance(cond, Cond):
+        return cond if cond is not None and cond.keys() else None
+    if isinstance(cond, bool) or not isinstance(cond, (int, torch.Tensor)):
+        raise TypeError(f"cond: expected a Cond, class labels (an int or a (B,) integer tensor) or None, "
+                        f"found {type(cond).__name__}")
+    return Cond(labels=cond)
+
+
+def call_conditional(fn: Callable, x: torch.Tensor, t: torch.Tensor, cond: Cond | None) -> torch.Tensor:
+    """fn(x, t) without a condition, fn(x, t, y=labels) for labels alone (the label protocol every
+    class-conditional score model here follows, ScoreModel included), else fn(x, t, cond)."""
+    if cond is None or not cond.keys():
+        return fn(x, t)
+    if cond.keys() == ("labels",):
+        return fn(x, t, y=cond.labels)
+    return fn(x, t, cond)

@@ -19,7 +19,8 @@ and imputation (inpainting).
   exact when known and unknown entries are independent and biased (toward the unconditional
   distribution) when they are strongly correlated at high noise levels.
 
-Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label.
+Labels are (B,) long tensors in [0, K) for K classes; index K = `num_classes` is the null label. Any
+other condition is a `Cond` (scoresde/models/conditioning.py), its unconditional branch `Cond.null_like`.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from scoresde._common.validation import check_fn
 from scoresde._common.tensors import as_time
 from scoresde._common.validation import check_real
-from scoresde.models.conditioning import batch_labels, check_num_classes, validated_labels
+from scoresde.models.conditioning import (Cond, batch_labels, call_conditional, check_labels, check_num_classes,
+                                          validated_labels)
 
 
 __all__ = ["classifier_free_score", "ClassifierFreeScore", "classifier_guided_score", "ClassifierGuidedScore"]
@@ -40,22 +42,30 @@ __all__ = ["classifier_free_score", "ClassifierFreeScore", "classifier_guided_sc
 
 
 class ClassifierFreeScore:
-    """score_fn(x, t) = (1 - w) s(x, t, null) + w s(x, t, y); see `classifier_free_score`."""
+    """score_fn(x, t) = (1 - w) s(x, t, null) + w s(x, t, cond); see `classifier_free_score`."""
 
-    def __init__(self, score_model: Callable, y: Any, w: float, num_classes: int):
-        self.score_model, self.y, self.w, self.num_classes = score_model, y, w, num_classes
+    def __init__(self, score_model: Callable, y: Any, w: float, num_classes: int | None, uncond: Cond | None = None):
+        self.score_model, self.y, self.w, self.num_classes, self.uncond = score_model, y, w, num_classes, uncond
 
     @property
     def data_shape(self):
         return getattr(self.score_model, "data_shape", None)
 
+    def conditions(self, batch: int, device: Any) -> tuple[Cond, Cond]:
+        """(the condition, the unconditional one) for a batch of `batch` rows on `device`."""
+        if isinstance(self.y, Cond):
+            cond = self.y.expand(batch).to(device)
+        else:
+            cond = Cond(labels=batch_labels(self.y, batch, device))
+        null = cond.null_like(self.num_classes) if self.uncond is None else self.uncond.expand(batch).to(device)
+        return cond, null
+
     def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         B = x.shape[0]
-        y = batch_labels(self.y, B, x.device)
+        cond, null = self.conditions(B, x.device)
         t = as_time(t, x)
-        null = torch.full_like(y, self.num_classes)
-        # one network call on the doubled batch [x; x] with labels [y; null]
-        s = self.score_model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]))
+        # one network call on the doubled batch [x; x] with conditions [cond; null] (labels alone: y=labels)
+        s = call_conditional(self.score_model, torch.cat([x, x]), torch.cat([t, t]), Cond.cat(cond, null))
         s_cond, s_uncond = s[:B], s[B:]
         # s_w = (1 - w) s(x, t, null) + w s(x, t, y) = s_null + w (s_y - s_null)   (Ho & Salimans 2022, eq. 6)
         return s_uncond + self.w * (s_cond - s_uncond)
@@ -64,24 +74,40 @@ class ClassifierFreeScore:
         return f"classifier_free_score({self.score_model!r}, w={self.w})"
 
 
-def classifier_free_score(score_model: Callable, y: Any, w: float, *, num_classes: int | None = None) -> ClassifierFreeScore:
-    """The classifier-free guided score function score_fn(x, t) for labels `y` and weight `w`.
+def classifier_free_score(score_model: Callable, y: Any, w: float, *, num_classes: int | None = None,
+                          uncond: Cond | None = None) -> ClassifierFreeScore:
+    """The classifier-free guided score function score_fn(x, t) for the condition `y` and weight `w`.
 
     Args:
-        score_model: a class-conditional score model called as score_model(x, t, y=labels), labels
-            (B,) long with the null label K (e.g. a `ScoreModel` on a net built with num_classes=K).
-        y: the requested class, an int in [0, K) for the whole batch or a (B,) long tensor.
+        score_model: a conditional score model (e.g. a `ScoreModel`), called as score_model(x, t, y=labels)
+            for labels alone (the label protocol: labels (B,) long with the null label K, e.g. a net built
+            with num_classes=K) and as score_model(x, t, cond) for any other `Cond`.
+        y: the condition: a requested class, an int in [0, K) for the whole batch or a (B,) long tensor,
+            or a `Cond` (batch 1, broadcast, or the batch of x; its labels in [0, K)).
         w: guidance weight; 0 = unconditional, 1 = conditional, > 1 = guided (w >= 0 expected, any
             finite w accepted).
-        num_classes: K, default `score_model.num_classes`.
+        num_classes: K, default `score_model.num_classes` (needed for labels only).
+        uncond: the unconditional condition (same fields as the condition, e.g. a negative prompt's
+            encoding); default `cond.null_like(K)`: the null label K, zero context with no token, the
+            image condition kept.
     Each call evaluates the network ONCE on a doubled batch (conditional and unconditional halves
     concatenated), so a sampler's NFE counts network calls of batch 2B.
     """
     check_fn(score_model, "score_model")
-    K = check_num_classes(num_classes, score_model)
+    labels = not isinstance(y, Cond) or y.labels is not None
+    K = check_num_classes(num_classes, score_model) if labels else num_classes
     w = check_real("w", w)
-    y = validated_labels(y, K)
-    return ClassifierFreeScore(score_model, y, w, K)
+    if isinstance(y, Cond):
+        if y.labels is not None:
+            check_labels(y.labels, None, K, allow_null=False)
+    else:
+        y = validated_labels(y, K)
+    if uncond is not None:
+        if not isinstance(uncond, Cond):
+            raise TypeError(f"uncond: expected a Cond or None, found {type(uncond).__name__}")
+        if uncond.labels is not None:
+            check_labels(uncond.labels, None, check_num_classes(K, score_model), allow_null=True)
+    return ClassifierFreeScore(score_model, y, w, K, uncond)
 
 
 class ClassifierGuidedScore:
@@ -110,7 +136,8 @@ class ClassifierGuidedScore:
         return self.score_fn(x, t) + self.scale * self.log_prob_grad(x, t)
 
 
-def classifier_guided_score(score_fn: Callable, classifier: Callable, y: Any, scale: float = 1.0) -> ClassifierGuidedScore:
+def classifier_guided_score(score_fn: Callable, classifier: Callable, y: Any,
+                            scale: float = 1.0) -> ClassifierGuidedScore:
     """The classifier-guided score function score_fn(x, t) + scale grad_x log p(y | x_t, t).
 
     Args:

@@ -24,6 +24,7 @@ from torch import nn
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_choice, check_fn
 from scoresde.sde.base import check_sde
+from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.preconditioners import NOISE_INPUTS, PRECONDITIONERS, T_SCALE, Preconditioner
 
 
@@ -99,10 +100,12 @@ class ScoreModel(nn.Module):
 
     Calling the model, `model(x, t)` with t a float or (B,) tensor, returns the score; `.eps(x, t)`,
     `.x0(x, t)` (the denoiser D) and `.v(x, t)` the noise, data and velocity predictions, all derived
-    by the preconditioner (`.precond`) from one network call. A class-conditional network (built with
-    `num_classes=K`, forward(x, c, y)) takes labels: `model(x, t, y=labels)`, labels a (B,) long
-    tensor in [0, K] with K the null label; `y=None` is the null label (unconditional score).
-    `.num_classes` is the network's K (None when unconditional).
+    by the preconditioner (`.precond`) from one network call. A conditional network (forward(x, c, cond))
+    takes its condition as a `Cond`: `model(x, t, Cond(labels=labels))` for one built with
+    `num_classes=K`, labels (B,) long in [0, K] with K the null label; `cond=None` is the null label
+    (unconditional score); a batch-1 Cond is broadcast to the batch of x. Class labels where the
+    condition goes, `model(x, t, labels)` or the former `model(x, t, y=labels)` (an int or a (B,)
+    tensor), are `Cond(labels=labels)`. `.num_classes` is the network's K (None when unconditional).
     """
 
     def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
@@ -172,13 +175,17 @@ class ScoreModel(nn.Module):
         """The (B,) conditioning value c fed to the network."""
         return self.noise_input(self.sde, t, sigma)
 
-    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, y)` when class-conditional.
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, cond)` when conditional (cond a
+        `Cond` broadcast to the batch of x; class labels become Cond(labels=...), see `as_cond`).
         Wrappers of other libraries' networks override this to adapt their call and output."""
-        # an unconditional net(x, c) is called without labels; a conditional one gets y (None = null)
-        return self.net(x, c) if y is None and self.num_classes is None else self.net(x, c, y)
+        cond = as_cond(cond)
+        # an unconditional net(x, c) is called without a condition; a conditional one gets cond (None = null)
+        if cond is None and self.num_classes is None:
+            return self.net(x, c)
+        return self.net(x, c, None if cond is None else cond.expand(x.shape[0]))
 
-    def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
+    def _raw(self, x: torch.Tensor, t: Any, cond: Cond | None = None):
         """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise TypeError(f"x: expected a floating-point tensor (B, *D), found "
@@ -186,7 +193,7 @@ class ScoreModel(nn.Module):
         t = as_time(t, x)
         alpha, sigma = self.sde.marginal_coefs(t)
         a, s = append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
-        out = self.call_net(self.precond.input(x, a, s), self.condition(t, sigma), y)
+        out = self.call_net(self.precond.input(x, a, s), self.condition(t, sigma), cond)
         if getattr(self.net, "learn_sigma", False):   # [eps, v] (improved DDPM / DiT): v is no part of the score
             out = out[:, : x.shape[1]]
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -194,24 +201,24 @@ class ScoreModel(nn.Module):
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
         return out, a, s
 
-    def forward(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The score grad_x log p_t(x), shaped like x."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         return self.precond.score(out, x, alpha, sigma)
 
-    def eps(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def eps(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         return self.precond.eps(out, x, alpha, sigma)
 
-    def x0(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def x0(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula): EDM's denoiser D."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         return self.precond.x0(out, x, alpha, sigma)
 
     denoiser = x0
 
-    def v(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None) -> torch.Tensor:
+    def v(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The velocity prediction alpha eps - sigma x0 (Salimans & Ho 2022)."""
-        out, alpha, sigma = self._raw(x, t, y)
+        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
         return self.precond.v(out, x, alpha, sigma)

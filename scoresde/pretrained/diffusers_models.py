@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 
@@ -78,8 +79,11 @@ class DiffusersScoreModel(ScoreModel):
         """[0, 1] -> the model's data space [-1, 1]."""
         return 2 * x - 1
 
-    def call_net(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.net(x, c) if y is None else self.net(x, c, class_labels=y)
+    def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
+        cond = as_cond(cond)
+        if cond is not None and cond.keys() != ("labels",):
+            raise ValueError(f"cond: a diffusers UNet2DModel reads class labels only, found fields {list(cond.keys())}")
+        out = self.net(x, c) if cond is None else self.net(x, c, class_labels=cond.expand(x.shape[0]).labels)
         if isinstance(out, (tuple, list)):
             out = out[0]
         elif not isinstance(out, torch.Tensor) and hasattr(out, "sample"):
@@ -154,7 +158,8 @@ def _scheduler_config(scheduler: Any) -> dict[str, Any]:
         p = os.fspath(scheduler)
         p = os.path.join(p, "scheduler_config.json") if os.path.isdir(p) else p
         if not os.path.isfile(p):
-            raise ValueError(f"scheduler: expected a scheduler_config.json or its folder, found {os.fspath(scheduler)!r}")
+            raise ValueError(f"scheduler: expected a scheduler_config.json or its folder, "
+                             f"found {os.fspath(scheduler)!r}")
         return _read_json(p)
     if isinstance(scheduler, dict):
         return dict(scheduler)

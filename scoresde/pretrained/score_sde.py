@@ -256,12 +256,12 @@ class ScoreSDEModel(ScoreModel):
     def condition(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self._reference(t)[0]
 
-    def _raw(self, x: torch.Tensor, t: Any, y: torch.Tensor | None = None):
+    def _raw(self, x: torch.Tensor, t: Any, cond: Any = None):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise TypeError(f"x: expected a floating-point tensor (B, *D), found "
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
-        if y is not None:
-            raise ValueError("y: score_sde's models are unconditional; pass y=None")
+        if cond is not None:
+            raise ValueError("cond: score_sde's models are unconditional; pass cond=None")
         labels, alpha, std = self._reference(as_time(t, x))
         out = self.net(x, labels)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:

@@ -34,14 +34,19 @@ from scoresde.sde.base import check_sde
 from scoresde._common.tensors import append_dims, as_time
 from scoresde._common.validation import check_int
 from scoresde._common.validation import check_real
-from scoresde.models.conditioning import check_labels, check_num_classes
+from scoresde.models.conditioning import Cond, call_conditional, check_labels, check_num_classes
 from scoresde.models.score_model import ScoreModel
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------
-def label_dropout(y: torch.Tensor, p_uncond: float, num_classes: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label by the null label `num_classes` with probability `p_uncond` (Ho & Salimans 2022, Alg. 1)."""
+def label_dropout(y: torch.Tensor | Cond, p_uncond: float, num_classes: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor | Cond:
+    """Replace each label by the null label `num_classes` with probability `p_uncond` (Ho & Salimans 2022, Alg. 1).
+
+    `y` (B,) labels, or a `Cond` whose rows are replaced by its null condition (`Cond.null_like`: null
+    label, empty context, image condition kept); one uniform draw per row either way."""
+    if isinstance(y, Cond):
+        return _cond_dropout(y, p_uncond, num_classes, generator)
     K = check_int("num_classes", num_classes)
     p = check_real("p_uncond", p_uncond, 0.0, 1.0)
     check_generator(generator)
@@ -51,17 +56,38 @@ def label_dropout(y: torch.Tensor, p_uncond: float, num_classes: int,
     return torch.where(u < p, torch.full_like(y, K), y)
 
 
-def conditional_dsm_loss(score_model: Callable, sde: Any, x0: torch.Tensor, y: torch.Tensor, *,
+def _cond_dropout(cond: Cond, p_uncond: float, num_classes: int | None, generator: torch.Generator | None) -> Cond:
+    """`label_dropout` of a Cond: rows replaced by `cond.null_like(K)` (K needed for labels only)."""
+    p = check_real("p_uncond", p_uncond, 0.0, 1.0)
+    check_generator(generator)
+    if cond.labels is not None:
+        check_labels(cond.labels, None, check_int("num_classes", num_classes), allow_null=True)
+    if cond.batch_size is None:
+        return cond
+    device = generator.device if generator is not None else cond.device
+    u = torch.rand(cond.batch_size, generator=generator, device=device).to(cond.device)
+    return cond.where(u >= p, cond.null_like(num_classes))                  # dropped where u < p
+
+
+def conditional_dsm_loss(score_model: Callable, sde: Any, x0: torch.Tensor, y: torch.Tensor | Cond, *,
                          p_uncond: float = 0.1, num_classes: int | None = None,
                          generator: torch.Generator | None = None, **dsm_kwargs: Any) -> torch.Tensor:
-    """Denoising score matching of a class-conditional model with label dropout.
+    """Denoising score matching of a conditional model with condition dropout.
 
-    The labels `y` (B,) are first passed through `label_dropout` (null label with probability
-    `p_uncond`, drawn first from `generator`), then `dsm_loss` trains score_model(x, t, y=labels)
-    with the same `generator` and any of its keyword options (likelihood_weighting, eps, t, noise,
-    reduce_mean, per_sample). `num_classes` defaults to `score_model.num_classes`.
+    The condition `y`, (B,) labels or a `Cond` (batch 1, broadcast, or B), is first passed through
+    `label_dropout` (the null condition with probability `p_uncond`, drawn first from `generator`),
+    then `dsm_loss` trains score_model(x, t, y=labels) (score_model(x, t, cond) for a Cond beyond
+    labels) with the same `generator` and any of its keyword options (likelihood_weighting, eps, t,
+    noise, reduce_mean, per_sample). `num_classes` defaults to `score_model.num_classes` (needed for
+    labels only).
     """
     check_fn(score_model, "score_model")
+    if isinstance(y, Cond):
+        K = check_num_classes(num_classes, score_model) if y.labels is not None else num_classes
+        x0 = _check_x0(x0)
+        cond = label_dropout(y.expand(x0.shape[0]).to(x0.device), p_uncond, K, generator)
+        return dsm_loss(lambda x, t: call_conditional(score_model, x, t, cond), sde, x0, generator=generator,
+                        **dsm_kwargs)
     K = check_num_classes(num_classes, score_model)
     x0 = _check_x0(x0)
     y = check_labels(y, x0.shape[0], K, allow_null=True, device=x0.device)
@@ -122,7 +148,8 @@ def _noise(noise: Any, x0: torch.Tensor, generator: torch.Generator | None) -> t
         device = generator.device if generator is not None else x0.device
         return torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
     if not isinstance(noise, torch.Tensor):
-        raise TypeError(f"noise: expected a torch.Tensor shaped like x0 {tuple(x0.shape)}, found {type(noise).__name__}")
+        raise TypeError(f"noise: expected a torch.Tensor shaped like x0 {tuple(x0.shape)}, "
+                        f"found {type(noise).__name__}")
     if noise.shape != x0.shape or not noise.is_floating_point():
         raise ValueError(f"noise: expected a floating-point tensor of shape {tuple(x0.shape)} like x0, found "
                          f"dtype {noise.dtype} and shape {tuple(noise.shape)}")
@@ -146,7 +173,8 @@ def _index(index: Any, name: str, x0: torch.Tensor, N: int, generator: torch.Gen
     if index.shape != (B,):
         raise ValueError(f"{name}: expected shape ({B},) to match the batch of x0, found {tuple(index.shape)}")
     if bool(((index < 0) | (index >= N)).any()):
-        raise ValueError(f"{name}: expected indices in [0, N={N}), found min {int(index.min())}, max {int(index.max())}")
+        raise ValueError(f"{name}: expected indices in [0, N={N}), "
+                         f"found min {int(index.min())}, max {int(index.max())}")
     return index.to(device=x0.device, dtype=torch.long)
 
 
@@ -261,7 +289,8 @@ def ddpm_loss(eps_fn: Callable, vpsde: Any, x0: torch.Tensor, *, t_index: Any = 
     a, s = vpsde.marginal_coefs(torch.full((1,), 0.5 * vpsde.T, dtype=torch.float64))
     if abs(float(a.square() + s.square()) - 1.0) > 1e-8:
         raise TypeError(f"vpsde: expected a variance-preserving marginal (alpha^2 + sigma^2 = 1), found "
-                        f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} at t = T/2")
+                        f"{type(vpsde).__name__} with alpha^2 + sigma^2 = {float(a.square() + s.square()):.6f} "
+                        "at t = T/2")
     x0, i, z = _discrete_draw(x0, t_index, "t_index", len(vpsde.alphas_cumprod), noise, reduce_mean, per_sample,
                               generator)
     alpha_bar = append_dims(vpsde.alphas_cumprod.to(x0.device)[i].to(x0.dtype), x0.ndim)

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
+from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
-                                         class_labels)
+                                         check_unconditional, class_labels, cond_labels)
 
 
 __all__ = ["DiT", "DIT_PRESETS", "timestep_embedding", "sincos_pos_embed_2d"]
@@ -118,11 +119,12 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + int(null_label), hidden_size,
                                             _weight=torch.empty(num_classes + int(null_label), hidden_size))
 
-    def forward(self, y, batch: int, device) -> torch.Tensor:
+    def forward(self, y, batch: int, device, name: str = "y") -> torch.Tensor:
         K, hi = self.num_classes, self.num_classes - 1 + int(self.null_label)
         what = f"labels in [0, {hi}]" + (f" ({K} = the null label)" if self.null_label else
                                          " (this network has no null label: built with null_label=False)")
-        return self.embedding_table(class_labels(y, batch, device, hi, what, null=K if self.null_label else None))
+        return self.embedding_table(class_labels(y, batch, device, hi, what, null=K if self.null_label else None,
+                                                 name=name))
 
 
 class Attention(nn.Module):
@@ -187,7 +189,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer: forward(x, c, y=None) with x (B, C, H, W), c (B,) and labels y (B,).
+    """Diffusion Transformer: forward(x, c, cond=None) with x (B, C, H, W), c (B,) and labels cond.labels (B,).
 
     Args:
         data_shape: (C, H, W); H and W divisible by the patch size (pixels or a VAE latent).
@@ -285,19 +287,20 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)      # (B, C, h, p, w, p)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), c (B,) noise-conditioning value (DiT timestep), y (B,) labels or None (null).
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value (DiT timestep), cond a Cond (its labels), (B,)
+        labels (the official `forward(x, t, y)`) or None (null).
 
         Returns (B, C_out, H, W) in x's dtype: eps, followed by the variance channels with learn_sigma.
         """
         h, c = check_inputs(self, x, c, self.pos_embed.dtype)
+        y, name = cond_labels(self, cond)
         h = self.x_embedder(h) + self.pos_embed                                 # (B, N, D)
-        cond = self.t_embedder(c)                                               # (B, D)
+        emb = self.t_embedder(c)                                                # (B, D)
         if self.y_embedder is not None:
-            cond = cond + self.y_embedder(y, x.shape[0], x.device)              # t_emb + y_emb
-        elif y is not None:
-            raise ValueError("y: this DiT is unconditional (num_classes=None); build it with num_classes=K "
-                             "to pass class labels, or pass y=None")
+            emb = emb + self.y_embedder(y, x.shape[0], x.device, name)          # t_emb + y_emb
+        else:
+            check_unconditional(self, y, name)
         for block in self.blocks:
-            h = block(h, cond)
-        return self.unpatchify(self.final_layer(h, cond)).to(x.dtype)
+            h = block(h, emb)
+        return self.unpatchify(self.final_layer(h, emb)).to(x.dtype)

@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.tensors import append_dims
+from scoresde.models.conditioning import Cond
 from scoresde.models.nets.primitives import conv, group_norm, linear, variance_scaling_  # noqa: F401  (re-exported)
 from scoresde.models.nets.resample import fir_down, fir_up
 
 
 __all__ = [
     "EMBEDDINGS", "sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierProjection",
-    "make_embedding", "LabelEmbedding", "check_num_classes", "variance_scaling_", "conv", "linear", "group_norm", "Downsample", "Upsample",
+    "make_embedding", "LabelEmbedding", "cond_labels", "check_num_classes", "variance_scaling_", "conv", "linear",
+    "group_norm", "Downsample", "Upsample",
     "fir_resample", "ResBlockDDPM", "ResBlockBigGAN", "AttnBlock",
 ]
 
@@ -97,23 +99,36 @@ def check_num_classes(num_classes) -> int | None:
 _compiling = getattr(torch.compiler, "is_compiling", lambda: False)   # torch.compile traces: no value checks
 
 
-def class_labels(y, batch: int, device, hi: int, what: str, null: int | None) -> torch.Tensor:
+def class_labels(y, batch: int, device, hi: int, what: str, null: int | None, name: str = "y") -> torch.Tensor:
     """`y` as (B,) long class labels in [0, hi] on `device`, checked: type, dtype, shape, and the range for
     CPU tensors (a check on a GPU would sync the host; `nn.Embedding` asserts there). None means all
-    `null` (an error where the network has no null label). `what` describes the valid labels."""
+    `null` (an error where the network has no null label). `what` describes the valid labels, `name`
+    the argument they came in (`y`, or `cond.labels` of a `Cond`)."""
     if y is None:
         if null is None:
-            raise ValueError(f"y: expected {what}, found None")
+            raise ValueError(f"{name}: expected {what}, found None")
         return torch.full((batch,), null, dtype=torch.long, device=device)
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
+        raise TypeError(f"{name}: expected a (B,) integer tensor of class labels or None, found {type(y).__name__}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"y: expected an integer tensor of class labels, found dtype {y.dtype}")
+        raise TypeError(f"{name}: expected an integer tensor of class labels, found dtype {y.dtype}")
     if y.shape != (batch,):
-        raise ValueError(f"y: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
+        raise ValueError(f"{name}: expected shape ({batch},) to match the batch of x, found {tuple(y.shape)}")
     if y.device.type == "cpu" and not _compiling() and bool(((y < 0) | (y > hi)).any()):
-        raise ValueError(f"y: expected {what}, found min {int(y.min())}, max {int(y.max())}")
+        raise ValueError(f"{name}: expected {what}, found min {int(y.min())}, max {int(y.max())}")
     return y.to(device=device, dtype=torch.long)
+
+
+def cond_labels(net: nn.Module, cond) -> tuple[torch.Tensor | None, str]:
+    """(class labels or None, the name they came in) of a network's condition: a `Cond` (its labels; a
+    field the network cannot read is refused), a (B,) label tensor (the former `forward(x, c, y)` call,
+    and DiT's official one) or None (unconditional / the null label)."""
+    if isinstance(cond, Cond):
+        extra = [k for k in cond.keys() if k != "labels"]
+        if extra:
+            raise ValueError(f"cond: this {type(net).__name__} reads class labels only, found fields {extra}")
+        return cond.labels, "cond.labels"
+    return cond, "y"
 
 
 class LabelEmbedding(nn.Module):
@@ -130,16 +145,17 @@ class LabelEmbedding(nn.Module):
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, dim)
 
-    def forward(self, y, batch: int, device) -> torch.Tensor:
+    def forward(self, y, batch: int, device, name: str = "y") -> torch.Tensor:
         K = self.num_classes
-        return self.table(class_labels(y, batch, device, K, f"labels in [0, {K}] ({K} = the null label)", null=K))
+        return self.table(class_labels(y, batch, device, K, f"labels in [0, {K}] ({K} = the null label)", null=K,
+                                       name=name))
 
 
-def check_unconditional(net: nn.Module, y) -> None:
+def check_unconditional(net: nn.Module, y, name: str = "y") -> None:
     """An unconditional network (num_classes None) refuses labels."""
     if y is not None:
-        raise ValueError(f"y: this {type(net).__name__} is unconditional (num_classes=None); build it with "
-                         "num_classes=K to pass class labels, or pass y=None")
+        raise ValueError(f"{name}: this {type(net).__name__} is unconditional (num_classes=None); build it with "
+                         f"num_classes=K to pass class labels, or pass {name.split('.')[0]}=None")
 
 
 # ----------------------------------------------------------------------------------- initialisation
@@ -320,21 +336,23 @@ def check_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, dtype: torch.
     return x.to(dtype), c.to(device=x.device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
 
 
-def embed_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, y, dtype: torch.dtype):
+def embed_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, cond, dtype: torch.dtype):
     """Checked input and the conditioning embedding shared by every network's forward:
-    (x cast to `dtype`, temb(embed(c)) + label(y)), with a null/absent label for y=None.
+    (x cast to `dtype`, temb(embed(c)) + label(labels)), with the null label for cond=None; `cond` a
+    `Cond`, a (B,) label tensor or None (see `cond_labels`).
 
     A network with `embed_log` embeds log(c) (score_sde's NCSN++ is fed sigma itself); one whose
     `temb` is None (no noise conditioning) gets None."""
     h, c = check_inputs(net, x, c, dtype)
+    y, name = cond_labels(net, cond)
     if getattr(net, "temb", None) is None:
-        check_unconditional(net, y)
+        check_unconditional(net, y, name)
         return h, None
     emb = net.temb(net.embed(torch.log(c) if getattr(net, "embed_log", False) else c).to(dtype))  # (B, E)
     if net.label is None:
-        check_unconditional(net, y)
+        check_unconditional(net, y, name)
     else:
-        emb = emb + net.label(y, x.shape[0], x.device).to(dtype)  # + class embedding
+        emb = emb + net.label(y, x.shape[0], x.device, name).to(dtype)  # + class embedding
     return h, emb
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int
+from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs, linear,
                                          make_embedding)
 
@@ -34,7 +35,7 @@ class MLP(nn.Module):
         embedding: "sinusoidal" (for c = 999 t) or "fourier" (for c = log sigma).
         embed_dim: size of the noise-level features.
         fourier_scale: std of the Fourier frequencies.
-        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
+        num_classes: None (unconditional) or K: forward(x, c, cond) reads cond.labels in [0, K], K = null.
     """
 
     def __init__(self, data_shape: Sequence[int] = (2,), width: int = 128, depth: int = 3,
@@ -42,7 +43,8 @@ class MLP(nn.Module):
                  num_classes: int | None = None):
         super().__init__()
         self.data_shape = check_data_shape(data_shape, image=False)
-        width, depth, embed_dim = check_int("width", width), check_int("depth", depth), check_int("embed_dim", embed_dim)
+        width, depth = check_int("width", width), check_int("depth", depth)
+        embed_dim = check_int("embed_dim", embed_dim)
         self.config = dict(data_shape=list(self.data_shape), width=width, depth=depth, embedding=embedding,
                            embed_dim=embed_dim, fourier_scale=float(fourier_scale))
         self.num_classes = check_num_classes(num_classes)
@@ -58,9 +60,10 @@ class MLP(nn.Module):
         self.out = linear(width, d, init_scale=0.0)
         self.label = LabelEmbedding(self.num_classes, width) if self.num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, *D), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        h, emb = embed_inputs(self, x, c, y, self.inp.weight.dtype)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, *D), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]), (B,) labels or None
+        (the null label)."""
+        h, emb = embed_inputs(self, x, c, cond, self.inp.weight.dtype)
         emb = F.silu(emb)
         h = self.inp(h.flatten(1)) + emb
         for lin, cond in zip(self.hidden, self.cond):

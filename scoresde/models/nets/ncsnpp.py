@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_choice, check_int, check_positive
+from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, ResBlockDDPM, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, check_sequence, conv,
-                                         embed_inputs, fir_resample, group_norm, linear, make_embedding, scale_by_sigma)
+                                         embed_inputs, fir_resample, group_norm, linear, make_embedding,
+                                         scale_by_sigma)
 from scoresde.models.nets.resample import Resample, check_fir_kernel
 
 
@@ -84,7 +86,7 @@ class NCSNpp(nn.Module):
         skip_rescale: multiply every residual sum by 1/sqrt(2).
         progressive_input: "residual" (NCSN++), "input_skip" (a 1x1 conv of the FIR-downsampled image
             combined with the features after every down-sampling) or "none" (DDPM++).
-        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
+        num_classes: None (unconditional) or K: forward(x, c, cond) reads cond.labels in [0, K], K = null.
     Keyword-only options (score_sde's `config.model` fields; the defaults give the network above):
         progressive: "none", "output_skip" (the output is a sum of up-sampled 3x3-conv read-outs of every
             level) or "residual" (a feature pyramid, up-sampled by a conv, added after every level).
@@ -230,9 +232,10 @@ class NCSNpp(nn.Module):
     def _resample(self, layer: nn.Module, h: torch.Tensor, temb) -> torch.Tensor:
         return layer(h, temb) if self.biggan else layer(h)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]), (B,) labels or
+        None (the null label)."""
+        h, temb = embed_inputs(self, x, c, cond, self.conv_in.weight.dtype)
         if not self.centered:
             h = 2 * h - 1.0                                      # data in [0, 1] -> [-1, 1]
         pyramid = h

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
+from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, embed_inputs,
                                          scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
@@ -42,7 +43,7 @@ class DDPMUNet(nn.Module):
         embedding: "sinusoidal" (DDPM; for c = 999 t) or "fourier" (for c = log sigma).
         fourier_scale: std of the Fourier frequencies.
         num_groups: GroupNorm groups (32 in DDPM); must divide every width.
-        num_classes: None (unconditional) or K: forward(x, c, y) takes labels y in [0, K], K = null.
+        num_classes: None (unconditional) or K: forward(x, c, cond) reads cond.labels in [0, K], K = null.
     Keyword-only options (score_sde's DDPM; the defaults give the network above):
         attn_each_up_block: False puts one attention block per up level (score_sde's DDPM).
         centered: False for data in [0, 1]: the network computes 2 x - 1 first.
@@ -121,9 +122,10 @@ class DDPMUNet(nn.Module):
         self.norm_out = group_norm(cur, num_groups)
         self.conv_out = conv(cur, C, init_scale=0.0)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), c (B,) noise-conditioning value, y (B,) long labels in [0, K] or None (null label)."""
-        h, temb = embed_inputs(self, x, c, y, self.conv_in.weight.dtype)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]), (B,) labels or
+        None (the null label)."""
+        h, temb = embed_inputs(self, x, c, cond, self.conv_in.weight.dtype)
         if not self.centered:
             h = 2 * h - 1.0                                      # data in [0, 1] -> [-1, 1]
         hs = [self.conv_in(h)]
