@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scoresde as ss  # noqa: E402
-from fast_samplers import OUT, metric, sharp_mixture, sigma_min_eps  # noqa: E402
+from common import OUT, metric, sharp_mixture, sigma_min_eps  # noqa: E402
 from scoresde.sde.analytic import four_mode_mixture
 
 

@@ -34,7 +34,7 @@ from scoresde._common.toml import load_toml  # noqa: E402
 from scoresde.nets import count_parameters  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from samplers import frechet_distance  # noqa: E402
+from common import digits_fid  # noqa: E402
 
 
 def train(config: str, steps: int | None, data: torch.Tensor, out: Path, progress: bool,
@@ -79,7 +79,7 @@ def main(argv=None):
     out = Path(a.out)
     t_unet, _, unet_dir = train("digits.toml", a.unet_steps, train_x, out / "unet", a.progress)
     t_dit, dit_steps, dit_dir = train("digits_dit.toml", None, train_x, out / "dit", a.progress, budget=t_unet)
-    floor = frechet_distance(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:a.n]],
+    floor = digits_fid(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:a.n]],
                              test)
     rows, grids = [], []
     for name, steps, secs, run in [("ddpm_unet", a.unet_steps, t_unet, unet_dir), ("dit", dit_steps, t_dit, dit_dir)]:
@@ -87,7 +87,7 @@ def main(argv=None):
         start = time.perf_counter()
         s = sde.sample(model, a.n, sampler=a.sampler, steps=a.steps, generator=torch.Generator().manual_seed(1))
         t_s = time.perf_counter() - start
-        fd = frechet_distance(s, test)
+        fd = digits_fid(s, test)
         rows.append(f"| `{name}` | {count_parameters(model.net):,} | {steps} | {secs:.0f} | {fd:.2f} | {t_s:.1f} |")
         grids.append((name, s[:64]))
         print(rows[-1], flush=True)

@@ -57,48 +57,17 @@ import torch
 
 import scoresde as ss
 from scoresde.samplers.core import sampler_info
-from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
+from scoresde.sde.analytic import four_mode_mixture
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (OUT, SIGMA_MIN, digits_problem, metric, metric_noise, sharp_mixture,  # noqa: E402,F401
+                    sigma_min_eps)
 
 BUDGETS = (4, 5, 6, 8, 10, 20)
-SIGMA_MIN = 0.002
 DTYPE = torch.float32
-OUT = Path(__file__).parent / "results"
 
 
 # --- problems and metric ---------------------------------------------------------------------
-def sharp_mixture() -> GaussianMixture:
-    """Six narrow 2-D modes, std 0.01-0.03 (anisotropic for some), unequal weights."""
-    means = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.2], [0.0, -1.2], [0.5, 0.5], [-0.6, -0.5]])
-    stds = torch.tensor([[0.01, 0.01], [0.02, 0.02], [0.03, 0.01], [0.015, 0.03], [0.01, 0.02], [0.025, 0.025]])
-    return GaussianMixture(means, stds, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3])
-
-
-def metric(mix: GaussianMixture, x: torch.Tensor) -> float:
-    """TV of mode weights + sum_k w_k KL(N(mean_k, cov_k fitted) || N(mu_k, diag s_k^2))."""
-    x = x.double()
-    if not torch.isfinite(x).all():
-        return float("inf")
-    k = mix.assign(x)
-    K, d = mix.weights.numel(), x.shape[1]
-    w = torch.bincount(k, minlength=K).double() / len(k)
-    total = 0.5 * (w - mix.weights).abs().sum().item()
-    for j in range(K):
-        xs = x[k == j]
-        if len(xs) <= d + 1:
-            return float("inf")
-        m, C = xs.mean(0), torch.cov(xs.T)
-        v = mix.stds[j].square()                                  # true diagonal covariance
-        dm = m - mix.means[j]
-        # KL(N(m, C) || N(mu, V)) = 1/2 [tr(V^-1 C) + dm' V^-1 dm - d + log det V - log det C]
-        kl = 0.5 * ((C.diagonal() / v).sum() + (dm.square() / v).sum() - d + v.log().sum() - torch.logdet(C))
-        total += mix.weights[j].item() * kl.item()
-    return total
-
-
-def metric_noise(mix: GaussianMixture, n: int, draws: int = 20, seed: int = 100) -> torch.Tensor:
-    """The metric of `draws` sets of n exact data samples: what a perfect sampler scores (its noise)."""
-    return torch.tensor([metric(mix, mix.sample(n, generator=torch.Generator().manual_seed(seed + k)))
-                         for k in range(draws)], dtype=torch.float64)
 
 
 def noise_markdown(n: int, draws: int = 20) -> str:
@@ -217,10 +186,6 @@ OURS = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dpm_solver
 OPTIMISED = {"unipc": ("unipc", {}), "unipc 3": ("unipc", {"order": 3}), "dpm_solver 2": ("dpm_solver", {"order": 2}),
              "deis 3 + UniC": ("deis", {"order": 3, "corrector": True}), "ddim": ("ddim", {}), "heun": ("heun", {}),
              "bns": ("bns", {})}
-
-
-def sigma_min_eps(sde) -> float:
-    return sde.t_from_half_log_snr(torch.tensor(-math.log(SIGMA_MIN), dtype=torch.float64)).item()
 
 
 def _budget_for(sampler: str, budget: int, **opts) -> int:
@@ -346,11 +311,9 @@ DIGITS_OPT = {"unipc": ("unipc", {}), "dpm_solver 2": ("dpm_solver", {"order": 2
 
 
 def digits_table(args, costs: dict, budgets=BUDGETS):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import samplers as sb                                     # benchmarks/samplers.py: the digits problem
     ns = argparse.Namespace(cache=args.cache, digits_steps=1500, retrain=False, progress=False, seed=args.seed,
                             n_digits=args.n_digits)
-    p = sb.digits_problem(ns, budgets, ())
+    p = digits_problem(ns, budgets, ())
     sde, model = p.sde, p.score_fn
     x_T = sde.prior_sampling(p.shape, generator=torch.Generator().manual_seed(args.seed))
     x_cal = sde.prior_sampling((args.digits_calib, *p.shape[1:]),

@@ -19,7 +19,7 @@ sampler's declared kind; the discrete-time models' own samplers are marked and d
 3. trained `digits` model: the small DDPM U-Net of configs/digits.toml (VP), trained on 80% of
    scikit-learn's 8x8 digits, the first 20% (359 images) held out (`scoresde.metrics.digits_split`).
 
-Metrics, lower is better. Mixtures: `benchmarks/fast_samplers.metric`, the total variation of the
+Metrics, lower is better. Mixtures: `benchmarks/common.metric`, the total variation of the
 mode weights + sum_k w_k KL(N(fitted_k) || N(true_k)) (each sample goes to its most likely mode,
 a full-covariance Gaussian is fitted per mode, KL in closed form). Digits: digits FID, the Frechet
 distance |mu_s - mu_t|^2 + tr(C_s + C_t - 2 (C_s C_t)^1/2) of Gaussians fitted to the 64 penultimate
@@ -46,7 +46,6 @@ import argparse
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,15 +55,11 @@ from tqdm.auto import tqdm
 
 import scoresde as ss
 from scoresde.sde.analytic import four_mode_mixture
-from scoresde.runs.checkpoint import list_checkpoints
-from scoresde._common.toml import load_toml
 from scoresde.samplers.core import sample, sampler_info
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fast_samplers import metric  # noqa: E402  (TV + KL of the mixture; shared with fast_samplers)
+from common import OUT, ROOT, Problem, cached_run, digits_problem, metric  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(__file__).resolve().parent / "results"
 
 # label -> (sampler, options); the steps that spend a budget are in `steps_for`, the kind in `kind`
 SAMPLERS = {
@@ -98,28 +93,9 @@ def kind(label: str) -> str:
 
 
 # --- metrics ------------------------------------------------------------------------------------
-class DigitsFID:
-    """Digits FID of samples against fixed reference images (their features computed once)."""
-
-    def __init__(self, reference: torch.Tensor):
-        from scoresde.metrics import Reference, extract_features, get_feature_net
-        self.net = get_feature_net("digits")
-        self.ref = Reference.from_features(extract_features(self.net, reference, progress=False)[0])
-
-    def __call__(self, x: torch.Tensor) -> float:
-        from scoresde.metrics import evaluate
-        if not torch.isfinite(x).all():                    # a diverged sampler
-            return float("inf")
-        return evaluate(x, self.ref, features=self.net, metrics="fid", progress=False)["fid"]
 
 
 # --- problems -----------------------------------------------------------------------------------
-class Problem:
-    """A score function, its SDE, a sample shape and a metric of samples (lower is better)."""
-
-    def __init__(self, name, sde, score_fn, shape, score, budgets, tols, floor, floor_label):
-        self.name, self.sde, self.score_fn, self.shape, self.score = name, sde, score_fn, shape, score
-        self.budgets, self.tols, self.floor, self.floor_label = budgets, tols, floor, floor_label
 
 
 def exact_problems(n: int, budgets, tols, seed: int) -> list[Problem]:
@@ -130,44 +106,15 @@ def exact_problems(n: int, budgets, tols, seed: int) -> list[Problem]:
             for label, sde in [("VP", ss.VPSDE(0.1, 20.0)), ("VE", ss.VESDE(0.01, 50.0))]]
 
 
-def _cached_run(run_dir: Path, steps: int, cfg: dict, data, retrain: bool, progress: bool) -> Path:
-    """Train `cfg` into `run_dir` unless a checkpoint of exactly `steps` steps is there already."""
-    have = list_checkpoints(run_dir) if run_dir.is_dir() else []
-    if have and have[-1][0] == steps and not retrain:
-        return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    cfg["train"].update(steps=steps, ckpt_every=steps, progress=progress, warmup=min(cfg["train"]["warmup"], steps))
-    start = time.perf_counter()
-    ss.train(cfg, data=data, out=str(run_dir))
-    print(f"trained {run_dir.name}: {steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
-    return run_dir
-
-
 def mixture_problem(args, budgets, tols) -> Problem:
     mix = four_mode_mixture()
     cfg = {"seed": 0, "device": "cpu", "data": {"name": "mixture"}, "train": {"warmup": 500},
            "sample": {"n": 16, "steps": 20}}
-    run = _cached_run(Path(args.cache) / "mixture", args.mixture_steps, cfg, None, args.retrain, args.progress)
+    run = cached_run(Path(args.cache) / "mixture", args.mixture_steps, cfg, None, args.retrain, args.progress)
     model, sde = ss.load(run)
     floor = metric(mix, mix.sample(args.n_trained, torch.Generator().manual_seed(args.seed + 1)))
     return Problem(f"trained MLP on mixture ({args.mixture_steps} steps), VP", sde, model, (args.n_trained, 2),
                    lambda x: metric(mix, x), budgets, tols, floor, f"{args.n_trained} exact draws")
-
-
-def digits_problem(args, budgets, tols) -> Problem:
-    from scoresde.metrics import digits_split
-    train, _, test, _ = digits_split()                                 # (1438 | 359, 1, 8, 8) in [-1, 1]
-    cfg = load_toml(str(ROOT / "configs" / "digits.toml"))
-    cfg.update(seed=0, device="cpu")
-    cfg["sample"] = {"n": 16, "steps": 20, "sampler": "ddim"}
-    run = _cached_run(Path(args.cache) / "digits", args.digits_steps, cfg, train, args.retrain, args.progress)
-    model, sde = ss.load(run)
-    fid = DigitsFID(test)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.n_digits]
-    floor = fid(train[pick])
-    return Problem(f"trained U-Net on digits ({args.digits_steps} steps), VP", sde, model, (args.n_digits, 1, 8, 8),
-                   fid, budgets, tols, floor, f"{args.n_digits} training images vs held-out")
 
 
 # --- runs ---------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ def samplers_bench():
 
 
 @pytest.fixture(scope="module")
+def common_bench():
+    return _load("common")
+
+
+@pytest.fixture(scope="module")
 def overhead_bench():
     return _load("overhead")
 
@@ -43,24 +48,24 @@ def _rows(md: str, first_cell: str) -> list[list[str]]:
 
 
 # --- metrics --------------------------------------------------------------------------------------
-def test_mixture_metric_small_for_exact_samples_large_for_wrong_mixture(samplers_bench):
+def test_mixture_metric_small_for_exact_samples_large_for_wrong_mixture(common_bench):
     mix = four_mode_mixture()
     g = torch.Generator().manual_seed(0)
-    exact = samplers_bench.metric(mix, mix.sample(20000, g))
+    exact = common_bench.metric(mix, mix.sample(20000, g))
     assert exact < 0.01
     # twice the std in every mode: KL = 1/2 (4 - 1 - log 4) per dim, 2 dims -> 0.61
     wide = GaussianMixture(mix.means, 2 * mix.stds, mix.weights)
-    assert samplers_bench.metric(mix, wide.sample(20000, g)) == pytest.approx(2 * 0.5 * (3 - math.log(4)), abs=0.05)
+    assert common_bench.metric(mix, wide.sample(20000, g)) == pytest.approx(2 * 0.5 * (3 - math.log(4)), abs=0.05)
     # equal weights instead of 0.1/0.2/0.3/0.4: TV = 0.2
     flat = GaussianMixture(mix.means, mix.stds)
-    assert samplers_bench.metric(mix, flat.sample(20000, g)) == pytest.approx(0.2, abs=0.02)
+    assert common_bench.metric(mix, flat.sample(20000, g)) == pytest.approx(0.2, abs=0.02)
 
 
-def test_digits_fid(samplers_bench):
+def test_digits_fid(common_bench):
     """The digits metric is scoresde.metrics' digits FID against the held-out images."""
     from scoresde.metrics import digits_split, evaluate
     train, _, test, _ = digits_split()
-    fid = samplers_bench.DigitsFID(test)
+    fid = common_bench.DigitsFID(test)
     assert fid(test) == pytest.approx(0.0, abs=1e-6)
     assert fid(train[:300]) == pytest.approx(evaluate(train[:300], test, features="digits", metrics="fid",
                                                       progress=False)["fid"], rel=1e-12)
