@@ -1,0 +1,199 @@
+"""Checkpoints: safetensors files plus JSON metadata, written atomically; loading never unpickles.
+
+One checkpoint is one file `checkpoints/ckpt_<step>.safetensors` in a run directory holding
+
+- `model/<name>`: the raw weights, `ema/...`: the EMA state, `optim/...`: the optimizer state,
+  `rng/...`: the random-number-generator states (torch CPU, the data/noise generator, CUDA);
+- metadata `format = "scoresde.checkpoint"`, `version`, and `meta`: JSON with the step, the
+  resolved config, the model/SDE names and arguments, counters, and the non-tensor parts of the
+  nested states (tensors stand in as references to the file's tensors).
+
+Files are written to a temporary file in the same directory, fsynced, then renamed over the
+target, so an interruption never leaves a half-written checkpoint; the last `keep` are kept. A full
+disk is one `StorageError` line with the temporary file removed.
+
+Each file carries a SHA-256 digest of each tensor group (`model`, `ema`, `optim`, `rng`) in its
+header; reading recomputes them, so flipped bytes are a `CheckpointError` naming the file, never
+silently damaged weights. Reading validates the format and the metadata's types, and loading
+compares every weight shape the metadata implies (the network is built on the meta device, nothing
+allocated) with the tensors in the file before building the network for real.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import torch
+
+from scoresde._common.files import atomic_write_bytes
+from scoresde._common.digests import tensor_digests
+
+
+__all__ = ["CheckpointError", "tensor_digests", "save_checkpoint", "read_checkpoint", "list_checkpoints", "find_checkpoint", "prune_checkpoints", "flatten_state", "unflatten_state", "check_shapes"]
+
+
+FORMAT, VERSION = "scoresde.checkpoint", "1"
+_NAME = re.compile(r"^ckpt_(\d+)\.safetensors$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or not a scoresde checkpoint."""
+
+
+# --- nested states <-> (tensors, JSON) ------------------------------------------------------------
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list state into `tensors` (key `prefix/...`) and return a
+    JSON-able mirror of `obj` in which tensors are {"__tensor__": key}; non-str dict keys and tuples
+    are encoded so `unflatten_state` restores them exactly."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: flatten_state(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint: cannot store a {type(obj).__name__} at {prefix!r} (tensors, numbers, "
+                    "strings, lists and dicts only)")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"checkpoint: tensor {key!r} is listed in the metadata but missing")
+            return tensors[key]
+        if "__items__" in obj:
+            return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write one checkpoint file atomically (safetensors with JSON `meta` and the tensor digests)."""
+    from safetensors.torch import save
+    data = save(tensors, metadata={"format": FORMAT, "version": VERSION, "meta": json.dumps(meta),
+                                   "digests": json.dumps(tensor_digests(tensors))})
+    atomic_write_bytes(path, data)
+
+
+def _check_meta(path: str, meta: Any) -> None:
+    """The metadata's own types, checked before anything trusts them."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path!r}: metadata is not a JSON object; the file is incomplete or foreign")
+    for key in ("step", "config", "model", "sde", "state"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path!r}: metadata lacks {key!r}; the file is incomplete or foreign")
+    step = meta["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'step' must be an integer >= 0, found {step!r}")
+    for key in ("config", "model", "sde", "state"):
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"checkpoint {path!r}: metadata {key!r} must be a JSON object, "
+                                  f"found {type(meta[key]).__name__}")
+    shape = meta.get("data_shape", [])
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise CheckpointError(f"checkpoint {path!r}: metadata 'data_shape' must be a list of positive integers, "
+                              f"found {shape!r}")
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and validate one checkpoint file: (tensors, meta). Never unpickles."""
+    from safetensors import safe_open
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(f"checkpoint {path!r}: not a scoresde checkpoint (a safetensors file "
+                                      f"without the {FORMAT!r} format tag)")
+            if header.get("version") != VERSION:
+                raise CheckpointError(f"checkpoint {path!r}: format version {header.get('version')!r}, "
+                                      f"this scoresde reads version {VERSION}")
+            meta = json.loads(header["meta"])
+            digests = json.loads(header["digests"]) if "digests" in header else None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as e:     # safetensors reports corrupt files with several exception types
+        raise CheckpointError(f"checkpoint {path!r}: corrupt or not a safetensors file "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    _check_meta(path, meta)
+    if digests is not None:    # files written before digests existed load unverified
+        found = tensor_digests(tensors)
+        bad = sorted(g for g in set(digests) | set(found) if digests.get(g) != found.get(g))
+        if bad:
+            raise CheckpointError(f"checkpoint {path!r}: damaged: the content digest of its {', '.join(bad)} "
+                                  "tensors does not match the one written with it")
+    return tensors, meta
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoints in `run_dir/checkpoints`, oldest first."""
+    d = os.path.join(os.fspath(run_dir), "checkpoints")
+    if not os.path.isdir(d):
+        return []
+    found = [(int(m.group(1)), os.path.join(d, n)) for n in os.listdir(d) if (m := _NAME.match(n))]
+    return sorted(found)
+
+
+def find_checkpoint(path: str | os.PathLike) -> str:
+    """The checkpoint file itself, or the latest checkpoint of a run directory."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file or run directory")
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"checkpoint {path!r}: the directory holds no checkpoints/ckpt_*.safetensors")
+    return found[-1][1]
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+# --- rebuilding a trained model ---------------------------------------------------------------------
+def check_shapes(build, tensors: dict[str, torch.Tensor], prefix: str, source: str) -> None:
+    """Build a module with `build()` on the meta device (no memory) and compare its state-dict shapes with
+    `tensors[prefix + name]`: the metadata is never trusted to size an allocation. Raises CheckpointError
+    naming the first missing, unexpected or mismatched tensor and both shapes."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    found = {k[len(prefix):]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+    for k in expected:
+        if k not in found:
+            raise CheckpointError(f"checkpoint {source!r}: the metadata describes a network with weight {k!r} "
+                                  f"of shape {list(expected[k])}, which the file lacks")
+        if found[k] != expected[k]:
+            raise CheckpointError(f"checkpoint {source!r}: weight {k!r} has shape {list(found[k])} in the file, "
+                                  f"but the metadata describes {list(expected[k])}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {source!r}: the file holds weight {extra[0]!r} that the network its "
+                              "metadata describes does not have")
