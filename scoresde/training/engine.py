@@ -5,8 +5,8 @@ arXiv:2011.13456): Adam with a linear learning-rate warm-up, gradient-norm clipp
 moving average of the weights for sampling, bf16 autocast on CUDA. The task owns what is trained.
 
 A run directory holds `.lock` (held while a run is live), the resolved `config.toml`, `log.csv`,
-`loss.png`, `checkpoints/ckpt_<step>.safetensors` (the last `train.keep`, each with tensor digests),
-`best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`.
+`loss.png`, `checkpoints/ckpt_<step>.safetensors` (the last `train.keep`, each with tensor and
+metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`.
 
 Resuming is exact: every source of randomness is an explicit generator (data order, loss noise) or
 the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA state, on every rank, so
