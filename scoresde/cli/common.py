@@ -12,8 +12,10 @@ import os
 import click
 
 
-_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
-                ModuleNotFoundError)
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ModuleNotFoundError)   # OSError: file system errors
+
+ALLOW_UNVERIFIED_HELP = ("Also open a checkpoint that cannot prove its integrity (written before metadata digests, "
+                         "format version 1), which is refused otherwise.")
 
 
 @contextlib.contextmanager
@@ -26,6 +28,8 @@ def _user_errors():
         yield
     except (*_USER_ERRORS, TrainingError, StorageError, RunLockedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and not isinstance(e, StorageError) and e.strerror and e.filename:
+            msg = f"{e.filename}: {e.strerror.lower()}"        # not "[Errno 30] Read-only file system: '...'"
         raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from scoresde.cli.common import _user_errors
+from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _user_errors
 from scoresde._common.toml import to_toml
 
 
@@ -46,10 +46,11 @@ __all__ = ["train_autoencoder"]
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set vae.num_res_blocks=2 --set vae.ch_mult=[1,2,4] (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 def train_autoencoder(config_file, data, downsample, latent_channels, ch, loss, kl_weight, disc_weight, disc_start,
-                      steps, batch_size, lr, seed, out, name, device, sets, resume, progress, dry_run):
+                      steps, batch_size, lr, seed, out, name, device, sets, resume, allow_unverified, progress, dry_run):
     """Train a KL-regularised autoencoder (LDM's first stage) for latent diffusion.
 
     Writes checkpoints (with the measured latent scale factor), log.csv (with reconstruction MSE and PSNR
@@ -77,9 +78,9 @@ def train_autoencoder(config_file, data, downsample, latent_channels, ch, loss, 
         if cfg.get("task") != "autoencoder":
             raise ValueError(f"task: train-autoencoder trains task = \"autoencoder\", found {cfg.get('task')!r}")
         if dry_run:
-            click.echo(to_toml(resolve_config(cfg, out=out, resume=resume)), nl=False)
+            click.echo(to_toml(resolve_config(cfg, out=out, resume=resume, verify=not allow_unverified)), nl=False)
             return 0
-        result = run(cfg, out=out, resume=resume)
+        result = run(cfg, out=out, resume=resume, verify=not allow_unverified)
     if result.interrupted:
         click.echo(f"interrupted by {result.interrupted} at step {result.step}; checkpoint {result.checkpoint}\n"
                    f"resume with: scoresde train-autoencoder --out {result.run_dir} --resume", err=True)

@@ -18,7 +18,7 @@ from scoresde._common.toml import to_toml
 from scoresde.cli.latent import train_autoencoder
 from scoresde.cli.measure import evaluate, likelihood
 from scoresde.cli.steps import optimize_steps_command
-from scoresde.cli.common import _CONFIG_HELP, _pretrained_config, _user_errors
+from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _CONFIG_HELP, _pretrained_config, _user_errors
 
 
 __all__ = ["cli", "main"]
@@ -118,11 +118,12 @@ def cli():
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set train.ema_decay=0.9999 --set model.width=256 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--debug-dump-weights", is_flag=True, hidden=True)
 def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, autoencoder,
-          sets, resume, progress, dry_run, debug_dump_weights):
+          sets, resume, allow_unverified, progress, dry_run, debug_dump_weights):
     """Train a model (a score model; --task masked: a masked diffusion LM); writes config.toml, checkpoints,
     log.csv, loss.png and samples.png.
 
@@ -146,10 +147,10 @@ def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, s
         for key, value in [*((k, v) for k, v in flags.items() if v is not None), *map(parse_override, sets)]:
             set_dotted(cfg, key, value)
         if dry_run:
-            resolved = resolve_config(cfg, out=out, resume=resume)    # the task checks its data source
+            resolved = resolve_config(cfg, out=out, resume=resume, verify=not allow_unverified)  # checks the data
             click.echo(to_toml(resolved), nl=False)
             return 0
-        result = run(cfg, out=out, resume=resume, dump_weights=debug_dump_weights)
+        result = run(cfg, out=out, resume=resume, dump_weights=debug_dump_weights, verify=not allow_unverified)
     if result.interrupted:
         click.echo(f"interrupted by {result.interrupted} at step {result.step}; checkpoint {result.checkpoint}\n"
                    f"resume with: scoresde train --out {result.run_dir} --resume", err=True)
@@ -229,8 +230,9 @@ def _to_unit(model, x):
               help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
+@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
 def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw, prompt, mask_char,
-           temperature, remasking, block_length, autoencoder):
+           temperature, remasking, block_length, autoencoder, allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
 
@@ -262,7 +264,8 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
                     raise ValueError(f"{flag}: an option of score models; this checkpoint is a sequence model")
             for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
                                       device=device, raw=raw, prompt=prompt, mask_char=mask_char,
-                                      temperature=temperature, remasking=remasking, block_length=block_length):
+                                      temperature=temperature, remasking=remasking, block_length=block_length,
+                                      verify=not allow_unverified):
                 click.echo(line)
             return
         given = [k for k, v in seq.items() if v is not None]
@@ -301,10 +304,10 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
             click.echo(f"wrote {n} samples in [0, 1] to {out}")
             return
         file = find_checkpoint(checkpoint)
-        meta = read_checkpoint(file)[1]
+        meta = read_checkpoint(file, verify=not allow_unverified)[1]
         cfg = meta["config"]
         dev = resolve_device(device)
-        model, sde = load(file, ema=not raw, device=dev, autoencoder=autoencoder)
+        model, sde = load(file, ema=not raw, device=dev, autoencoder=autoencoder, verify=not allow_unverified)
         ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
         if ae is not None and known is not None:
             raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "

@@ -12,7 +12,7 @@ import os
 
 import click
 
-from scoresde.cli.common import _CONFIG_HELP, _pretrained_config, _user_errors
+from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _CONFIG_HELP, _pretrained_config, _user_errors
 
 
 __all__ = ["likelihood", "evaluate"]
@@ -37,7 +37,8 @@ __all__ = ["likelihood", "evaluate"]
               help="Sequence runs (masked): mask draws per sequence for the NELBO bound.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, seed, device):
+@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
+def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, seed, device, allow_unverified):
     """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE; for a sequence run, the
     NELBO bound (masked) or the exact NLL (autoregressive) in nats and bits per token, and the perplexity.
 
@@ -58,7 +59,7 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
     with _user_errors():
         if task_of(checkpoint) in ("masked", "autoregressive"):
             click.echo(likelihood_tokens(checkpoint, data, n=n, batch_size=batch_size or 256, draws=draws, seed=seed,
-                                         device=device))
+                                         device=device, verify=not allow_unverified))
             return
         dev = resolve_device(device)
         pretrained, config = _pretrained_config(checkpoint, config)
@@ -69,7 +70,7 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
             ds = load_dataset(data, size=n, seed=seed + 1, image_size=shape[-1] if len(shape) == 3 else 0)
         else:
             ds = load_dataset(data, size=n, seed=seed + 1)
-            model, sde = load(checkpoint, device=dev)
+            model, sde = load(checkpoint, device=dev, verify=not allow_unverified)
         ae, levels, note = getattr(model, "autoencoder", None), ds.levels, ""
         if ae is not None:           # a latent model: the density of the encoded data, in latent space
             ae.check_fits(ds.shape, f"--data {data!r}")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from scoresde.cli.common import _user_errors
+from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _user_errors
 from scoresde.samplers.core import SAMPLERS
 from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule
 from scoresde.runs.steps import load_steps, steps_path
@@ -81,8 +81,9 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
 def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxfev, iterations, seed, device,
-                           raw):
+                           raw, allow_unverified):
     """Fit the time steps of a few-step sampler to a trained model (stored in RUN/steps/).
 
     \b
@@ -105,7 +106,7 @@ def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxf
                                     "in RUN/steps/), found " + ("a file" if os.path.exists(checkpoint) else "nothing"))
         file = find_checkpoint(checkpoint)
         dev = resolve_device(device)
-        model, sde = load(file, ema=not raw, device=dev)
+        model, sde = load(file, ema=not raw, device=dev, verify=not allow_unverified)
         g = torch.Generator(dev).manual_seed(seed)
         start = time.perf_counter()
         grid, info = optimize_steps(sde, model, budget, sampler=sampler, calibration=n, generator=g, device=dev,

@@ -26,17 +26,17 @@ def task_of(checkpoint: str) -> str | None:
         return None
 
 
-def _load(checkpoint: str, device: str, raw: bool):
+def _load(checkpoint: str, device: str, raw: bool, verify: bool = True):
     from scoresde.runs.load import load
     from scoresde._common.distributed import resolve_device
     dev = resolve_device(device)
-    model, process = load(checkpoint, ema=not raw, device=dev)
+    model, process = load(checkpoint, ema=not raw, device=dev, verify=verify)
     return model, process, dev
 
 
 def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n: int | None, out: str | None,
                   prompt: str | None, mask_char: str | None, temperature: float | None, remasking: str | None,
-                  block_length: int | None, seed: int, device: str, raw: bool) -> list[str]:
+                  block_length: int | None, seed: int, device: str, raw: bool, verify: bool = True) -> list[str]:
     """Sample a sequence model; the texts (printed when `out` is None), or `out` written (.txt / .npy)."""
     from scoresde._common.files import atomic_write_bytes
     from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
@@ -50,8 +50,8 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     if mask_char is not None and (len(mask_char) != 1 or prompt is None):
         raise ValueError(f"--mask-char: expected one character marking positions of --prompt to fill, found "
                          f"{mask_char!r}{' without --prompt' if prompt is None else ''}")
-    cfg = read_checkpoint(find_checkpoint(checkpoint))[1]["config"]
-    model, process, dev = _load(checkpoint, device, raw)
+    cfg = read_checkpoint(find_checkpoint(checkpoint), verify=verify)[1]["config"]
+    model, process, dev = _load(checkpoint, device, raw, verify)
     n = n or 16
     temperature = cfg["discrete"]["temperature"] if temperature is None else temperature
     g = torch.Generator(dev).manual_seed(seed)
@@ -97,15 +97,15 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
 
 
 def likelihood_tokens(checkpoint: str, data: str, *, n: int, batch_size: int, draws: int, seed: int,
-                      device: str) -> str:
+                      device: str, verify: bool = True) -> str:
     """The bound (masked) or the exact NLL (autoregressive) of held-out data, per token, as one line."""
     import math
     import time
     from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
     from scoresde.data.tokens import load_tokens
-    meta = read_checkpoint(find_checkpoint(checkpoint))[1]
+    meta = read_checkpoint(find_checkpoint(checkpoint), verify=verify)[1]
     D = meta["config"]["discrete"]
-    model, process, dev = _load(checkpoint, device, raw=False)
+    model, process, dev = _load(checkpoint, device, raw=False, verify=verify)
     tok = meta["tokens"]
     ds = load_tokens(data, seq_len=model.seq_len, size=n, seed=seed + 1, tokenizer=D["tokenizer"],
                      text_mode=D["text_mode"], vocab_size=tok["vocab_size"], eos_id=D["eos_id"],

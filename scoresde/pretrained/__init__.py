@@ -48,9 +48,11 @@ def is_diffusers_dir(path: str | os.PathLike) -> bool:
     return False
 
 
-def load_any(path: str | os.PathLike, *, config: Any = None, ema: bool = True, device: Any = None):
+def load_any(path: str | os.PathLike, *, config: Any = None, ema: bool = True, device: Any = None,
+             verify: bool = True):
     """(model, sde) from whatever `path` names: a scoresde run directory or checkpoint, an official
-    score_sde `.pth` (with `config`, a preset name or nested dict), or a diffusers directory."""
+    score_sde `.pth` (with `config`, a preset name or nested dict), or a diffusers directory. `verify`: as
+    for `scoresde.load`."""
     path = os.fspath(path)
     if is_diffusers_dir(path):
         if config is not None:
@@ -65,6 +67,6 @@ def load_any(path: str | os.PathLike, *, config: Any = None, ema: bool = True, d
         if config is not None:
             raise ValueError(f"config: a scoresde run or checkpoint ({path!r}) carries its own config; "
                              f"found config={config!r}")
-        return load(path, ema=ema, device=device)
+        return load(path, ema=ema, device=device, verify=verify)
     model.eval()
     return (model.to(device) if device is not None else model), sde

@@ -4,10 +4,16 @@ One training process (rank 0 of a torchrun job) holds `RUN/.lock` with `fcntl.fl
 run; a second run into the same directory is refused with one line naming the holder. The operating
 system drops the lock when its process dies (even by `kill -9`), so a lock file left by a dead
 process is stale by construction: the next run takes it over and says whose it was.
+
+`log.csv` is written all or nothing (an append cut back on failure, a rewrite atomic), so a full disk or
+a kill never leaves it empty or half a row longer: rows beyond a resumed checkpoint's step, or of an
+earlier run into the same directory, are dropped, never duplicated.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import os
 import socket
 import time
@@ -15,7 +21,9 @@ from typing import Any, Iterable
 
 import torch
 
-from scoresde.runs.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from scoresde._common.files import StorageError, append_bytes, atomic_write_bytes
+from scoresde.runs.checkpoint import (CheckpointError, CheckpointNameError, UnverifiedCheckpointError, list_checkpoints,
+                                      read_checkpoint)
 
 
 __all__ = ["RunLock", "RunLockedError", "append_log", "newest_intact"]
@@ -34,10 +42,24 @@ class RunLock:
         self.stale: str | None = None          # the holder recorded by a dead process, if taken over
         self._fd: int | None = None
 
+    def _refuse(self, why: str, code: int) -> StorageError:
+        err = StorageError(f"run directory {self.run_dir}: {why}")
+        err.errno, err.filename = code, self.run_dir
+        return err
+
     def acquire(self) -> "RunLock":
+        """Take the lock; RunLockedError when a live process holds it, StorageError (one line naming the
+        file) when the directory or its lock file cannot be written."""
         import fcntl
-        os.makedirs(self.run_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.path.islink(self.run_dir) and not os.path.exists(self.run_dir):
+            raise self._refuse(f"a symbolic link to {os.readlink(self.run_dir)!r}, which does not exist", errno.ENOENT)
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise self._refuse("exists and is not a directory", errno.ENOTDIR)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._refuse(f"cannot create {self.path}: {(e.strerror or str(e)).lower()}", e.errno) from None
         previous = os.read(fd, 4096).decode(errors="replace").strip()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,10 +68,16 @@ class RunLock:
             raise RunLockedError(f"run directory {self.run_dir!r} is in use by {previous or 'another process'}; "
                                  "wait for that run to end or choose another --out") from None
         self.stale = previous or None
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                     .encode())
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, holder.encode())
+            os.ftruncate(fd, len(holder.encode()))
+        except OSError as e:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e)).lower()
+            raise self._refuse(f"{why} while writing {self.path}", e.errno) from None
         self._fd = fd
         return self
 
@@ -68,33 +96,54 @@ class RunLock:
         self.release()
 
 
+def _step(row: dict[str, Any]) -> int | None:
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def append_log(path: str, fields: list[str], rows: Iterable[dict[str, Any]], after_step: int | None = None) -> None:
-    """Append rows to the CSV log. With `after_step` (a resume) first drop the rows logged after that step;
-    a log written with other columns is rewritten with `fields` (missing values left empty)."""
-    rows = list(rows)
-    old: list[dict[str, Any]] | None = None
+    """Append rows to the CSV log, all or nothing. With `after_step` (a resume: its checkpoint's step; a new
+    run: 0) first drop the rows logged after that step; a log written with other columns, or whose last row
+    a killed process cut short, is rewritten with `fields` (missing values left empty) atomically. A failed
+    write (a full disk) is a one-line StorageError and leaves the log as it was."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    text = None
     if os.path.exists(path):
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if after_step is not None or reader.fieldnames != fields:
-                old = [r for r in reader if after_step is None or int(r["step"]) <= after_step]
-    mode = "w" if old is not None or not os.path.exists(path) else "a"
-    with open(path, mode, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if mode == "w":
-            w.writeheader()
-        w.writerows([*(old or []), *rows])
+            text = f.read()
+    if text is None or text == "":
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(path, buf.getvalue().encode())
+        return
+    whole = text.endswith("\n")
+    reader = csv.DictReader(io.StringIO(text if whole else text[:text.rfind("\n") + 1]))
+    if after_step is None and whole and reader.fieldnames == fields:
+        w.writerows(rows)
+        append_bytes(path, buf.getvalue().encode())
+        return
+    old = [r for r in reader if (s := _step(r)) is not None and (after_step is None or s <= after_step)]
+    w.writeheader()
+    w.writerows([*old, *rows])
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def newest_intact(run_dir: str) -> tuple[str, dict[str, torch.Tensor], dict[str, Any], list[str]]:
-    """The newest checkpoint of `run_dir` that reads and verifies, and the damaged ones skipped for it."""
+def newest_intact(run_dir: str, *, verify: bool = True) -> tuple[str, dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """The newest checkpoint of `run_dir` that reads and verifies, and the damaged ones skipped for it. A
+    checkpoint that cannot prove its integrity (unless `verify=False`) or whose name is not its step is an
+    error, never skipped: the run would otherwise restart elsewhere."""
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"checkpoint {run_dir!r}: the directory holds no checkpoints/ckpt_*.safetensors")
+        raise CheckpointError(f"checkpoint {run_dir!r}: the directory holds no checkpoints/ckpt_*.safetensors files")
     damaged = []
     for _, path in reversed(found):
         try:
-            return (path, *read_checkpoint(path), damaged)
+            return (path, *read_checkpoint(path, verify=verify), damaged)
+        except (UnverifiedCheckpointError, CheckpointNameError):
+            raise
         except CheckpointError as e:
             damaged.append(str(e))
     raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")

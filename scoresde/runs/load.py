@@ -31,7 +31,8 @@ def build_model(meta: dict[str, Any], device: Any = None):
     return model.to(device) if device is not None else model, sde
 
 
-def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoencoder: Any = None):
+def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoencoder: Any = None,
+         verify: bool = True):
     """Load a trained model: `(score_model, sde)` from a run directory (its latest checkpoint) or a
     checkpoint file. With `ema` (the default) the weights are the EMA weights used for sampling.
     A sequence run (task "masked" / "autoregressive") gives `(MaskedLM, MaskedProcess)` /
@@ -39,9 +40,13 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoe
 
     A latent run's model works on latents and carries its autoencoder as `model.autoencoder`
     (`model.autoencoder.decode(z)` gives images), read from where the run recorded it, or from
-    `autoencoder` (a path) if it moved; its weights must be the ones the run was trained with."""
+    `autoencoder` (a path) if it moved; its weights must be the ones the run was trained with.
+
+    `verify=False` also loads a checkpoint that cannot prove its integrity (written before metadata
+    digests, format version 1, or with a digest missing), which is refused otherwise; digests it has are
+    still checked."""
     file = find_checkpoint(path)
-    tensors, meta = read_checkpoint(file)
+    tensors, meta = read_checkpoint(file, verify=verify)
     if meta.get("task") == "autoencoder":
         raise CheckpointError(f"checkpoint {file!r}: an autoencoder run (scoresde train-autoencoder), not a score "
                               "model; load it with scoresde.load_autoencoder, or train a latent model on it with "
@@ -62,32 +67,32 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoe
         raise CheckpointError(f"checkpoint {file!r}: does not match the model it describes "
                               f"({str(e).splitlines()[0]})") from None
     if meta.get("task") == "latent":
-        model.autoencoder = _latent_autoencoder(file, meta["autoencoder"], autoencoder)
+        model.autoencoder = _latent_autoencoder(file, meta["autoencoder"], autoencoder, verify)
     model.eval()
     if device is not None:
         model.to(device)
     return model, sde
 
 
-def _latent_autoencoder(file: str, info: dict[str, Any], path: Any):
+def _latent_autoencoder(file: str, info: dict[str, Any], path: Any, verify: bool = True):
     """The autoencoder a latent run recorded (or the one at `path`), checked against its digest."""
     source = info.get("source") if path is None else path
     if source is None:
         raise ValueError(f"checkpoint {file!r}: a latent model whose autoencoder has no recorded path; pass "
                          "autoencoder=PATH (scoresde sample --autoencoder PATH)")
     try:
-        return load_autoencoder(source, expect=info)
+        return load_autoencoder(source, expect=info, verify=verify)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; the latent model {file!r} was trained on it: pass its new place as "
                                 "autoencoder=PATH (scoresde sample --autoencoder PATH)") from None
 
 
-def _load_scoresde(path: str) -> Autoencoder:
+def _load_scoresde(path: str, verify: bool = True) -> Autoencoder:
     if os.path.isdir(path) and not os.path.isdir(os.path.join(path, "checkpoints")):
         raise ValueError(f"autoencoder {path!r}: neither a scoresde autoencoder run (no checkpoints/) nor a "
                          "diffusers AutoencoderKL directory (no config.json)")
     file = find_checkpoint(path)
-    tensors, meta = read_checkpoint(file)
+    tensors, meta = read_checkpoint(file, verify=verify)
     if meta.get("task") != "autoencoder":
         raise ValueError(f"autoencoder {path!r}: a scoresde run of task {meta.get('task', 'score')!r}; expected an "
                          "autoencoder run (scoresde train-autoencoder) or a diffusers AutoencoderKL directory")
@@ -111,12 +116,12 @@ def _load_scoresde(path: str) -> Autoencoder:
 
 
 def load_autoencoder(path: str | os.PathLike | nn.Module, *, device: Any = None,
-                     expect: dict[str, Any] | None = None) -> Autoencoder:
+                     expect: dict[str, Any] | None = None, verify: bool = True) -> Autoencoder:
     """An `Autoencoder` from a scoresde autoencoder run directory or checkpoint, a diffusers `AutoencoderKL`
     `save_pretrained` directory (or a pipeline directory with a vae/ sub-folder), or an `AutoencoderKL` module.
 
     `expect`: the `meta()` a latent run recorded; the weights must have its digest, and its scaling is used
-    (the one the score model was trained with).
+    (the one the score model was trained with). `verify=False`: as for `load`.
     """
     if isinstance(path, nn.Module):
         ae = from_diffusers(path, None)
@@ -129,7 +134,7 @@ def load_autoencoder(path: str | os.PathLike | nn.Module, *, device: Any = None,
             raise FileNotFoundError(f"autoencoder {path!r}: no such run directory, checkpoint file or diffusers "
                                     "AutoencoderKL directory")
         d = diffusers_dir(path) if os.path.isdir(path) else None
-        ae = load_diffusers(path, d) if d else _load_scoresde(path)
+        ae = load_diffusers(path, d) if d else _load_scoresde(path, verify)
     if expect is not None:
         if expect.get("digest") != ae.digest:
             raise CheckpointError(f"autoencoder {ae.source!r}: its weights are not the ones the latent model was "

@@ -15,13 +15,14 @@ from scoresde.training.resolve import resolve_run
 __all__ = ["train", "resolve_config", "TrainResult", "TrainingError"]
 
 
-def resolve_config(config: Any = None, *, out: str | None = None, resume: bool = False) -> dict[str, Any]:
+def resolve_config(config: Any = None, *, out: str | None = None, resume: bool = False,
+                   verify: bool = True) -> dict[str, Any]:
     """The resolved config `train` would use (over the checkpoint's config on `resume`), validated."""
-    return resolve_run(config, out=out, resume=resume)[0]
+    return resolve_run(config, out=out, resume=resume, verify=verify)[0]
 
 
 def train(config: Any = None, *, data: Any = None, out: str | None = None, resume: bool = False,
-          progress: bool | None = None, dump_weights: bool = False) -> TrainResult:
+          progress: bool | None = None, dump_weights: bool = False, verify: bool = True) -> TrainResult:
     """Train the config's task (`task`: a score model by default; "masked" / "autoregressive": a sequence model,
     `scoresde.tasks.masked`); returns a `TrainResult` (the model with EMA weights, paths, metrics).
 
@@ -32,6 +33,8 @@ def train(config: Any = None, *, data: Any = None, out: str | None = None, resum
         data: optional array/tensor (N, *D) or `Dataset` to train on instead of `config.data.name`.
         out: run directory (default `config.out`, else runs/<name or timestamp>).
         resume: continue from the newest intact checkpoint in the run directory.
+        verify: with False, `resume` also continues from a checkpoint that cannot prove its integrity
+            (written before metadata digests, format version 1), which is refused otherwise.
         progress: progress bar (default `config.train.progress`).
         dump_weights: every rank writes the SHA-256 of its weights to `weights_rank<r>.sha256`.
     Raises:
@@ -39,5 +42,5 @@ def train(config: Any = None, *, data: Any = None, out: str | None = None, resum
         CheckpointError for an unusable checkpoint, RunLockedError when another live run holds the
         directory, StorageError when the disk is full, TrainingError when the loss stays non-finite.
     """
-    cfg, task_cls, state = resolve_run(config, out=out, resume=resume)
+    cfg, task_cls, state = resolve_run(config, out=out, resume=resume, verify=verify)
     return Engine(task_cls(cfg, data), cfg, state, progress=progress, dump_weights=dump_weights).run()

@@ -5,8 +5,8 @@ arXiv:2011.13456): Adam with a linear learning-rate warm-up, gradient-norm clipp
 moving average of the weights for sampling, bf16 autocast on CUDA. The task owns what is trained.
 
 A run directory holds `.lock` (held while a run is live), the resolved `config.toml`, `log.csv`,
-`loss.png`, `checkpoints/ckpt_<step>.safetensors` (the last `train.keep`, each with tensor digests),
-`best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`.
+`loss.png`, `checkpoints/ckpt_<step>.safetensors` (the last `train.keep`, each with tensor and
+metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`.
 
 Resuming is exact: every source of randomness is an explicit generator (data order, loss noise) or
 the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA state, on every rank, so
@@ -35,7 +35,7 @@ from scoresde._common import distributed as D
 from scoresde._common.finite import nonfinite_count
 from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_state, list_checkpoints, prune_checkpoints,
                                       save_checkpoint, tensor_digests, unflatten_state)
-from scoresde._common.files import atomic_write_bytes, remove_stale_temporaries
+from scoresde._common.files import StorageError, atomic_write_bytes, remove_stale_temporaries
 from scoresde._common.toml import save_toml
 from scoresde.runs.directory import RunLock, RunLockedError, append_log
 from scoresde.training.resolve import resolve_run, run_dir_of
@@ -144,23 +144,25 @@ class Engine:
         info, device = self.info, self.device
         self.run_dir = D.broadcast_str(os.path.abspath(run_dir_of(self.cfg)), info, device)
         self.main = info.is_main
-        lock, err = RunLock(self.run_dir), ""
-        created = not os.path.exists(self.run_dir)
+        lock, err, exc = RunLock(self.run_dir), "", None
+        created = not os.path.lexists(self.run_dir)
         if self.main:
             try:
                 lock.acquire()
-            except RunLockedError as e:
-                err = str(e)
+            except (RunLockedError, StorageError) as e:
+                err, exc = str(e), e
         err = D.broadcast_str(err, info, device)          # every rank learns it: none is left waiting
         if err:
-            raise RunLockedError(err)
+            if self.main and created and os.path.isdir(self.run_dir) and set(os.listdir(self.run_dir)) <= {".lock"}:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise exc if exc is not None else RunLockedError(err)
         try:
             if self.main:
                 if lock.stale:
-                    log.info("run directory %s: took over the lock of a process that is gone (%s)", self.run_dir,
-                             lock.stale)
-                for d in (self.run_dir, os.path.join(self.run_dir, "checkpoints")):
-                    remove_stale_temporaries(d)           # left by a write that was killed
+                    log.warning("run directory %s: took over the lock of a process that is gone (%s)", self.run_dir,
+                                lock.stale)
+                for sub in ("", "checkpoints", "samples", "steps"):
+                    remove_stale_temporaries(os.path.join(self.run_dir, sub))   # left by a write that was killed
             if self.resume_state is None and list_checkpoints(self.run_dir):
                 raise ValueError(f"run directory {self.run_dir!r} already holds checkpoints; pass --resume to "
                                  "continue it or choose another --out")
@@ -231,6 +233,9 @@ class Engine:
         meta = {**self.task.meta(), "task": self.task.name, "step": self.step, "config": self.cfg,
                 "counts": self.counts, "state": state, "world_size": len(rng["data"])}
         path = os.path.join(self.run_dir, "checkpoints", name or f"ckpt_{self.step:08d}.safetensors")
+        if os.path.isdir(path):
+            log.warning("checkpoint %s not written: a directory of that name is in the way (move it away)", path)
+            return None
         save_checkpoint(path, tensors, meta)
         if name is None:
             prune_checkpoints(self.run_dir, self.T["keep"])
@@ -248,7 +253,12 @@ class Engine:
             save_toml(self.cfg, os.path.join(run_dir, "config.toml"))
         self.log_path = os.path.join(run_dir, "log.csv")
         self.fields = [*_LOG_FIELDS, *(task.eval_fields if T["eval_every"] else ())]
-        self.rows, self.log_after = [], (self.step if self.resume_state is not None else None)
+        # a resume drops the rows logged after its checkpoint; a new run starts a new log (never appends to
+        # the log of an earlier run into this directory that was stopped before its first checkpoint)
+        self.rows, self.log_after = [], self.step if self.resume_state is not None else 0
+        if main and self.resume_state is None and os.path.exists(self.log_path):
+            log.warning("run directory %s: starting a new log.csv (the earlier one is of a run that left no "
+                        "checkpoint)", run_dir)
         params = [p for p in model.parameters() if p.requires_grad]
         clip = T["grad_clip"] if T["grad_clip"] >= 0 else math.inf
         from tqdm.auto import tqdm

@@ -18,11 +18,13 @@ def run_dir_of(cfg: dict[str, Any]) -> str:
     return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
 
 
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None,
+                verify: bool = True):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
     trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
-    "latent" task); a resumed one the task its checkpoint names."""
+    "latent" task); a resumed one the task its checkpoint names. `verify=False` resumes from a checkpoint
+    that cannot prove its integrity (written before metadata digests), which is refused otherwise."""
     overrides: dict[str, Any] = {"out": out} if out else {}
     if task and not resume:
         overrides["task"] = task
@@ -33,7 +35,7 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
                         overrides)
         if not (first["out"] or first["name"]):
             raise ValueError("resume: name the run directory to continue with --out DIR (or --name NAME)")
-        state = newest_intact(run_dir_of(first))
+        state = newest_intact(run_dir_of(first), verify=verify)
         cfg = resolve(config, overrides, base=state[2]["config"])
         task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
     else:
