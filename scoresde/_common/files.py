@@ -1,11 +1,14 @@
-"""Files written atomically (a temporary in the same directory, fsync, rename), the storage error
-they raise, and the removal of temporaries a killed process left behind.
+"""Files written atomically (a temporary in the same directory, fsync, rename): bytes and .npy arrays;
+the storage error they raise, and the removal of temporaries a killed process left behind.
 """
 from __future__ import annotations
 
 import errno
+import io
 import os
 import tempfile
+
+import numpy as np
 
 
 class StorageError(OSError):
@@ -44,6 +47,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def save_npy(path: str | os.PathLike, array) -> None:
+    """Write `array` (a numpy array or a CPU tensor) to `path` as a .npy file, atomically (`atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
