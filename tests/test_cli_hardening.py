@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import scoresde.runs.load as ckpt
+import scoresde.cli.common as cli_common
 import scoresde.runs.plots as plotting
 from test_cli import TINY, one_line_error, run
 from test_hardening import time_limit
@@ -32,19 +32,20 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def spy_load(monkeypatch):
-    """Wrap `scoresde.runs.load.load`: record the thread count at every network call and, with
-    `state["nan"]`, return a model whose weights are NaN (what a damaged checkpoint gives)."""
-    real, state = ckpt.load, {"nan": False, "threads": []}
+    """Wrap `open_run` where the CLI looks it up (`scoresde.cli.common`): record the thread count at every
+    network call and, with `state["nan"]`, return a model whose weights are NaN (what a damaged checkpoint
+    gives)."""
+    real, state = cli_common.open_run, {"nan": False, "threads": []}
 
-    def load(*args, **kwargs):
-        model, sde = real(*args, **kwargs)
+    def open_run(*args, **kwargs):
+        run = real(*args, **kwargs)
         if state["nan"]:
             with torch.no_grad():
-                for p in model.parameters():
+                for p in run.model.parameters():
                     p.fill_(float("nan"))
-        model.net.register_forward_pre_hook(lambda m, a: state["threads"].append(torch.get_num_threads()))
-        return model, sde
-    monkeypatch.setattr(ckpt, "load", load)
+        run.model.net.register_forward_pre_hook(lambda m, a: state["threads"].append(torch.get_num_threads()))
+        return run
+    monkeypatch.setattr(cli_common, "open_run", open_run)
     return state
 
 

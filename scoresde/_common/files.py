@@ -4,15 +4,20 @@ they raise, and the removal of temporaries a killed process left behind.
 A temporary is named `.<target>.<host>-<pid>.<random>.tmp`, so a later writer can tell one left by a
 process that is gone (removed) from one a live process is still writing (kept). Written files get the
 mode `open()` would give them (0o666 less the umask), or keep the mode of the file they replace.
+
+`save_npy` writes a .npy array atomically.
 """
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import socket
 import stat
 import tempfile
+
+import numpy as np
 
 
 __all__ = ["StorageError", "TMP_SUFFIX", "atomic_write_bytes", "append_bytes", "remove_stale_temporaries",
@@ -165,6 +170,13 @@ def _remove_dead(directory: str, base: str) -> None:
                 os.unlink(os.path.join(directory, n))
             except OSError:
                 pass
+
+
+def save_npy(path: str | os.PathLike, array) -> None:
+    """Write `array` (a numpy array or a CPU tensor) to `path` as a .npy file, atomically (`atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:

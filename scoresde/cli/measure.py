@@ -8,21 +8,28 @@
 """
 from __future__ import annotations
 
+import json
 import os
 
 import click
+import torch
 
-from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _CONFIG_HELP, _pretrained_config, _user_errors
+from scoresde._common.distributed import resolve_device
+from scoresde._common.files import atomic_write_bytes
+from scoresde._common.threads import SMALL_EXAMPLE, thread_policy
+from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, user_errors
+from scoresde.cli.tokens import SEQUENCE_TASKS, likelihood_tokens
+from scoresde.data.datasets import load_dataset
+from scoresde.evaluation.likelihood import dataset_likelihood
+from scoresde.evaluation.metrics.evaluate import evaluate_files
+from scoresde.runs.checkpoint import checkpoint_task
 
 
 __all__ = ["likelihood", "evaluate"]
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(), metavar="DIR|FILE",
-              help="Run directory (its latest checkpoint) or checkpoint file; a score_sde checkpoint_N.pth "
-                   "(with --config) or a diffusers save_pretrained directory.")
-@click.option("--config", metavar="PRESET|FILE", help=_CONFIG_HELP)
+@model_options
 @click.option("--data", required=True, metavar="NAME|PATH", help="Dataset to score (as for train).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Score at most this many examples.")
@@ -36,8 +43,8 @@ __all__ = ["likelihood", "evaluate"]
 @click.option("--draws", type=click.IntRange(min=1), default=16, show_default=True,
               help="Sequence runs (masked): mask draws per sequence for the NELBO bound.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
+@device_option
+@allow_unverified_option
 def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, seed, device, allow_unverified):
     """Log-likelihood (nats) and bits/dim of data under the probability-flow ODE; for a sequence run, the
     NELBO bound (masked) or the exact NLL (autoregressive) in nats and bits per token, and the perplexity.
@@ -49,28 +56,20 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
                           --data cifar10_test.npy --n 100
       scoresde likelihood --checkpoint runs/poems --data heldout.txt     # a sequence run: the NELBO bound
     """
-    import torch
-    from scoresde.runs.load import load
-    from scoresde.data.datasets import load_dataset
-    from scoresde._common.distributed import resolve_device
-    from scoresde.evaluation.likelihood import dataset_likelihood
-    from scoresde._common.threads import SMALL_EXAMPLE, thread_policy
-    from scoresde.cli.tokens import likelihood_tokens, task_of
-    with _user_errors():
-        if task_of(checkpoint) in ("masked", "autoregressive"):
+    with user_errors():
+        if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
             click.echo(likelihood_tokens(checkpoint, data, n=n, batch_size=batch_size or 256, draws=draws, seed=seed,
                                          device=device, verify=not allow_unverified))
             return
         dev = resolve_device(device)
-        pretrained, config = _pretrained_config(checkpoint, config)
-        if pretrained:
-            from scoresde.pretrained import load_any
-            model, sde = load_any(checkpoint, config=config, device=dev)
+        source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
+        if source.pretrained:
+            model, sde = source.open(dev)[:2]
             shape = tuple(model.data_shape)
             ds = load_dataset(data, size=n, seed=seed + 1, image_size=shape[-1] if len(shape) == 3 else 0)
         else:
             ds = load_dataset(data, size=n, seed=seed + 1)
-            model, sde = load(checkpoint, device=dev, verify=not allow_unverified)
+            model, sde = source.open(dev)[:2]
         ae, levels, note = getattr(model, "autoencoder", None), ds.levels, ""
         if ae is not None:           # a latent model: the density of the encoded data, in latent space
             ae.check_fits(ds.shape, f"--data {data!r}")
@@ -83,7 +82,7 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
         else:
             x = ds.x[:n]
         data_range = (-1.0, 1.0)                                  # images are loaded in [-1, 1]
-        if pretrained and hasattr(model, "from_unit"):            # score_sde's data space ([0, 1] for VE)
+        if source.pretrained and hasattr(model, "from_unit"):            # score_sde's data space ([0, 1] for VE)
             x, data_range = model.from_unit((x + 1) / 2), tuple(model.data_range)
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
         # one solve for small examples: the batch shares its steps, so two solves cost twice the NFE
@@ -117,7 +116,7 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write the results as JSON.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of KID's subsets.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def evaluate(samples, ref, features, inception_weights, metric_names, label, n, batch_size, save_stats, json_out,
              seed, device, progress):
@@ -135,10 +134,7 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
       scoresde evaluate cifar_train/ --save-stats cifar_ref.npz --inception-weights pt_inception.pth
       scoresde evaluate samples.npz --ref cifar_ref.npz --metrics fid --inception-weights pt_inception.pth
     """
-    import json
-    from scoresde._common.distributed import resolve_device
-    from scoresde.evaluation.metrics.evaluate import evaluate_files
-    with _user_errors():
+    with user_errors():
         for flag, path in (("--save-stats", save_stats), ("--json", json_out)):
             if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise FileNotFoundError(f"{flag} {path!r}: the directory does not exist")
@@ -160,6 +156,5 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
         lines.append(f"  {key:<15} {value:.6g}" + (f" +- {std:.3g}" if std is not None else ""))
     click.echo("\n".join(lines))
     if json_out:
-        from scoresde._common.files import atomic_write_bytes
         atomic_write_bytes(json_out, json.dumps(r, indent=1).encode())
     return 0

@@ -15,11 +15,13 @@ import time
 from typing import Any, Callable
 
 import click
+import torch
 
-from scoresde.cli.common import ALLOW_UNVERIFIED_HELP, _user_errors
+from scoresde._common.distributed import resolve_device
+from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, user_errors
+from scoresde.runs.steps import load_steps, save_steps, steps_path
 from scoresde.samplers.core import SAMPLERS
-from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule
-from scoresde.runs.steps import load_steps, steps_path
+from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule, grid_size, optimize_steps
 
 
 __all__ = ["optimize_steps_command", "stored_steps"]
@@ -79,9 +81,9 @@ def stored_steps(run_dir: str, checkpoint_file: str, sampler: str, steps: int,
 @click.option("--iterations", type=click.IntRange(min=0), default=1500, show_default=True,
               help="bns only: Adam steps of the fit of its times and weights.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--allow-unverified", is_flag=True, help=ALLOW_UNVERIFIED_HELP)
+@allow_unverified_option
 def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxfev, iterations, seed, device,
                            raw, allow_unverified):
     """Fit the time steps of a few-step sampler to a trained model (stored in RUN/steps/).
@@ -93,20 +95,13 @@ def optimize_steps_command(checkpoint, budget, sampler, n, reference_steps, maxf
       scoresde optimize-steps --checkpoint runs/moons --budget 7 --sampler heun --n 1024
       scoresde optimize-steps --checkpoint runs/digits --budget 5 --sampler bns --n 64
     """
-    import torch
-    from scoresde.runs.checkpoint import find_checkpoint
-    from scoresde.runs.load import load
-    from scoresde._common.distributed import resolve_device
-    from scoresde.samplers.optimize import grid_size, optimize_steps
-    from scoresde.runs.steps import save_steps
-    with _user_errors():
+    with user_errors():
         grid_size(sampler, budget)                                     # a clear --budget error before loading
         if not os.path.isdir(checkpoint):
             raise FileNotFoundError(f"--checkpoint {checkpoint!r}: expected a run directory (the grid is stored "
                                     "in RUN/steps/), found " + ("a file" if os.path.exists(checkpoint) else "nothing"))
-        file = find_checkpoint(checkpoint)
         dev = resolve_device(device)
-        model, sde = load(file, ema=not raw, device=dev, verify=not allow_unverified)
+        model, sde, file, _ = ModelSource(checkpoint, verify=not allow_unverified).open(dev, ema=not raw)
         g = torch.Generator(dev).manual_seed(seed)
         start = time.perf_counter()
         grid, info = optimize_steps(sde, model, budget, sampler=sampler, calibration=n, generator=g, device=dev,

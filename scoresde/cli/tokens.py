@@ -1,46 +1,33 @@
 """The bodies of `scoresde sample` and `scoresde likelihood` for sequence runs (tasks masked / autoregressive).
 
-`cli.py` dispatches here when the checkpoint's task is a sequence task; these functions load the model,
-check the options against it, call the library and return the lines to print.
+The commands dispatch here when the checkpoint's task is one of `SEQUENCE_TASKS`; these functions open the
+model, check the options against it, call the library and return the lines to print.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
+import time
 from typing import Any
 
 import torch
 
-__all__ = ["task_of", "sample_tokens", "likelihood_tokens"]
+from scoresde._common.distributed import resolve_device
+from scoresde._common.files import atomic_write_bytes, save_npy
+from scoresde.cli.common import ModelSource
+from scoresde.data.tokens import load_tokens
+from scoresde.runs.plots import sample_metrics
+
+__all__ = ["SEQUENCE_TASKS", "sample_tokens", "likelihood_tokens"]
 
 
-def task_of(checkpoint: str) -> str | None:
-    """The task named in the newest checkpoint's header (no tensors read, nothing verified), or None when
-    the path holds no readable checkpoint (the caller's own loading then reports why)."""
-    from safetensors import safe_open
-    from scoresde.runs.checkpoint import find_checkpoint
-    try:
-        with safe_open(find_checkpoint(checkpoint), framework="pt", device="cpu") as f:
-            return json.loads((f.metadata() or {})["meta"]).get("task")
-    except Exception:
-        return None
-
-
-def _load(checkpoint: str, device: str, raw: bool, verify: bool = True):
-    from scoresde.runs.load import load
-    from scoresde._common.distributed import resolve_device
-    dev = resolve_device(device)
-    model, process = load(checkpoint, ema=not raw, device=dev, verify=verify)
-    return model, process, dev
+SEQUENCE_TASKS = ("masked", "autoregressive")
 
 
 def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n: int | None, out: str | None,
                   prompt: str | None, mask_char: str | None, temperature: float | None, remasking: str | None,
                   block_length: int | None, seed: int, device: str, raw: bool, verify: bool = True) -> list[str]:
     """Sample a sequence model; the texts (printed when `out` is None), or `out` written (.txt / .npy)."""
-    from scoresde._common.files import atomic_write_bytes
-    from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
-    from scoresde.runs.plots import sample_metrics
     if out is not None:
         ext = os.path.splitext(out)[1].lower()
         if ext not in (".txt", ".npy"):
@@ -50,8 +37,9 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     if mask_char is not None and (len(mask_char) != 1 or prompt is None):
         raise ValueError(f"--mask-char: expected one character marking positions of --prompt to fill, found "
                          f"{mask_char!r}{' without --prompt' if prompt is None else ''}")
-    cfg = read_checkpoint(find_checkpoint(checkpoint), verify=verify)[1]["config"]
-    model, process, dev = _load(checkpoint, device, raw, verify)
+    dev = resolve_device(device)
+    model, process, _, meta = ModelSource(checkpoint, verify=verify).open(dev, ema=not raw)
+    cfg = meta["config"]
     n = n or 16
     temperature = cfg["discrete"]["temperature"] if temperature is None else temperature
     g = torch.Generator(dev).manual_seed(seed)
@@ -86,11 +74,7 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     if out is None:
         return [*texts, summary]
     if out.lower().endswith(".npy"):
-        import io
-        import numpy as np
-        buf = io.BytesIO()
-        np.save(buf, x.numpy())
-        atomic_write_bytes(out, buf.getvalue())
+        save_npy(out, x)
     else:
         atomic_write_bytes(out, "".join(t + "\n" for t in texts).encode())
     return [f"wrote {summary} to {out}"]
@@ -99,13 +83,9 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
 def likelihood_tokens(checkpoint: str, data: str, *, n: int, batch_size: int, draws: int, seed: int,
                       device: str, verify: bool = True) -> str:
     """The bound (masked) or the exact NLL (autoregressive) of held-out data, per token, as one line."""
-    import math
-    import time
-    from scoresde.runs.checkpoint import read_checkpoint, find_checkpoint
-    from scoresde.data.tokens import load_tokens
-    meta = read_checkpoint(find_checkpoint(checkpoint), verify=verify)[1]
+    dev = resolve_device(device)
+    model, process, _, meta = ModelSource(checkpoint, verify=verify).open(dev)
     D = meta["config"]["discrete"]
-    model, process, dev = _load(checkpoint, device, raw=False, verify=verify)
     tok = meta["tokens"]
     ds = load_tokens(data, seq_len=model.seq_len, size=n, seed=seed + 1, tokenizer=D["tokenizer"],
                      text_mode=D["text_mode"], vocab_size=tok["vocab_size"], eos_id=D["eos_id"],

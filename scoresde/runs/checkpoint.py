@@ -41,7 +41,9 @@ from scoresde._common.files import atomic_write_bytes
 from scoresde._common.digests import tensor_digests
 
 
-__all__ = ["CheckpointError", "UnverifiedCheckpointError", "CheckpointNameError", "tensor_digests", "meta_digest", "save_checkpoint", "read_checkpoint", "list_checkpoints", "find_checkpoint", "prune_checkpoints", "flatten_state", "unflatten_state", "check_shapes"]
+__all__ = ["CheckpointError", "UnverifiedCheckpointError", "CheckpointNameError", "tensor_digests", "meta_digest",
+           "save_checkpoint", "read_checkpoint", "list_checkpoints", "find_checkpoint", "checkpoint_task",
+           "prune_checkpoints", "flatten_state", "unflatten_state", "check_shapes"]
 
 
 FORMAT, VERSION = "scoresde.checkpoint", "2"
@@ -262,6 +264,17 @@ def find_checkpoint(path: str | os.PathLike) -> str:
     if not found:
         raise CheckpointError(f"checkpoint {path!r}: the directory holds no checkpoints/ckpt_*.safetensors files")
     return found[-1][1]
+
+
+def checkpoint_task(path: str | os.PathLike) -> str | None:
+    """The task named in the header of `path`'s checkpoint (`find_checkpoint`; no tensors read, nothing
+    verified), or None when the path holds no readable checkpoint (loading it then reports why)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(find_checkpoint(path), framework="pt", device="cpu") as f:
+            return json.loads((f.metadata() or {})["meta"]).get("task")
+    except Exception:
+        return None
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:

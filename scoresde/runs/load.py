@@ -1,12 +1,12 @@
-"""Loading a trained model from a run directory or checkpoint file (`scoresde.load`): rebuild the
-network, the ScoreModel and the SDE from the checkpoint's metadata, check the weights' shapes before
-loading, apply the EMA weights; and `load_autoencoder` for latent runs (a scoresde autoencoder run or a
-diffusers `AutoencoderKL` directory).
+"""Loading a trained model from a run directory or checkpoint file (`scoresde.load`; `open_run` also
+gives the checkpoint file and its metadata): rebuild the network, the ScoreModel and the SDE from the
+checkpoint's metadata, check the weights' shapes before loading, apply the EMA weights; and
+`load_autoencoder` for latent runs (a scoresde autoencoder run or a diffusers `AutoencoderKL` directory).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from scoresde.models.token_model import build_token_model
 from scoresde.runs.checkpoint import CheckpointError, check_shapes, find_checkpoint, read_checkpoint, unflatten_state
@@ -31,6 +31,14 @@ def build_model(meta: dict[str, Any], device: Any = None):
     return model.to(device) if device is not None else model, sde
 
 
+class LoadedRun(NamedTuple):
+    """A trained model with the checkpoint it came from (`open_run`)."""
+    model: Any
+    sde: Any
+    file: str                  # the checkpoint file read
+    meta: dict[str, Any]       # its metadata: config, step, model/SDE/data descriptions
+
+
 def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoencoder: Any = None,
          verify: bool = True):
     """Load a trained model: `(score_model, sde)` from a run directory (its latest checkpoint) or a
@@ -45,6 +53,12 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoe
     `verify=False` also loads a checkpoint that cannot prove its integrity (written before metadata
     digests, format version 1, or with a digest missing), which is refused otherwise; digests it has are
     still checked."""
+    return open_run(path, ema=ema, device=device, autoencoder=autoencoder, verify=verify)[:2]
+
+
+def open_run(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoencoder: Any = None,
+             verify: bool = True) -> LoadedRun:
+    """`load`, with the checkpoint file and its metadata (read once)."""
     file = find_checkpoint(path)
     tensors, meta = read_checkpoint(file, verify=verify)
     if meta.get("task") == "autoencoder":
@@ -71,7 +85,7 @@ def load(path: str | os.PathLike, *, ema: bool = True, device: Any = None, autoe
     model.eval()
     if device is not None:
         model.to(device)
-    return model, sde
+    return LoadedRun(model, sde, file, meta)
 
 
 def _latent_autoencoder(file: str, info: dict[str, Any], path: Any, verify: bool = True):

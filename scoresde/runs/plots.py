@@ -15,10 +15,11 @@ import torch
 
 from typing import Any, Sequence
 from scoresde._common.finite import check_finite
-from scoresde._common.files import atomic_write_bytes
+from scoresde._common.files import atomic_write_bytes, save_npy
 
 
-__all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape"]
+__all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape",
+           "save_samples", "sample_metrics", "plot_texts"]
 
 
 def _finite(name: str, x: torch.Tensor | None) -> None:
@@ -125,6 +126,18 @@ def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tenso
     image_grid(images, path, nrow=cols, title=title)
 
 
+def save_samples(samples: torch.Tensor, path: str, title: str = "", known: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> None:
+    """Samples to `path`: a .npy file of the array, else a figure (`plot_samples`); inpainted images (`known`
+    and `mask` given) as pairs of rows, the known images above their fills (`inpainting_grid`)."""
+    if path.lower().endswith(".npy"):
+        save_npy(path, samples)
+    elif known is not None and is_image_shape(samples.shape[1:]):
+        inpainting_grid(known, mask, samples, path, title=title + "; rows: known, filled")
+    else:
+        plot_samples(samples, path, title=title)
+
+
 def plot_loss(csv_path: str, path: str) -> None:
     """Loss against step from a training log (log scale when the loss is positive)."""
     if not os.path.exists(csv_path):
@@ -144,9 +157,6 @@ def plot_loss(csv_path: str, path: str) -> None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     _save(fig, path)
-
-
-__all__ = ["sample_metrics", "plot_texts"]
 
 
 def sample_metrics(model, x: torch.Tensor) -> dict[str, Any]:

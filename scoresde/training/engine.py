@@ -17,7 +17,6 @@ leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`s
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from scoresde._common import distributed as D
 from scoresde._common.finite import nonfinite_count
 from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_state, list_checkpoints, prune_checkpoints,
                                       save_checkpoint, tensor_digests, unflatten_state)
-from scoresde._common.files import StorageError, atomic_write_bytes, remove_stale_temporaries
+from scoresde._common.files import StorageError, atomic_write_bytes, remove_stale_temporaries, save_npy
 from scoresde._common.toml import save_toml
 from scoresde.runs.directory import RunLock, RunLockedError, append_log
 from scoresde.training.resolve import resolve_run, run_dir_of
@@ -377,10 +376,7 @@ class Engine:
             x = self._sample(result.samples_path, f"{self.step} steps, EMA", progress=self.show)
             if x is not None:
                 result.metrics["sample_seconds"] = round(time.perf_counter() - t0, 2)
-                import numpy as np
-                buf = io.BytesIO()
-                np.save(buf, x.numpy())
-                atomic_write_bytes(os.path.join(run_dir, "samples.npy"), buf.getvalue())
+                save_npy(os.path.join(run_dir, "samples.npy"), x)
                 result.metrics.update(task.final_metrics(x))
             else:
                 result.samples_path = None

@@ -1,0 +1,259 @@
+"""`scoresde sample`: samples of a trained or pretrained model to a file, optionally of one class
+(classifier-free guidance, Ho & Salimans 2022, arXiv:2207.12598) or completing known data (inpainting,
+Song et al. 2021, arXiv:2011.13456, App. I.2); a sequence run's texts (`scoresde.cli.tokens`).
+"""
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+import torch
+
+from scoresde._common.distributed import resolve_device
+from scoresde._common.files import save_npy
+from scoresde._common.threads import thread_policy
+from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, names, user_errors
+from scoresde.cli.steps import stored_steps
+from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
+from scoresde.data.datasets import load_dataset
+from scoresde.data.masks import make_mask
+from scoresde.models.guidance import classifier_free_score
+from scoresde.pretrained.score_sde import describe_configs
+from scoresde.runs.checkpoint import checkpoint_task
+from scoresde.runs.plots import plot_samples, save_samples
+from scoresde.samplers.core import SAMPLERS
+from scoresde.samplers.inpainting import impute
+from scoresde.samplers.masked import list_discrete_samplers
+
+
+__all__ = ["sample"]
+
+
+def _list_configs(ctx, _param, value):
+    """--list-configs: the score_sde presets (and the refused official configs), then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo("\n".join(describe_configs()))
+    ctx.exit(0)
+
+
+_PRETRAINED_DEFAULTS = {"sampler": "deis", "steps": 20}    # for models without a run config
+
+
+def _sampler_help() -> str:
+    """`sample --sampler`'s help: the samplers grouped by the kind their records declare (`SamplerInfo`)."""
+    kinds: dict[str, list[str]] = {}
+    for r in SAMPLERS.records():
+        kinds.setdefault(r.kind, []).append(r.name)
+    return ("; ".join(f"{kind}: {', '.join(members)}" for kind, members in kinds.items())
+            + f"; sequence runs: {', '.join(list_discrete_samplers())}.")
+
+
+@click.command()
+@model_options
+@click.option("--list-configs", is_flag=True, is_eager=True, expose_value=False, callback=_list_configs,
+              help="List the score_sde presets and exit.")
+@click.option("--sampler", type=click.Choice(names("sampler")), show_default="the run's sampler; deis (pretrained)",
+              help=_sampler_help())
+@click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps; 20 (pretrained)",
+              help="Sampler steps.")
+@click.option("--n", "n", type=click.IntRange(min=1), show_default="1000; 16 for a sequence run",
+              help="Number of samples.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Output: .npy (the array; pretrained image models: in [0, 1]) or .png (2-D scatter or image "
+                   "grid); a sequence run prints its samples, or writes .txt (one per line) or .npy (token ids).")
+@click.option("--label", metavar="CLASS",
+              help="Class to generate, an index or a class name (a model trained with model.num_classes).")
+@click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label",
+              help="Classifier-free guidance weight w: (1 - w) unconditional + w conditional score.")
+@click.option("--known", metavar="NAME|PATH",
+              help="Inpainting: data whose known entries are kept (dataset name or path, as for train --data).")
+@click.option("--mask", metavar="SPEC|FILE",
+              help="Inpainting: known entries of --known: top, bottom, left, right, center (images), random:P, "
+                   "dims:I,J (points), or a .npy of 0/1 (1 = known) broadcastable to the data.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@device_option
+@click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
+@click.option("--prompt", help="Sequence runs: text the samples start with (fixed; the rest is generated).")
+@click.option("--mask-char", metavar="C", help="Sequence runs: positions of --prompt marked C are filled in.")
+@click.option("--temperature", type=click.FloatRange(min=0), show_default="the run's discrete.temperature",
+              help="Sequence runs: sampling temperature (0: argmax).")
+@click.option("--remasking", type=click.Choice(["low_confidence", "random"]), show_default="the run's",
+              help="Sequence runs, llada sampler: which predictions are kept each step.")
+@click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
+              help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
+@click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
+              help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
+@allow_unverified_option
+def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw, prompt, mask_char,
+           temperature, remasking, block_length, autoencoder, allow_unverified):
+    """Draw samples from a trained model, optionally of one class (guided) or completing known data;
+    from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
+
+    \b
+    Examples:
+      scoresde sample --checkpoint runs/moons --out moons.png
+      scoresde sample --checkpoint runs/digits --sampler dpm_solver --steps 20 --n 64 --out digits.png
+      scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
+      scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
+      scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
+                      --sampler deis --steps 20 --n 64 --out grid.png
+      scoresde sample --list-configs
+      scoresde sample --checkpoint runs/sums --sampler llada --steps 16 --prompt "12+34=" --n 4
+    """
+    with user_errors():
+        if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
+            _refuse({"--label": label, "--guidance": w, "--known": known, "--mask": mask},
+                    "an option of score models; this checkpoint is a sequence model")
+            for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
+                                      device=device, raw=raw, prompt=prompt, mask_char=mask_char,
+                                      temperature=temperature, remasking=remasking, block_length=block_length,
+                                      verify=not allow_unverified):
+                click.echo(line)
+            return
+        _refuse({"--prompt": prompt, "--mask-char": mask_char, "--temperature": temperature,
+                 "--remasking": remasking, "--block-length": block_length},
+                "an option of sequence runs (task masked / autoregressive)")
+        n = n or 1000
+        _check_out(out)
+        if w is not None and label is None:
+            raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
+        if (known is None) != (mask is None):
+            raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
+        source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
+        if source.pretrained:
+            if label is not None or known is not None:
+                raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
+                                 "model on the command line (use scoresde.impute / guidance in Python)")
+            _sample_pretrained(source, n, out, sampler, steps, seed, device, raw)
+            click.echo(f"wrote {n} samples in [0, 1] to {out}")
+            return
+        _sample_run(source, n, out, sampler, steps, label, w, known, mask, seed, device, raw, autoencoder)
+    click.echo(f"wrote {n} samples to {out}")
+
+
+def _refuse(flags: dict[str, object], why: str) -> None:
+    """The first of `flags` that was given is an error: `<flag>: <why>`."""
+    given = [flag for flag, v in flags.items() if v is not None]
+    if given:
+        raise ValueError(f"{given[0]}: {why}")
+
+
+def _check_out(out: str | None) -> None:
+    """--out of a score model: a .npy or .png file in an existing directory."""
+    if out is None:
+        raise ValueError("--out: expected a .npy or .png file name for the samples, found none")
+    if os.path.splitext(out)[1].lower() not in (".npy", ".png"):
+        raise ValueError(f"--out {out!r}: expected a .npy or .png file name")
+    if os.path.dirname(os.path.abspath(out)) and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
+
+
+def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, seed: int,
+                       device: str, raw: bool) -> None:
+    """n samples of a pretrained model to `out`: .npy in [0, 1] (score_sde's inverse scaler; [-1, 1] data
+    otherwise), or a figure."""
+    dev = resolve_device(device)
+    model, sde = source.open(dev, ema=not raw)[:2]
+    sampler = sampler or _PRETRAINED_DEFAULTS["sampler"]
+    steps = steps or _PRETRAINED_DEFAULTS["steps"]
+    g = torch.Generator(dev).manual_seed(seed)
+    with torch.no_grad():
+        x = sde.sample(model, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+    x = model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
+    if out.lower().endswith(".npy"):
+        save_npy(out, x)
+    else:
+        plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
+
+
+def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, label: str | None,
+                w: float | None, known: str | None, mask: str | None, seed: int, device: str, raw: bool,
+                autoencoder: str | None) -> None:
+    """n samples of a scoresde run to `out`: of one class with `label`, completing `known` with `mask`."""
+    dev = resolve_device(device)
+    model, sde, file, meta = source.open(dev, ema=not raw, autoencoder=autoencoder)
+    cfg = meta["config"]
+    ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
+    if ae is not None and known is not None:
+        raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
+                         "pixels, the model works on its autoencoder's latents); sample without them")
+    g = torch.Generator(dev).manual_seed(seed)
+    score, guided = _guided_score(model, meta, label, w)
+    title = f"{n} samples{guided}"
+    sampler = sampler or cfg["sample"]["sampler"]
+    steps = steps or cfg["sample"]["steps"]
+    inputs = {}
+    with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
+        if known is None:
+            kw = stored_steps(source.path, file, sampler, steps)  # RUN/steps/<sampler>-<NFE>.json, when made
+            x = sde.sample(score, n, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            x = (ae.decode_all(x) if ae is not None else x).cpu()
+            title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
+        else:
+            x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
+            x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
+            inputs = {"known": x_known, "mask": m}
+            title += f", inpainted ({mask}), {sampler}"
+    save_samples(x, out, title, **inputs)
+
+
+def _guided_score(model, meta: dict, label: str | None, w: float | None):
+    """(the score to sample, its words for the title): the model's, or with --label the classifier-free
+    guided score of that class at weight w (default 1: the plain conditional score)."""
+    if label is None:
+        return model, ""
+    y, name = _parse_label(label, model, meta)
+    w = 1.0 if w is None else w
+    return classifier_free_score(model, y, w), f", class {name}, w = {w:g}"
+
+
+def _parse_label(label: str, model, meta: dict) -> tuple[int, str]:
+    """--label as a class index (or a class name of the training data) of a class-conditional model."""
+    K = model.num_classes
+    if K is None:
+        raise ValueError("--label: expected a class-conditional model, found an unconditional one (train it with "
+                         "--set model.num_classes=auto on labelled data)")
+    classes = list(meta.get("data", {}).get("classes") or [])
+    if label in classes:
+        return classes.index(label), label
+    if label.lstrip("-").isdigit() and 0 <= int(label) < K:
+        return int(label), classes[int(label)] if int(label) < len(classes) else label
+    hint = f" or a class name ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})" if classes else ""
+    raise ValueError(f"--label: expected a class index in [0, {K}){hint}, found {label!r}")
+
+
+def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: int):
+    """(x_known (n, *D), bool mask (n, *D)) from --known and --mask."""
+    shape = tuple(model.data_shape)
+    d = cfg["data"]
+    ds = load_dataset(known, size=n, seed=seed + 1, normalize=d["normalize"], image_size=d.get("image_size", 0),
+                      labels=False)
+    if tuple(ds.shape) != shape:
+        raise ValueError(f"--known {known!r}: examples of shape {tuple(ds.shape)}, the model was trained on {shape}")
+    x_known = ds.x[torch.arange(n) % len(ds.x)].float()           # cycles when --known has fewer than n
+    if mask.endswith(".npy"):
+        if not os.path.isfile(mask):
+            raise FileNotFoundError(f"--mask {mask!r}: no such file")
+        arr = np.load(mask, allow_pickle=False)
+        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"--mask {mask!r}: expected an array of 0/1 (1 = known), found other values")
+        try:
+            m = torch.from_numpy(arr != 0).expand(x_known.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"--mask {mask!r}: expected a shape broadcastable to {tuple(x_known.shape)}, "
+                             f"found {arr.shape}") from None
+    else:
+        m = make_mask(mask, n, shape, generator=torch.Generator().manual_seed(seed + 2))
+    return x_known, m
+
+
+def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
+    """Imputation with the run's predictor: pc = reverse diffusion + Langevin, or one predictor alone."""
+    predictors = ("euler_maruyama", "reverse_diffusion", "ancestral")
+    if sampler not in ("pc", *predictors):
+        raise ValueError(f"--sampler: inpainting runs predictor-corrector sampling; expected pc or one of "
+                         f"{', '.join(predictors)}, found {sampler!r}")
+    pred, corr = ("reverse_diffusion", "langevin") if sampler == "pc" else (sampler, "none")
+    return impute(sde, score, x_known, m, predictor=pred, corrector=corr, steps=steps, generator=g, progress=True)
