@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import scoresde as ss
+from problems import counting
 from scoresde.samplers import sampler_info
 from scoresde.samplers.core import KINDS, SAMPLERS, SamplerInfo, sample
 from scoresde.samplers.optimize import FAST_SAMPLERS, FITTED_SAMPLERS, budget_rule, grid_size, min_budget
@@ -22,14 +23,6 @@ DECLARED = [
     ("ddim", {}), ("heun", {}), ("heun", {"schedule": "uniform"}), ("dpm_solver", {"order": 3}),
     ("deis", {}), ("deis", {"order": 3, "corrector": True}), ("unipc", {}), ("unipc", {"order": 3}), ("bns", {}),
 ]
-
-
-def counting(fn):
-    def score(x, t):
-        score.calls += 1
-        return fn(x, t)
-    score.calls = 0
-    return score
 
 
 def test_every_sampler_with_a_fixed_nfe_is_checked():

@@ -13,7 +13,7 @@ import torch
 
 import scoresde as ss
 from scoresde.samplers.core import SAMPLERS, sample
-from problems import Gaussian, four_mode_mixture, mode_stats
+from problems import Gaussian, four_mode_mixture, mode_stats, counting
 
 SDES = ["vp", "subvp", "ve"]
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
@@ -88,14 +88,6 @@ def test_four_mode_mixture(sampler, name):
 
 # ----------------------------------------------------------------------------------------------
 # NFE, determinism, shapes, dtypes, options
-
-
-def counting(fn):
-    def score(x, t):
-        score.calls += 1
-        return fn(x, t)
-    score.calls = 0
-    return score
 
 
 @pytest.mark.parametrize("sampler, options, nfe", [

@@ -22,7 +22,15 @@ from scoresde.training.engine import TrainResult
 from scoresde.training.config import DEFAULTS, parse_override, set_dotted
 
 
-__all__ = ["train", "train_autoencoder", "run_training"]
+__all__ = ["train", "train_autoencoder", "run_training", "run_options"]
+
+
+def run_options(f):
+    """--resume, --allow-unverified, --progress and --dry-run: the options every train command has."""
+    f = click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")(f)
+    f = click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")(f)
+    f = allow_unverified_option(f)
+    return click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")(f)
 
 
 def run_training(command: str, config_file: str | None, flags: dict[str, Any], sets: tuple[str, ...], *,
@@ -82,10 +90,7 @@ def run_training(command: str, config_file: str | None, flags: dict[str, Any], s
                    "or a diffusers AutoencoderKL directory); samples are decoded to images.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set train.ema_decay=0.9999 --set model.width=256 (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@allow_unverified_option
-@click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@run_options
 @click.option("--debug-dump-weights", is_flag=True, hidden=True)
 def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, seed, out, name, device, autoencoder,
           sets, resume, allow_unverified, progress, dry_run, debug_dump_weights):
@@ -144,10 +149,7 @@ def _train_summary(result: TrainResult) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default="auto")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config value, e.g. --set vae.num_res_blocks=2 --set vae.ch_mult=[1,2,4] (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@allow_unverified_option
-@click.option("--progress/--no-progress", default=None, help="Progress bar with the loss.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@run_options
 def train_autoencoder(config_file, data, downsample, latent_channels, ch, loss, kl_weight, disc_weight, disc_start,
                       steps, batch_size, lr, seed, out, name, device, sets, resume, allow_unverified, progress, dry_run):
     """Train a KL-regularised autoencoder (LDM's first stage) for latent diffusion.

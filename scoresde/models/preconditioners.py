@@ -23,7 +23,7 @@ same maths, the arithmetic of the original implementations, so results stay bit-
 | `edm`   | EDM's F              | s_d^2 / (s^2 + s_d^2) / alpha | s s_d / sqrt(s^2 + s_d^2) / alpha | 1 / (alpha sqrt(s^2 + s_d^2)) |
 
 (`edm`: s = sigma / alpha, the noise level of x / alpha, and s_d = sigma_data.) The noise input c_noise is a
-`NoiseInput` class of its own ("t": 999 t, "log_sigma", "sigma", "timestep"; EDM's is ln(s) / 4), chosen by
+noise-input function of its own (`NOISE_INPUTS`) ("t": 999 t, "log_sigma", "sigma", "timestep"; EDM's is ln(s) / 4), chosen by
 `ScoreModel(conditioning=...)`. Adding a formulation is one class registered in `PRECONDITIONERS`.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from scoresde._common.registry import Registry
 
 __all__ = ["Preconditioner", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPrediction",
-           "PRECONDITIONERS", "NoiseInput", "NOISE_INPUTS", "T_SCALE"]
+           "PRECONDITIONERS", "NOISE_INPUTS", "T_SCALE"]
 
 PRECONDITIONERS = Registry("parameterization")
 NOISE_INPUTS = Registry("conditioning")
@@ -198,61 +198,33 @@ class EDMPrediction(Preconditioner):
         return sd ** 2 / n.square() / alpha, s * sd / n, 1 / (alpha * n)   # D(x) = alpha-free EDM on x / alpha
 
 
-class NoiseInput:
-    """The (B,) noise input c_noise a network is fed, from t and sigma(t)."""
-
-    name = "?"
-
-    def __call__(self, sde: Any, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
+# --- noise inputs c_noise(sde, t, sigma) -> (B,) -------------------------------------------------------
 @NOISE_INPUTS.register("t")
-class ScaledTime(NoiseInput):
+def scaled_time(sde, t, sigma):
     """c = 999 t: DDPM's timestep scale (suits sinusoidal embeddings)."""
-
-    name = "t"
-
-    def __call__(self, sde, t, sigma):
-        return T_SCALE * t
+    return T_SCALE * t
 
 
 @NOISE_INPUTS.register("log_sigma")
-class LogSigma(NoiseInput):
+def log_sigma(sde, t, sigma):
     """c = log sigma(t) (NCSN++ VE convention)."""
-
-    name = "log_sigma"
-
-    def __call__(self, sde, t, sigma):
-        return torch.log(sigma)
+    return torch.log(sigma)
 
 
 @NOISE_INPUTS.register("sigma")
-class Sigma(NoiseInput):
+def sigma_input(sde, t, sigma):
     """c = sigma(t)."""
-
-    name = "sigma"
-
-    def __call__(self, sde, t, sigma):
-        return sigma
+    return sigma
 
 
 @NOISE_INPUTS.register("timestep")
-class Timestep(NoiseInput):
+def timestep(sde, t, sigma):
     """c = sde.timestep(t): the discrete timestep scale of an SDE built from a discrete schedule."""
-
-    name = "timestep"
-
-    def __call__(self, sde, t, sigma):
-        return sde.timestep(t)
+    return sde.timestep(t)
 
 
 @NOISE_INPUTS.register("edm")
-class EDMNoise(NoiseInput):
+def edm_noise(sde, t, sigma):
     """c = ln(sigma / alpha) / 4 (EDM's c_noise, Karras et al. 2022, Table 1)."""
-
-    name = "edm"
-
-    def __call__(self, sde, t, sigma):
-        alpha, _ = sde.marginal_coefs(t)
-        return torch.log(sigma / alpha) / 4
+    alpha, _ = sde.marginal_coefs(t)
+    return torch.log(sigma / alpha) / 4

@@ -37,7 +37,7 @@ CONDITIONINGS = ("auto", *NOISE_INPUTS)               # "t", "log_sigma", "sigma
 
 def conditioning_value(kind: str, sde: Any, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The (B,) value c a network is fed for conditioning `kind` (a name of `NOISE_INPUTS`)."""
-    return NOISE_INPUTS[kind]()(sde, t, sigma)
+    return NOISE_INPUTS[kind](sde, t, sigma)
 
 
 
@@ -134,7 +134,7 @@ class ScoreModel(nn.Module):
             raise ValueError(f"conditioning: 'timestep' needs an SDE with a discrete timestep scale "
                              f"(a `timestep(t)` method, e.g. DiscreteVPSDE), found {type(sde).__name__}")
         self.conditioning = conditioning
-        self.noise_input = NOISE_INPUTS[conditioning]()
+        self.noise_input = NOISE_INPUTS[conditioning]
         if scale_by_sigma is None:
             scale_by_sigma = (precond.scale_by_sigma if precond is not None and parameterization == "score"
                               else parameterization == "score" and sde_default == "log_sigma")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order, one_per_time
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_multistep, one_per_time
 
 
 __all__ = ["deis"]
@@ -63,11 +63,7 @@ def deis(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "karras", rho: float = 7.0, order: int = 2, prediction: str = "eps",
          corrector: bool = False, lower_order_final: bool = True) -> torch.Tensor:
     """Multistep exponential integrator (DEIS / DPM-Solver), order 1-3, optional UniC; NFE = steps."""
-    check_order(order)
-    if prediction not in ("eps", "x0"):
-        raise ValueError(f"prediction: expected 'eps' or 'x0', found {prediction!r}")
-    if not isinstance(corrector, bool):
-        raise TypeError(f"corrector: expected a bool, found {type(corrector).__name__}")
+    check_multistep(order, corrector, "prediction", prediction, ("eps", "x0"))
     g = LogSNRGrid(sde, x, ts, denoise, schedule, rho)
     eps = prediction == "eps"
     orders = [min(order, i + 1) for i in range(g.n)]

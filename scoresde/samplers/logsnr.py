@@ -4,6 +4,8 @@ score, and the order check of the multistep solvers.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from scoresde._common.validation import check_positive
@@ -55,6 +57,15 @@ def check_order(order) -> int:
         raise ValueError(f"order: expected 1, 2 or 3, found {order!r}")
     return order
 
+
+
+def check_multistep(order: Any, corrector: Any, option: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """The arguments every multistep solver checks: `order` (1-3), the `corrector` flag and one string option."""
+    check_order(order)
+    if value not in allowed:
+        raise ValueError(f"{option}: expected {' or '.join(map(repr, allowed))}, found {value!r}")
+    if not isinstance(corrector, bool):
+        raise TypeError(f"corrector: expected a bool, found {type(corrector).__name__}")
 
 def denoised(score_fn, x: torch.Tensor, g: LogSNRGrid, i: int) -> torch.Tensor:
     """D(x; t_i) = (x + sigma_i^2 s(x, t_i)) / alpha_i, Tweedie's data prediction (one NFE)."""

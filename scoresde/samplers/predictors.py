@@ -118,29 +118,27 @@ def one_per_step(steps: int, denoise: bool = True, **options) -> int:
     return steps
 
 
-@SAMPLERS.register("euler_maruyama", kind="sde", summary="reverse SDE, Euler-Maruyama (Song et al. 2021)",
-                   nfe=one_per_step, stochastic=True, takes_grid=True)
-def euler_maruyama(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
-    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Sec. 4.2); NFE = steps."""
-    check_options("euler_maruyama", options, {})
-    return run_predictor(euler_maruyama_step, sde, score_fn, x, ts, generator=generator, denoise=denoise,
-                         progress=progress, desc="euler_maruyama")
+def _predictor_sampler(name: str, step: Callable, summary: str, doc: str, check_grid: bool = False) -> Callable:
+    """Register the sampler that runs predictor `step` over the whole grid (one score evaluation a step)."""
+    def fn(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
+        check_options(name, options, {})
+        if check_grid:
+            check_discretization(sde, ts, name)
+        return run_predictor(step, sde, score_fn, x, ts, generator=generator, denoise=denoise, progress=progress,
+                             desc=name)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return SAMPLERS.register(name, kind="sde", summary=summary, nfe=one_per_step, stochastic=True,
+                             takes_grid=True)(fn)
 
 
-@SAMPLERS.register("reverse_diffusion", kind="sde", summary="reverse SDE via the SDE's own discretisation "
-                   "(the DDPM / SMLD step; uniform grids only)", nfe=one_per_step, stochastic=True, takes_grid=True)
-def reverse_diffusion(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
-    """Reverse diffusion: the reverse of `sde.discretize` (Song et al. 2021, eq. 46); NFE = steps."""
-    check_options("reverse_diffusion", options, {})
-    check_discretization(sde, ts, "reverse_diffusion")
-    return run_predictor(reverse_diffusion_step, sde, score_fn, x, ts, generator=generator, denoise=denoise,
-                         progress=progress, desc="reverse_diffusion")
-
-
-@SAMPLERS.register("ancestral", kind="sde", summary="ancestral sampling: DDPM for VP, SMLD for VE",
-                   nfe=one_per_step, stochastic=True, takes_grid=True)
-def ancestral(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
-    """Ancestral sampling: DDPM for VP, SMLD for VE, the Gaussian posterior for sub-VP; NFE = steps."""
-    check_options("ancestral", options, {})
-    return run_predictor(ancestral_step, sde, score_fn, x, ts, generator=generator, denoise=denoise,
-                         progress=progress, desc="ancestral")
+euler_maruyama = _predictor_sampler(
+    "euler_maruyama", euler_maruyama_step, "reverse SDE, Euler-Maruyama (Song et al. 2021)",
+    "Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Sec. 4.2); NFE = steps.")
+reverse_diffusion = _predictor_sampler(
+    "reverse_diffusion", reverse_diffusion_step,
+    "reverse SDE via the SDE's own discretisation (the DDPM / SMLD step; uniform grids only)",
+    "Reverse diffusion: the reverse of `sde.discretize` (Song et al. 2021, eq. 46); NFE = steps.", check_grid=True)
+ancestral = _predictor_sampler(
+    "ancestral", ancestral_step, "ancestral sampling: DDPM for VP, SMLD for VE",
+    "Ancestral sampling: DDPM for VP, SMLD for VE, the Gaussian posterior for sub-VP; NFE = steps.")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scoresde.samplers.core import SAMPLERS, progress_range
-from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_order, one_per_time
+from scoresde.samplers.logsnr import LogSNRGrid, denoised, check_multistep, one_per_time
 
 
 __all__ = ["unipc"]
@@ -68,11 +68,7 @@ def unipc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
           schedule: str = "logsnr", rho: float = 7.0, order: int = 2, variant: str = "bh2",
           corrector: bool = True, lower_order_final: bool = True) -> torch.Tensor:
     """UniPC (UniP-p + UniC) in data prediction, order 1-3, B(h) variant bh1/bh2 (Zhao et al. 2023); NFE = steps."""
-    check_order(order)
-    if variant not in ("bh1", "bh2"):
-        raise ValueError(f"variant: expected 'bh1' or 'bh2', found {variant!r}")
-    if not isinstance(corrector, bool):
-        raise TypeError(f"corrector: expected a bool, found {type(corrector).__name__}")
+    check_multistep(order, corrector, "variant", variant, ("bh1", "bh2"))
     g = LogSNRGrid(sde, x, ts, denoise, schedule, rho)
     orders = [min(order, i + 1) for i in range(g.n)]                  # warm-up: the history allows i + 1
     if lower_order_final:                                             # the last steps fall to order 1, 2 ...

@@ -123,10 +123,8 @@ def main() -> None:
         shutil.rmtree(COND_RUN_OUT, ignore_errors=True)
         train_cond_run(COND_RUN_OUT)
         shutil.rmtree(COND_RUN, ignore_errors=True)
-        os.makedirs(COND_RUN)
-        for name in KEEP:
-            src = os.path.join(COND_RUN_OUT, name)
-            (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(COND_RUN, name))
+        shutil.copytree(COND_RUN_OUT, COND_RUN,      # only KEEP from the top of the run directory
+                        ignore=lambda d, names: [n for n in names if n not in KEEP] if d == COND_RUN_OUT else [])
     with tempfile.TemporaryDirectory() as tmp:
         tensors = compute_all(COND_RUN, tmp)
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUTPUTS,

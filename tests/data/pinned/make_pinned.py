@@ -295,10 +295,8 @@ def write_main_run() -> None:
     shutil.rmtree(MAIN_RUN_OUT, ignore_errors=True)
     train_main_run(MAIN_RUN_OUT)
     shutil.rmtree(MAIN_RUN, ignore_errors=True)
-    os.makedirs(MAIN_RUN)
-    for name in KEEP:
-        src = os.path.join(MAIN_RUN_OUT, name)
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(MAIN_RUN, name))
+    shutil.copytree(MAIN_RUN_OUT, MAIN_RUN,          # only KEEP from the top of the run directory
+                    ignore=lambda d, names: [n for n in names if n not in KEEP] if d == MAIN_RUN_OUT else [])
     with open(os.path.join(MAIN_RUN, "README.md"), "w") as f:
         f.write("A run directory written by scoresde at commit 8c26e4f through the public API (the engine):\n"
                 "`ss.train(MAIN_RUN_CONFIG, out=\"/tmp/scoresde_main_run\")` of tests/data/pinned/make_pinned.py\n"
