@@ -5,7 +5,7 @@ arXiv:2011.13456. Two markdown tables, for VP, sub-VP and VE:
 
 1. Gaussian data N(mu, diag(s^2)): the error of each sampler's mean and variance against the exact
    target p_eps, with the sampling standard error; this measures the discretisation bias that
-   tests/test_samplers.py allows for.
+   tests/samplers/test_samplers.py allows for.
 2. The four-mode mixture (means (+-1, +-1), std 0.1, weights 0.1/0.2/0.3/0.4): total variation of
    the mode weights, the worst relative error of a within-mode std, and the NFE.
 

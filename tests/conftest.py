@@ -6,8 +6,10 @@ thread per process keeps the suite fast and its timings stable; subprocesses inh
 OMP_NUM_THREADS.
 """
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tests/: problems.py, peers.py for every folder
 
 import torch  # noqa: E402
 

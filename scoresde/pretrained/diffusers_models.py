@@ -17,7 +17,7 @@ table alpha_bar_i, the noise ("epsilon"), the velocity v = sqrt(alpha_bar) eps -
 Sampling reproduces diffusers' loops on the same timesteps: `ddim` with
 `times=sde.t_from_timestep(scheduler.timesteps)` is `DDIMScheduler` (eta = 0, set_alpha_to_one),
 and `ancestral` with those times followed by 0 is `DDPMScheduler` given the same noise
-(tests/test_diffusers.py). Sampling heuristics of the schedulers (clip_sample, thresholding) are not
+(tests/pretrained/test_diffusers.py). Sampling heuristics of the schedulers (clip_sample, thresholding) are not
 part of the model and are not applied. diffusers is needed only here (`pip install diffusers`).
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) z (Song et al. 2021, arXiv:2011.
 Timestep i of an M-step table sits at t_i = (i + 1) / M, as in DPM-Solver's discrete schedule
 (which interpolates log alpha linearly). The spline keeps adaptive solvers cheap: the exact
 likelihood of the 2-D test mixture takes 98 NFE against 446 with the linear interpolation's jumps
-in beta (tests/test_discrete_vp_sampling.py).
+in beta (tests/samplers/test_alpha_bar_sampling.py).
 
 Both discretise into N DDPM steps on the uniform grid t_k = k T / N with
 beta_k = 1 - alpha_bar(t_{k+1}) / alpha_bar(t_k) (exact transitions of the SDE), and their

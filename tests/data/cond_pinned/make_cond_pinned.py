@@ -1,6 +1,6 @@
 """Reference outputs of class-conditional scoresde at commit 362a524 (before the `Cond` conditioning
 object), pinned so that old label checkpoints and the label API are shown to load, sample and train
-bit for bit as they did (tests/test_conditioning.py recomputes them with the same functions below).
+bit for bit as they did (tests/models/test_conditioning.py recomputes them with the same functions below).
 
 Everything here goes through the public API with class labels only (`ss.train`, `ss.load`,
 `ss.classifier_free_score(model, y, w)`, `model(x, t, y=labels)`, `model.net(x, c, labels)`,

@@ -1,4 +1,4 @@
-"""Write peers.npz: torch-fidelity's Inception features and pytorch-fid's Fréchet distances, for tests/test_metrics.py.
+"""Write peers.npz: torch-fidelity's Inception features and pytorch-fid's Fréchet distances, for tests/evaluation/test_metrics.py.
 
 Needs the peers installed without their dependencies (torchvision does not import beside our torch):
     .venv/bin/pip install --no-deps torch-fidelity==0.4.0 pytorch-fid==0.3.0

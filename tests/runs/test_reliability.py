@@ -24,8 +24,9 @@ from scoresde.cli.main import cli
 from scoresde.runs.checkpoint import (CheckpointError, CheckpointNameError, UnverifiedCheckpointError,
                                       list_checkpoints, read_checkpoint)
 from scoresde.runs.directory import append_log
+from problems import TESTS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = str(TESTS)
 LEGACY = os.path.join(HERE, "data", "legacy_run")          # format version 1, no digests at all
 MAIN_RUN = os.path.join(HERE, "data", "main_run")          # format version 1, tensor digests only
 TINY = {"data": {"size": 300}, "model": {"width": 16, "depth": 1, "embed_dim": 8},

@@ -17,8 +17,9 @@ from scoresde.data.languages import get_language
 from scoresde.models.token_model import AutoregressiveLM, MaskedLM
 from scoresde.data.tokenizer import CharTokenizer
 from scoresde.nets import count_parameters, get_model
+from problems import TESTS
 
-HERE = os.path.dirname(__file__)
+HERE = str(TESTS)
 TINY = {"task": "masked", "device": "cpu", "data": {"size": 300}, "model": {"width": 16, "depth": 1, "heads": 2},
         "train": {"steps": 12, "batch_size": 16, "log_every": 4, "ckpt_every": 6, "progress": False, "warmup": 2},
         "sample": {"n": 8, "steps": 4}, "eval": {"n": 8}, "discrete": {"seq_len": 9}}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,10 @@ from scoresde.metrics import (Reference, class_accuracy, digits_split, evaluate,
 from scoresde.evaluation.metrics.inception import (INCEPTION_WEIGHTS_ENV, random_inception_state_dict,
                                                    tf1_resize_bilinear)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402
+import peers  # noqa: E402  (tests/ is on sys.path: conftest.py)
+from problems import TESTS  # noqa: E402
 
-DATA = Path(__file__).resolve().parent / "data" / "metrics"
+DATA = TESTS / "data" / "metrics"
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.guidance import classifier_free_score
 from scoresde.training.losses import conditional_dsm_loss, label_dropout
 from scoresde.nets import get_model
+from problems import TESTS
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = str(TESTS)
 _spec = importlib.util.spec_from_file_location("make_cond_pinned",
                                                os.path.join(HERE, "data", "cond_pinned", "make_cond_pinned.py"))
 mp = importlib.util.module_from_spec(_spec)

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 from scoresde.pretrained.score_sde import list_configs, refused_configs
 from test_cli import one_line_error, run
+from problems import TESTS
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "score_sde")
+DATA = os.path.join(str(TESTS), "data", "score_sde")
 
 
 def official_files(tmp_path, name="ddpmpp_vp_continuous_randw"):

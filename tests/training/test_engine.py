@@ -19,8 +19,9 @@ from scoresde._common.files import StorageError
 from scoresde.training.engine import Engine
 from scoresde.training.resolve import resolve_run
 from scoresde.training.tasks.base import TASKS, Task
+from problems import TESTS
 
-HERE = os.path.dirname(__file__)
+HERE = str(TESTS)
 LEGACY = os.path.join(HERE, "data", "legacy_run")
 TINY = {"data": {"size": 400}, "model": {"width": 16, "depth": 1, "embed_dim": 8},
         "train": {"steps": 20, "batch_size": 32, "warmup": 5, "log_every": 5, "ckpt_every": 10, "progress": False,

@@ -17,6 +17,7 @@ from scoresde.cli.main import cli
 from scoresde.models.autoencoders.autoencoder import Autoencoder, measure_scale_factor
 from scoresde.models.autoencoders.vae import DiagonalGaussian, KLAutoencoder
 from scoresde.runs.load import load_autoencoder
+from problems import TESTS
 
 VAE = {"ch": 8, "ch_mult": [1, 2, 2], "num_groups": 4, "mid_attn": False}
 QUIET = {"progress": False, "log_every": 5}
@@ -272,7 +273,7 @@ def test_train_autoencoder_dry_run_and_help():
 def test_benchmark_brings_digits32_back_to_the_digits_exactly():
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        "bench_latent", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "latent.py"))
+        "bench_latent", os.path.join(str(TESTS), "..", "benchmarks", "latent.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     small, big = ss.load_dataset("digits").x, ss.load_dataset("digits32").x

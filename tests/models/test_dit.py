@@ -3,7 +3,6 @@ models.py), preset parameter counts and state-dict keys, zero initialisation, sh
 `load_dit` and its timestep map, guidance, and training / sampling / likelihood / checkpoints."""
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ import scoresde as ss
 from scoresde.nets import count_parameters, get_model
 from scoresde.models.nets.dit import DIT_PRESETS, sincos_pos_embed_2d, timestep_embedding
 from scoresde.pretrained.dit import OFFICIAL_DEFAULTS, DiscreteTimestepScoreModel
+from problems import TESTS
 
-DATA = Path(__file__).parent / "data" / "dit"
+DATA = TESTS / "data" / "dit"
 ARGS_A = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, in_channels=4, num_classes=10,
               learn_sigma=True, class_dropout_prob=0.1)     # fixture A's official constructor arguments
 TINY = dict(depth=2, hidden_size=32, num_heads=2, patch_size=2)
