@@ -36,8 +36,13 @@ MAX_SIDE = 65_536            # one side of an image, a patch or a data dimension
 MAX_SEQ_LEN = 1 << 20        # tokens per sequence
 MAX_VOCAB = 1 << 20          # vocabulary size (GPT-4's is 100k)
 MAX_CLASSES = 1 << 20        # class labels (ImageNet-21k: 21841)
+MAX_DIGITS = 18              # decimal digits of the `sums` language's numbers (int64)
 MAX_LIST = 64                # entries of other list-valued sizes (attn_resolutions, fir_kernel, ...)
 MAX_EXAMPLE_NUMEL = 1 << 28  # values in one example (prod(data_shape)): 1 GiB as float32
+MAX_BATCH = 1 << 20          # examples per training batch (score_sde: 128, 2-D runs: 512)
+MAX_DATA_SIZE = 10_000_000   # points drawn for a built-in 2-D dataset (default 50000)
+MAX_SAMPLES = 1 << 20        # samples drawn at once by a run (sample.n, eval.n; FID uses 50000)
+MAX_IMAGE_SIDE = 8_192       # images resized to (data.image_size): the pixel budget's side
 MAX_INT = 1 << 24            # any other integer of a network / schedule config
 PIXEL_BUDGET = 1 << 26       # pixels one image may decode to (8192 x 8192; PIL warns from 89.5M)
 
@@ -47,7 +52,7 @@ _B = {
     "width": (MAX_WIDTH, "channels of a layer"), "heads": (MAX_HEADS, "attention heads"),
     "mult": (MAX_MULT, "a width multiplier"), "side": (MAX_SIDE, "one side of an image or patch"),
     "seq": (MAX_SEQ_LEN, "tokens per sequence"), "vocab": (MAX_VOCAB, "vocabulary size"),
-    "classes": (MAX_CLASSES, "class labels"), "list": (MAX_LIST, "entries"),
+    "classes": (MAX_CLASSES, "class labels"), "digits": (MAX_DIGITS, "decimal digits"), "list": (MAX_LIST, "entries"),
 }
 # field name -> (kind of its value, kind of its entries when a list); None: not a list
 SIZE_BOUNDS: dict[str, tuple[int, str]] = {}
@@ -76,7 +81,7 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     "fir_kernel": ("list", None),
     # sequences, vocabularies, classes
     "seq_len": ("seq", None), "max_len": ("seq", None), "max_depth": ("seq", None), "vocab_size": ("vocab", None),
-    "num_classes": ("classes", None), "num_class_embeds": ("classes", None),
+    "num_classes": ("classes", None), "num_class_embeds": ("classes", None), "digits": ("digits", None),
 }
 SIZE_BOUNDS.update({k: _B[kind] for k, (kind, _) in _FIELDS.items()})
 
