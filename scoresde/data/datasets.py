@@ -249,7 +249,8 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Da
     C, largest = (1 if mode == "L" else 3), max(w * h for _, (w, h) in heads)
     out_pixels = len(files) * image_size ** 2 if image_size else sum(w * h for _, (w, h) in heads)
     # one decoded image and its converted copy (<= 8 bytes/pixel), then per output value: uint8 + float32 x 2
-    check_memory(8 * largest + 9 * C * out_pixels, f"data {path!r}: {len(files)} images ({out_pixels} pixels in all)")
+    check_memory(8 * largest + 9 * C * out_pixels,
+                 f"data {path!r}: decoding its {len(files)} images ({out_pixels} pixels in all)")
     arrays = []
     for f in files:
         try:

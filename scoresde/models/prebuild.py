@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from scoresde._common.headers import safetensors_shapes
-from scoresde._common.limits import check_memory, check_sizes, format_bytes
+from scoresde._common.limits import check_memory, check_sizes
 
 __all__ = ["check_meta_sizes", "skeleton", "module_bytes", "check_footprint", "compare_shapes", "check_diffusers_model"]
 
@@ -49,7 +49,8 @@ def module_bytes(module: nn.Module) -> int:
 
 def check_footprint(module: nn.Module, what: str) -> None:
     """ValueError naming `what` when the module's parameters and buffers exceed the memory budget."""
-    check_memory(module_bytes(module), f"{what}: a network of {format_bytes(module_bytes(module))} of weights")
+    n = sum(p.numel() for p in module.parameters())
+    check_memory(module_bytes(module), f"{what}: the network it describes ({n} parameters)")
 
 
 def compare_shapes(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
@@ -99,7 +100,6 @@ def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as e:
         raise ValueError(f"{what}: {path!r} does not describe a {cls.__name__} "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    check_footprint(net, f"{what}: {path!r}")
     weights = next((os.path.join(model_dir, w) for w in _WEIGHTS if os.path.isfile(os.path.join(model_dir, w))), None)
     if weights is not None:
         try:
@@ -108,4 +108,5 @@ def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]
             raise ValueError(f"{what}: {weights!r} is not a readable safetensors file "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         compare_shapes(net, shapes, f"{what}: {weights!r}")
+    check_footprint(net, f"{what}: {path!r}")
     return cfg

@@ -254,7 +254,8 @@ def load_dit(path_or_state_dict: Any, *, model: str | None = None, **official_ar
     problem = _mismatch(bare, sd, args)
     if problem:
         given = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        raise ValueError(f"path_or_state_dict: the weights do not fit DiT({given}): {problem}")
+        src = f" in {os.fspath(path_or_state_dict)!r}" if isinstance(path_or_state_dict, (str, os.PathLike)) else ""
+        raise ValueError(f"path_or_state_dict: the weights{src} do not fit DiT({given}): {problem}")
     check_footprint(bare, "path_or_state_dict")
     net = build()
     net.load_state_dict(_materialise(path_or_state_dict, sd), strict=True)
