@@ -239,3 +239,20 @@ def hostile_unet():
     return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(4, 8),
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=2).eval()
+
+
+# --- score_sde configs: sizes bounded, the weights matched before the network gets memory -----------------
+def test_a_score_sde_config_is_bounded_and_matched_before_allocation():
+    import copy
+    import torch
+    from scoresde.pretrained.score_sde_configs import PRESETS
+    cfg = copy.deepcopy(PRESETS["ve/cifar10_ncsnpp_continuous"])
+    tiny = {"all_modules.0.W": torch.zeros(16)}
+    for key, value in (("nf", 1_000_000), ("num_scales", 10 ** 9)):
+        bad = copy.deepcopy(cfg)
+        bad["model"][key] = value
+        with pytest.raises(ValueError, match=rf"^config model\.{key}: expected at most"):
+            ss.load_score_sde(tiny, bad)
+    cfg["data"]["image_size"] = 4096                   # within the bounds: 4096^2 images, NCSN++ on the meta device
+    with pytest.raises(ValueError, match=r"checkpoint does not fit the config: 'all_modules\.0\.W' has shape"):
+        ss.load_score_sde(tiny, cfg)

@@ -65,7 +65,7 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     "num_layers": ("depth", None), "transformer_layers_per_block": ("depth", None),
     "num_res_blocks": ("blocks", None), "layers_per_block": ("blocks", None),
     # widths
-    "width": ("width", None), "ch": ("width", None), "hidden_size": ("width", None), "embed_dim": ("width", None),
+    "width": ("width", None), "ch": ("width", None), "nf": ("width", None), "num_channels": ("width", None), "hidden_size": ("width", None), "embed_dim": ("width", None),
     "freq_dim": ("width", None), "z_channels": ("width", None), "latent_channels": ("width", None),
     "in_channels": ("width", None), "out_channels": ("width", None), "num_groups": ("width", None),
     "norm_num_groups": ("width", None), "disc_ch": ("width", None), "time_embedding_dim": ("width", None),
