@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import click
-import numpy as np
 import torch
 
 from scoresde._common.distributed import resolve_device
@@ -17,7 +16,7 @@ from scoresde.cli.common import ModelSource, allow_unverified_option, device_opt
 from scoresde.cli.steps import stored_steps
 from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
-from scoresde.data.masks import make_mask
+from scoresde.data.masks import load_mask, make_mask
 from scoresde.models.guidance import classifier_free_score
 from scoresde.pretrained.score_sde import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
@@ -234,16 +233,7 @@ def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: in
         raise ValueError(f"--known {known!r}: examples of shape {tuple(ds.shape)}, the model was trained on {shape}")
     x_known = ds.x[torch.arange(n) % len(ds.x)].float()           # cycles when --known has fewer than n
     if mask.endswith(".npy"):
-        if not os.path.isfile(mask):
-            raise FileNotFoundError(f"--mask {mask!r}: no such file")
-        arr = np.load(mask, allow_pickle=False)
-        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-            raise ValueError(f"--mask {mask!r}: expected an array of 0/1 (1 = known), found other values")
-        try:
-            m = torch.from_numpy(arr != 0).expand(x_known.shape).clone()
-        except RuntimeError:
-            raise ValueError(f"--mask {mask!r}: expected a shape broadcastable to {tuple(x_known.shape)}, "
-                             f"found {arr.shape}") from None
+        m = load_mask(mask, x_known.shape, "--mask")     # header first: objects, shape, memory budget
     else:
         m = make_mask(mask, n, shape, generator=torch.Generator().manual_seed(seed + 2))
     return x_known, m

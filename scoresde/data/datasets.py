@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
+from scoresde._common.headers import array_headers, check_header, load_checked
+from scoresde._common.limits import MAX_CLASSES, PIXEL_BUDGET, check_memory
 from scoresde._common.registry import Registry
 
 
@@ -26,6 +28,7 @@ __all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_s
 
 DATASETS = Registry("dataset")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_FLOAT32_COPY = 8      # bytes per value a loaded array costs beyond its own: the float32 copy and one temporary
 
 
 @dataclass
@@ -173,65 +176,88 @@ def from_array(array, name: str = "array", labels=None, normalize: str = "auto")
         x = x / 127.5 - 1.0                                          # 0..255 -> [-1, 1]
     elif normalize == "standardize":
         x = (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
-    y = None
-    if labels is not None:
-        y = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
-        if len(y) != len(x):
-            raise ValueError(f"data {name}: {len(y)} labels for {len(x)} examples")
+    y = None if labels is None else _check_labels(labels, len(x), name)
     return Dataset(x, name, labels=y, kind="array", levels=256 if is_uint8 and normalize == "auto" else None)
 
 
+def _check_labels(labels, n: int, name: str) -> torch.Tensor:
+    """Labels as (N,) int64: integers (or integral floats) >= 0, one per example; NaN / inf, fractions and
+    negative values are refused naming the data (a NaN cast to int64 would be -2^63)."""
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"data {name}: {len(y)} labels for {n} examples")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"data {name}: labels must be integer class indices, found dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = int((~np.isfinite(y)).sum())
+        if bad:
+            raise ValueError(f"data {name}: {bad} of {len(y)} labels are NaN or infinite; labels must be integer "
+                             "class indices")
+        if (y != np.floor(y)).any():
+            raise ValueError(f"data {name}: labels must be integer class indices, found {y[y != np.floor(y)][0]!r}")
+        if (np.abs(y) > 2.0 ** 62).any():
+            raise ValueError(f"data {name}: labels must be class indices below {MAX_CLASSES}, found "
+                             f"{float(y[np.abs(y) > 2.0 ** 62][0])!r}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"data {name}: labels must be class indices >= 0, found {y.min()!r}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
 def load_array(path: str, normalize: str = "auto", labels: bool = True) -> Dataset:
-    """Load `.npy` (the array) or `.npz` (key x, data, or the only array; labels from y or labels)."""
-    try:
-        obj = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"data {path!r}: not a readable .npy/.npz array file ({str(e).splitlines()[0]})") from None
-    y = None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        with obj:
-            keys = list(obj.keys())
-            key = next((k for k in ("x", "data", "images") if k in keys), None)
-            if key is None:
-                data_keys = [k for k in keys if k not in ("y", "labels")]
-                if len(data_keys) != 1:
-                    raise ValueError(f"data {path!r}: expected an array named x or data (or a single array), "
-                                     f"found keys {keys}")
-                key = data_keys[0]
-            try:
-                array = obj[key]
-                lab = next((k for k in ("y", "labels") if k in keys), None)
-                y = obj[lab] if (labels and lab) else None
-            except (ValueError, OSError, EOFError) as e:
-                raise ValueError(f"data {path!r}: array {key!r} is not readable ({e})") from None
-    else:
-        array = obj
+    """Load `.npy` (the array) or `.npz` (key x, data, or the only array; labels from y or labels).
+
+    The headers are read first: an array of objects, a header claiming more than the file holds, or an
+    array that would not fit the memory budget (`scoresde._common.limits.memory_budget`: its bytes and
+    a float32 copy) is refused naming the file, its size and the budget, before anything is read."""
+    headers = array_headers(path)
+    key, lab = _array_keys(path, headers)
+    array = load_checked(path, key, extra_per_value=_FLOAT32_COPY, headers=headers)
+    y = load_checked(path, lab, extra_per_value=8, headers=headers) if (labels and lab) else None
     return from_array(array, name=path, labels=y, normalize=normalize)
+
+
+def _array_keys(path: str, headers: dict) -> tuple[str, str | None]:
+    """(the data array's key, the labels' key or None) of an .npy ("") or .npz file's headers."""
+    if "" in headers:
+        return "", None
+    keys = list(headers)
+    key = next((k for k in ("x", "data", "images") if k in keys), None)
+    if key is None:
+        data_keys = [k for k in keys if k not in ("y", "labels")]
+        if len(data_keys) != 1:
+            raise ValueError(f"data {path!r}: expected an array named x or data (or a single array), found keys {keys}")
+        key = data_keys[0]
+    return key, next((k for k in ("y", "labels") if k in keys), None)
 
 
 def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Dataset:
     """Every image under `path` (recursively) as (N, C, H, W) in [-1, 1]; C = 1 if all are grey, else 3.
 
     Images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
-    `image_size` resizes all to image_size x image_size.
+    `image_size` resizes all to image_size x image_size. The headers are read first: an image over the
+    pixel budget (`PIXEL_BUDGET`, 8192^2) or a folder that would not fit the memory budget is refused,
+    naming the file, before anything is decoded; images are then decoded one at a time.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"data {path!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    images = []
+    heads = [_image_header(f) for f in files]                          # (mode, (W, H)), nothing decoded
+    mode = "L" if all(m in ("L", "1", "I;16", "I") for m, _ in heads) else "RGB"
+    C, largest = (1 if mode == "L" else 3), max(w * h for _, (w, h) in heads)
+    out_pixels = len(files) * image_size ** 2 if image_size else sum(w * h for _, (w, h) in heads)
+    # one decoded image and its converted copy (<= 8 bytes/pixel), then per output value: uint8 + float32 x 2
+    check_memory(8 * largest + 9 * C * out_pixels,
+                 f"data {path!r}: decoding its {len(files)} images ({out_pixels} pixels in all)")
+    arrays = []
     for f in files:
         try:
             with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"data {f!r}: not a readable image ({e})") from None
-    mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in images) else "RGB"
-    arrays = []
-    for f, im in zip(files, images):
-        im = im.convert(mode)
+                im = im.convert(mode)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"data {f!r}: not a readable image ({str(e).splitlines()[0]})") from None
         if image_size:
             im = im.resize((image_size, image_size), Image.BICUBIC)
         arrays.append(np.asarray(im, dtype=np.uint8))
@@ -249,6 +275,26 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Da
                    levels=256)
 
 
+def _image_header(f: str) -> tuple[str, tuple[int, int]]:
+    """(mode, (W, H)) from an image file's header, refusing one over the pixel budget or PIL's bomb limit
+    (ValueError naming the file) before it is decoded."""
+    import warnings
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)      # refused below, in one line
+            with Image.open(f) as im:
+                mode, (w, h) = im.mode, im.size
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"data {f!r}: refused as a decompression bomb ({str(e).splitlines()[0]})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"data {f!r}: not a readable image ({str(e).splitlines()[0]})") from None
+    if w * h > PIXEL_BUDGET:
+        raise ValueError(f"data {f!r}: a {w}x{h} image ({w * h} pixels) is over the pixel budget of {PIXEL_BUDGET} "
+                         f"pixels ({math.isqrt(PIXEL_BUDGET)}^2); resize it before loading")
+    return mode, (w, h)
+
+
 def _first_image(path: str) -> str | None:
     for root, _, names in os.walk(path):
         for f in sorted(names):
@@ -262,8 +308,8 @@ def check_data_source(name: str) -> str:
 
     Returns the kind ("builtin", "images" or "array"). Raises what `load_dataset` would for a
     missing path (FileNotFoundError), an unreadable or unsupported file, an image folder without
-    images, or a `.npy` whose header is not an array of rank >= 2 (ValueError). `scoresde train
-    --dry-run` calls it so that a bad --data fails before any work.
+    images, or an array whose header is not of rank >= 2, holds objects or would not fit the memory
+    budget (ValueError). `scoresde train --dry-run` calls it so that a bad --data fails before any work.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"data: expected a dataset name or a path, found {name!r}")
@@ -280,14 +326,11 @@ def check_data_source(name: str) -> str:
         raise ValueError(f"data {name!r}: the file is not readable (permission denied)")
     if not name.lower().endswith((".npy", ".npz")):
         raise ValueError(f"data {name!r}: expected a .npy/.npz file or an image folder")
-    try:
-        obj = np.load(name, mmap_mode="r", allow_pickle=False)       # .npy: the header only; .npz: the index
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"data {name!r}: not a readable .npy/.npz array file ({str(e).splitlines()[0]})") from None
-    if isinstance(obj, np.lib.npyio.NpzFile):
-        obj.close()
-    else:
-        _check_array_header(name, obj.shape, obj.dtype)
+    headers = array_headers(name)                                   # the headers only, nothing read
+    key, _ = _array_keys(name, headers)
+    h = headers[key]
+    _check_array_header(name, h.shape, h.dtype)
+    check_header(h, extra_per_value=_FLOAT32_COPY)                  # objects, forged sizes, the memory budget
     return "array"
 
 

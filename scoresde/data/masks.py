@@ -10,14 +10,21 @@ for data of shape (n, *D) of any rank. Specs:
   from `generator`);
 - "dims:I,J,...": data of shape (n, d): coordinates I, J, ... known (e.g. "dims:0" keeps x and
   samples y | x for 2-D points).
+
+`load_mask(path, shape)` reads a mask from a `.npy` array of 0/1 broadcastable to (n, *D), checking its
+header (no objects, the shape, the memory budget) before reading it.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["make_mask", "MASK_SPECS"]
+from scoresde._common.headers import array_headers, load_checked
+
+__all__ = ["make_mask", "load_mask", "MASK_SPECS"]
 
 MASK_SPECS = ("top", "bottom", "left", "right", "center", "random:P", "dims:I,J,...")
 
@@ -65,3 +72,25 @@ def make_mask(spec: str, n: int, data_shape: Sequence[int], generator: torch.Gen
         m[:, idx] = True
         return m
     raise ValueError(f"mask: expected one of {', '.join(MASK_SPECS)} or a .npy file, found {spec!r}")
+
+
+def load_mask(path: str, shape: Sequence[int], what: str = "mask") -> torch.Tensor:
+    """The bool mask of `shape` (n, *D) from a `.npy` array of 0/1 (1 = known) broadcastable to it; errors
+    name `what` (e.g. "--mask") and the file."""
+    shape = tuple(int(d) for d in shape)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r}: no such file")
+    headers = array_headers(path, what)
+    if "" not in headers:
+        raise ValueError(f"{what} {path!r}: expected a .npy array of 0/1, found an .npz archive")
+    h = headers[""]
+    try:
+        fits = np.broadcast_shapes(h.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{what} {path!r}: expected a shape broadcastable to {shape}, found {h.shape}")
+    arr = load_checked(path, "", what, extra_per_value=1, headers=headers)
+    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{what} {path!r}: expected an array of 0/1 (1 = known), found other values")
+    return torch.from_numpy(np.ascontiguousarray(arr != 0)).expand(shape).clone()

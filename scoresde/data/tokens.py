@@ -9,7 +9,8 @@ validity), and the end-of-sequence id padding short sequences (None when the dat
 - A text file: character tokens (the sorted characters of the text) or bytes. `text_mode="lines"`: each
   non-empty line is one sequence (EOS-terminated, padded; a line longer than L continues in the next
   row); `"stream"`: the whole text cut into rows of L tokens.
-- A `.npy` array (N, L) of non-negative integer token ids; V = `vocab_size` or the largest id + 1.
+- A `.npy` array (N, L) of non-negative integer token ids; V = `vocab_size` or the largest id + 1, at most
+  `MAX_VOCAB` (the header is checked against the memory budget before the ids are read).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from scoresde._common.headers import array_headers, load_checked
+from scoresde._common.limits import MAX_VOCAB
 from scoresde.data.languages import LANGUAGES, Language, get_language
 from scoresde.data.tokenizer import EOS, CharTokenizer
 
@@ -133,10 +136,11 @@ def _load_text(path: str, seq_len: int, kind: str, mode: str, existing: CharToke
 
 
 def _load_npy(path: str, seq_len: int, vocab_size: int, eos_id: int) -> TokenData:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"data {path!r}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+    """The header first (objects, a forged size, the memory budget: the ids and their int64 copy), then the ids."""
+    headers = array_headers(path)
+    if "" not in headers:
+        raise ValueError(f"data {path!r}: expected a .npy array of token ids, found an .npz archive")
+    a = load_checked(path, "", extra_per_value=8, headers=headers)
     return tokens_from_array(a, path, seq_len=seq_len, vocab_size=vocab_size, eos_id=eos_id)
 
 
@@ -150,6 +154,10 @@ def tokens_from_array(a, name: str = "array", *, seq_len: int = 0, vocab_size: i
     if seq_len and seq_len != a.shape[1]:
         raise ValueError(f"seq_len: the array {name!r} has rows of {a.shape[1]} tokens, found seq_len = {seq_len}")
     lo, hi = int(a.min()), int(a.max())
+    if vocab_size > MAX_VOCAB or (not vocab_size and hi >= MAX_VOCAB):     # V sizes the embedding tables
+        what = f"vocab_size = {vocab_size}" if vocab_size else f"its largest token id {hi} (vocab_size = {hi + 1})"
+        raise ValueError(f"data {name!r}: {what} is over the largest vocabulary, {MAX_VOCAB} tokens; "
+                         "a token id out of any vocabulary (discrete.vocab_size)")
     V = vocab_size or hi + 1
     if lo < 0 or hi >= V:
         raise ValueError(f"data {name!r}: token ids in [{lo}, {hi}], expected [0, {V - 1}] (vocab_size = {V}); "

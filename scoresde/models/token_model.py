@@ -10,6 +10,7 @@ with a registered sampler (from all-masked sequences, after a prompt, or filling
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from scoresde.samplers.masked import DISCRETE_SAMPLERS, categorical
 from scoresde.data.tokenizer import CharTokenizer
 from scoresde.models.nets import get_model
 from scoresde.data.languages import get_language
+from scoresde.models.prebuild import check_meta_sizes
 
 
 __all__ = ["MaskedLM", "AutoregressiveLM", "build_token_model", "TOKEN_TASKS"]
@@ -192,14 +194,17 @@ class AutoregressiveLM(_TokenModel):
         return self._end_at_eos(x, self.initial(n, prompt) == V)
 
 
-def build_token_model(meta: dict[str, Any], device: Any = None):
+def build_token_model(meta: dict[str, Any], device: Any = None, *, on_meta: bool = False):
     """(model, process) described by a token task's checkpoint metadata (process None for autoregressive),
-    with freshly initialised weights."""
+    with freshly initialised weights (the network on the meta device, shapes only, with `on_meta`). The
+    sizes are bounded first (`check_meta_sizes`: vocabulary, sequence length, depth, width, ...)."""
+    check_meta_sizes(meta)
     tok = meta["tokens"]
     V = int(tok["vocab_size"])
     tokenizer = CharTokenizer.from_config(tok["tokenizer"]) if tok.get("tokenizer") else None
     language = get_language(**tok["language"]) if tok.get("language") else None
-    net = get_model(meta["model"]["name"], **meta["model"]["config"])
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        net = get_model(meta["model"]["name"], **meta["model"]["config"])
     if meta.get("task") == "autoregressive":
         model, process = AutoregressiveLM(net, V, tokenizer, tok.get("eos_id"), language), None
     else:

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from scoresde._common.limits import check_sizes
+from scoresde.models.prebuild import check_diffusers_model
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.alpha_bar import DiscreteVPSDE
@@ -102,6 +104,7 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ValueError(f"path_or_module: cannot read {path!r} as a diffusers config: {e}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"path_or_module: {path!r} is not a diffusers config (a JSON object)")
+    check_sizes({k: v for k, v in cfg.items() if not k.startswith("_")}, f"path_or_module: {path!r}: ")
     return cfg
 
 
@@ -140,6 +143,8 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     if cls_name != "UNet2DModel":
         raise ValueError(f"path_or_module: expected a UNet2DModel (unconditional, pixel space), found "
                          f"{cls_name!r} in {cfg_path!r}")
+    # config.json bounded, the UNet built on the meta device and compared with the weights' header first
+    check_diffusers_model(diffusers.UNet2DModel, model_dir, "path_or_module")
     net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
     sched = _find_scheduler_config(model_dir)
     return net, (_read_json(sched) if sched else None)
@@ -171,9 +176,12 @@ def _scheduler_config(scheduler: Any) -> dict[str, Any]:
     return {"_class_name": type(scheduler).__name__, **dict(cfg)}
 
 
-def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "cubic",
+def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "auto",
                     ancestral_variance: str | None = None) -> tuple[DiscreteVPSDE, str]:
-    """(the `DiscreteVPSDE` of a diffusers scheduler config, our parameterisation of its prediction_type)."""
+    """(the `DiscreteVPSDE` of a diffusers scheduler config, our parameterisation of its prediction_type).
+
+    interpolation "auto": "cubic" where its interpolant of log alpha_bar decreases everywhere (DDPM's
+    1000-step tables), else "pchip", monotone for every table (short schedules such as 100 steps)."""
     diffusers = _diffusers()
     name = config.get("_class_name")
     _refuse_ve(name)
@@ -181,6 +189,7 @@ def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "cubic",
     if cls is None or not hasattr(cls, "from_config"):
         raise ValueError(f"scheduler: unknown diffusers scheduler class {name!r}; expected a DDPM-type scheduler "
                          "(DDPMScheduler, DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, ...)")
+    check_sizes({k: v for k, v in config.items() if not k.startswith("_")}, "scheduler: ")   # num_train_timesteps
     pred = config.get("prediction_type", "epsilon")
     if pred not in PREDICTIONS:
         raise ValueError(f"scheduler: prediction_type {pred!r} is not supported; expected one of {sorted(PREDICTIONS)}")
@@ -197,7 +206,15 @@ def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "cubic",
                          "variance-preserving schedule, which from_diffusers needs")
     if ancestral_variance is None:
         ancestral_variance = VARIANCES.get(config.get("variance_type", "fixed_small"), "posterior")
-    sde = DiscreteVPSDE(table.double(), interpolation=interpolation, ancestral_variance=ancestral_variance)
+    if interpolation != "auto":
+        return DiscreteVPSDE(table.double(), interpolation=interpolation,
+                             ancestral_variance=ancestral_variance), PREDICTIONS[pred]
+    try:
+        sde = DiscreteVPSDE(table.double(), interpolation="cubic", ancestral_variance=ancestral_variance)
+    except ValueError as e:
+        if not str(e).startswith("interpolation:"):        # the cubic overshoots: beta(t) <= 0 somewhere
+            raise
+        sde = DiscreteVPSDE(table.double(), interpolation="pchip", ancestral_variance=ancestral_variance)
     return sde, PREDICTIONS[pred]
 
 
@@ -210,7 +227,7 @@ def _data_shape(net: Any) -> tuple[int, ...] | None:
     return (int(channels), *hw)
 
 
-def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "cubic",
+def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "auto",
                    ancestral_variance: str | None = None) -> tuple[DiffusersScoreModel, DiscreteVPSDE]:
     """(score model, SDE) of a diffusers model trained with a discrete VP (DDPM) schedule.
 
@@ -222,7 +239,9 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
             object (with .unet and .scheduler). Nothing is downloaded.
         scheduler: the schedule, when `path_or_module` does not carry one (or to override it): a
             diffusers scheduler, its config dict, or a path to scheduler_config.json or its folder.
-        interpolation: of log alpha_bar between timesteps (see `DiscreteVPSDE`).
+        interpolation: of log alpha_bar between timesteps (see `DiscreteVPSDE`): "auto" (default) takes
+            "cubic" where it is monotone and "pchip" otherwise (short schedules, e.g. 100 timesteps),
+            so every DDPM-type schedule loads, also from the command line; `sde.interpolation` says which.
         ancestral_variance: "posterior" or "beta"; default from the scheduler's variance_type
             ("fixed_small" -> posterior, "fixed_large" -> beta; posterior otherwise).
 

@@ -26,18 +26,25 @@ on MPS), one table search per call, no host synchronisation.
 
 Reading never unpickles anything beyond tensors and plain containers (`torch.load(weights_only=True)`,
 with argparse.Namespace allowed for the `args` of the official train.py checkpoints, whose `ema`
-weights are taken, as the official `find_model` does); `.safetensors` files are read directly.
+weights are taken, as the official `find_model` does); `.safetensors` files are read directly. The
+file's tensor shapes (a `.safetensors` header, a memory-mapped `.pt`) are compared with DiT built on the
+meta device, its arguments bounded first, before DiT is built for real: a tiny or mismatched file is
+refused without allocating DiT-XL/2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from typing import Any, Mapping
 
 import torch
 
+from scoresde._common.headers import safetensors_shapes
+from scoresde._common.limits import check_sizes
 from scoresde.models.nets.dit import DIT_PRESETS, DiT
+from scoresde.models.prebuild import check_footprint, skeleton
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.linear import VPSDE
 
@@ -90,26 +97,22 @@ class DiscreteTimestepScoreModel(ScoreModel):
 
 def _read(path_or_state_dict: Any) -> dict[str, torch.Tensor]:
     """The state dict of a path (.pt / .pth / .safetensors) or a mapping, unwrapped from train.py's
-    {"model", "ema", "opt", "args"} and from a DDP `module.` prefix."""
+    {"model", "ema", "opt", "args"} and from a DDP `module.` prefix. A `.safetensors` file gives its
+    header only (meta tensors: shapes, no memory; `_materialise` reads them); a `.pt` file is mapped
+    into memory (torch.load(mmap=True)), not read, where its format allows."""
     src = path_or_state_dict
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path_or_state_dict: no such file {path!r}")
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            sd = load_file(path)
-        else:
-            allowed = getattr(torch.serialization, "safe_globals", None)
             try:
-                if allowed is None:
-                    sd = torch.load(path, map_location="cpu", weights_only=True)
-                else:
-                    with allowed([argparse.Namespace]):
-                        sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:     # pickle.UnpicklingError, RuntimeError (not a torch file), ...
-                raise ValueError(f"path_or_state_dict: {path!r} is not a torch file of tensors and plain "
-                                 f"containers ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                sd = {k: torch.empty(s, device="meta") for k, s in safetensors_shapes(path).items()}
+            except Exception as e:     # safetensors reports damaged headers with several exception types
+                raise ValueError(f"path_or_state_dict: {path!r} is not a readable safetensors file "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        else:
+            sd = _torch_load(path)
     elif isinstance(src, Mapping):
         sd = src
     else:
@@ -128,6 +131,34 @@ def _read(path_or_state_dict: Any) -> dict[str, torch.Tensor]:
     if bad:
         raise ValueError(f"path_or_state_dict: expected a state dict of tensors, found non-tensors at {bad[:3]}")
     return sd
+
+
+def _torch_load(path: str) -> Any:
+    """torch.load(weights_only=True) with argparse.Namespace allowed, memory-mapped when the file's format
+    allows (the zip format of torch >= 1.6): the tensors' shapes are known before their bytes are read."""
+    allowed = getattr(torch.serialization, "safe_globals", None)
+    ctx = allowed([argparse.Namespace]) if allowed is not None else contextlib.nullcontext()
+    try:
+        with ctx:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)    # the legacy format
+    except Exception as e:     # pickle.UnpicklingError, RuntimeError (not a torch file), ...
+        raise ValueError(f"path_or_state_dict: {path!r} is not a torch file of tensors and plain "
+                         f"containers ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _materialise(path_or_state_dict: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`sd` with the tensors of a `.safetensors` file read (the checks passed on its header)."""
+    if not any(v.is_meta for v in sd.values()):
+        return sd
+    from safetensors.torch import load_file
+    full = load_file(os.fspath(path_or_state_dict))
+    prefix = "module." if full and all(k.startswith("module.") for k in full) else ""
+    return {k: full[prefix + k] for k in sd}
 
 
 def _args(model: str | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -210,17 +241,24 @@ def load_dit(path_or_state_dict: Any, *, model: str | None = None, **official_ar
     Shapes that do not fit the arguments raise ValueError naming the keys and the likely argument.
     """
     args = _args(model, official_args)
-    sd = _read(path_or_state_dict)
-    K = args["num_classes"]
-    net = DiT(data_shape=(args["in_channels"], args["input_size"], args["input_size"]), depth=args["depth"],
-              hidden_size=args["hidden_size"], num_heads=args["num_heads"], patch_size=args["patch_size"],
-              mlp_ratio=args["mlp_ratio"], num_classes=K, learn_sigma=args["learn_sigma"],
-              null_label=args["class_dropout_prob"] > 0)
-    problem = _mismatch(net, sd, args)
+    check_sizes(args, "")                                       # depth, hidden_size, input_size, ... bounded
+    sd = _read(path_or_state_dict)                              # a .safetensors file: its header only
+
+    def build() -> DiT:
+        return DiT(data_shape=(args["in_channels"], args["input_size"], args["input_size"]), depth=args["depth"],
+                   hidden_size=args["hidden_size"], num_heads=args["num_heads"], patch_size=args["patch_size"],
+                   mlp_ratio=args["mlp_ratio"], num_classes=args["num_classes"], learn_sigma=args["learn_sigma"],
+                   null_label=args["class_dropout_prob"] > 0)
+
+    bare = skeleton(build)                                      # shapes only: compared before any memory
+    problem = _mismatch(bare, sd, args)
     if problem:
         given = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        raise ValueError(f"path_or_state_dict: the weights do not fit DiT({given}): {problem}")
-    net.load_state_dict(sd, strict=True)
+        src = f" in {os.fspath(path_or_state_dict)!r}" if isinstance(path_or_state_dict, (str, os.PathLike)) else ""
+        raise ValueError(f"path_or_state_dict: the weights{src} do not fit DiT({given}): {problem}")
+    check_footprint(bare, "path_or_state_dict")
+    net = build()
+    net.load_state_dict(_materialise(path_or_state_dict, sd), strict=True)
     sde = VPSDE(beta_min=0.1, beta_max=20.0, N=1000)   # beta_i = linspace(1e-4, 0.02, 1000), DiT's schedule
     score_model = DiscreteTimestepScoreModel(net, sde, sde.alphas_cumprod, parameterization="eps")
     return score_model.eval(), sde

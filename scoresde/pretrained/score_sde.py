@@ -39,8 +39,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from scoresde._common.limits import check_sizes
 from scoresde.models.nets.ncsnpp import NCSNpp
 from scoresde.models.nets.unet import DDPMUNet
+from scoresde.models.prebuild import check_footprint
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.linear import SubVPSDE, VESDE, VPSDE
 from scoresde._common.tensors import append_dims, as_time
@@ -100,6 +102,8 @@ def resolve_config(config: Any) -> tuple[str | None, dict]:
         raise TypeError(f"config: expected a preset name (str) or score_sde's nested config dict, "
                         f"found {type(config).__name__}")
     _check_config(cfg)
+    for section in ("model", "data"):                      # nf, num_scales, image_size, ... bounded
+        check_sizes(cfg[section], f"config {section}.")
     return name, cfg
 
 
@@ -333,7 +337,21 @@ def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], shadow: li
                  num_scales: int | None = None, label: str = "the config") -> None:
     """Copy a score_sde state dict (with or without the `module.` prefix) into our `net`; with `shadow`,
     the trainable parameters come from that list (score_sde's EMA). A key that is missing, has another
-    shape or is unexpected raises ValueError naming the key and both shapes."""
+    shape or is unexpected raises ValueError naming the key and both shapes (`match_weights`)."""
+    entries, values = match_weights(net, state_dict, shadow, num_scales=num_scales, label=label)
+    ours = net.state_dict()
+    with torch.no_grad():
+        for e in entries:
+            if e.target:
+                dst = ours[e.target] if e.rows is None else ours[e.target][e.rows]
+                src = values[e.key]
+                dst.copy_(src.t().reshape(dst.shape) if e.nin else src)
+
+
+def match_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], shadow: list | None = None, *,
+                  num_scales: int | None = None, label: str = "the config"):
+    """(key map entries, {score_sde key: tensor}) after checking every shape of `state_dict` (and `shadow`)
+    against `net`, which may be on the meta device: nothing is copied."""
     prefix = "module." if all(k.startswith("module.") for k in state_dict) else ""
     sd = {k[len(prefix):]: v for k, v in state_dict.items()}
     ours = net.state_dict()
@@ -371,14 +389,9 @@ def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], shadow: li
                                  f"{expected[key]} in the config")
             values[key] = p
     covered = {e.target for e in entries if e.target}
-    if set(ours) != covered:                               # every tensor of ours is written below
+    if set(ours) != covered:                               # every tensor of ours is written by load_weights
         raise RuntimeError(f"internal: score_sde key map leaves {sorted(set(ours) - covered)[:3]} unset")
-    with torch.no_grad():
-        for e in entries:
-            if e.target:
-                dst = ours[e.target] if e.rows is None else ours[e.target][e.rows]
-                src = values[e.key]
-                dst.copy_(src.t().reshape(dst.shape) if e.nin else src)
+    return entries, values
 
 
 def load_score_sde(path_or_state: Any, config: Any, ema: bool = True, device: Any = None):
@@ -400,9 +413,13 @@ def load_score_sde(path_or_state: Any, config: Any, ema: bool = True, device: An
     state_dict, shadow = _weights(obj, ema)
     with torch.device("meta"):                             # no initialisation: every tensor is loaded below
         net = build_network(cfg)
+    # the config (sizes bounded in resolve_config) may not describe more than the checkpoint holds, nor
+    # more than the memory budget, before the network gets memory
+    label = f"config {name!r}" if name else "the config"
+    match_weights(net, state_dict, shadow, num_scales=int(cfg["model"]["num_scales"]), label=label)   # shapes only
+    check_footprint(net, label)
     net = net.to_empty(device="cpu")
-    load_weights(net, state_dict, shadow, num_scales=int(cfg["model"]["num_scales"]),
-                 label=f"config {name!r}" if name else "the config")
+    load_weights(net, state_dict, shadow, num_scales=int(cfg["model"]["num_scales"]), label=label)
     sde = build_sde(cfg)
     model = ScoreSDEModel(net, sde, cfg, preset=name).eval()
     return (model.to(device) if device is not None else model), sde

@@ -1,17 +1,24 @@
 """Loading a trained model from a run directory or checkpoint file (`scoresde.load`; `open_run` also
 gives the checkpoint file and its metadata): rebuild the network, the ScoreModel and the SDE from the
-checkpoint's metadata, check the weights' shapes before loading, apply the EMA weights; and
-`load_autoencoder` for latent runs (a scoresde autoencoder run or a diffusers `AutoencoderKL` directory).
+checkpoint's metadata, apply the EMA weights; and `load_autoencoder` for latent runs (a scoresde
+autoencoder run or a diffusers `AutoencoderKL` directory).
+
+The metadata never sizes memory or time before it is bounded: every size field is checked against
+`scoresde._common.limits` first, then the network is built on the meta device and its weights' shapes
+compared with the file's and its size with the memory budget; only then is it built for real.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, NamedTuple
 
+import torch
+from torch import nn
+
+from scoresde.models.prebuild import check_footprint, check_meta_sizes, skeleton
 from scoresde.models.token_model import build_token_model
 from scoresde.runs.checkpoint import CheckpointError, check_shapes, find_checkpoint, read_checkpoint, unflatten_state
-
-from torch import nn
 
 from scoresde.models.autoencoders.vae import KLAutoencoder
 from scoresde.models.autoencoders.autoencoder import Autoencoder, diffusers_dir, from_diffusers, load_diffusers
@@ -21,13 +28,16 @@ from scoresde.sde.base import get_sde
 from scoresde.models.ema import EMA
 
 
-def build_model(meta: dict[str, Any], device: Any = None):
-    """(ScoreModel, SDE) described by a checkpoint's metadata, with freshly initialised weights."""
+def build_model(meta: dict[str, Any], device: Any = None, *, on_meta: bool = False):
+    """(ScoreModel, SDE) described by a checkpoint's metadata, with freshly initialised weights (the
+    network on the meta device, shapes only, with `on_meta`). The sizes are bounded first (`check_meta_sizes`)."""
+    check_meta_sizes(meta)
     sde = get_sde(meta["sde"]["name"], **meta["sde"]["config"])
     net_cfg = dict(meta["model"]["config"])
     net_cfg["data_shape"] = tuple(net_cfg.get("data_shape", meta["data_shape"]))
-    net = get_model(meta["model"]["name"], **net_cfg)
-    model = ScoreModel(net, sde, **meta["model"].get("score_config", {}))
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        net = get_model(meta["model"]["name"], **net_cfg)
+        model = ScoreModel(net, sde, **meta["model"].get("score_config", {}))
     return model.to(device) if device is not None else model, sde
 
 
@@ -65,9 +75,14 @@ def open_run(path: str | os.PathLike, *, ema: bool = True, device: Any = None, a
         raise CheckpointError(f"checkpoint {file!r}: an autoencoder run (scoresde train-autoencoder), not a score "
                               "model; load it with scoresde.load_autoencoder, or train a latent model on it with "
                               "scoresde train --autoencoder")
+    check_meta_sizes(meta, f"checkpoint {file!r}: metadata ", CheckpointError)
     build = build_token_model if meta.get("task") in ("masked", "autoregressive") else build_model
     try:
-        check_shapes(lambda: build(meta)[0], tensors, "model/", file)
+        # the network on the meta device first: its weights' shapes against the file's, its size against
+        # the memory budget; only then for real
+        bare = build(meta, on_meta=True)[0]
+        check_shapes(lambda: bare, tensors, "model/", file)
+        _check_footprint(bare, file)
         model, sde = build(meta)
         weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         model.load_state_dict(weights, strict=True)
@@ -86,6 +101,13 @@ def open_run(path: str | os.PathLike, *, ema: bool = True, device: Any = None, a
     if device is not None:
         model.to(device)
     return LoadedRun(model, sde, file, meta)
+
+
+def _check_footprint(module: nn.Module, file: str) -> None:
+    try:
+        check_footprint(module, f"checkpoint {file!r}: the model its metadata describes")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _latent_autoencoder(file: str, info: dict[str, Any], path: Any, verify: bool = True):
@@ -110,10 +132,13 @@ def _load_scoresde(path: str, verify: bool = True) -> Autoencoder:
     if meta.get("task") != "autoencoder":
         raise ValueError(f"autoencoder {path!r}: a scoresde run of task {meta.get('task', 'score')!r}; expected an "
                          "autoencoder run (scoresde train-autoencoder) or a diffusers AutoencoderKL directory")
+    check_meta_sizes(meta, f"checkpoint {file!r}: metadata ", CheckpointError)
     cfg, info = meta["model"]["config"], meta["autoencoder"]
     prefix = "model/vae."
     try:
-        check_shapes(lambda: KLAutoencoder(**cfg), tensors, prefix, file)
+        bare = skeleton(lambda: KLAutoencoder(**cfg))
+        check_shapes(lambda: bare, tensors, prefix, file)
+        _check_footprint(bare, file)
         vae = KLAutoencoder(**cfg)
         vae.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     except CheckpointError:

@@ -20,13 +20,15 @@ import os
 import tomllib
 from typing import Any, Mapping
 
+from scoresde._common import limits as L
 from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
 from scoresde.models.nets import MODELS, check_model_config
 from scoresde.models.score_model import ScoreModel
 
 
-__all__ = ["default_config", "resolve", "validate", "check_model_keys", "parse_override", "set_dotted"]
+__all__ = ["default_config", "resolve", "validate", "check_model_keys", "check_sizes_of", "check_run_memory",
+           "parse_override", "set_dotted"]
 
 
 # The embedded default: `scoresde train` with no arguments trains this (about 2 minutes on 2 cores: 6000 steps + 4000 samples).
@@ -145,6 +147,15 @@ _BOUNDS = {
     "vae.dropout": (0.0, False), "vae.kl_weight": (0.0, False), "vae.disc_weight": (0.0, False),
     "vae.disc_start": (0, False), "vae.disc_ch": (1, False), "vae.disc_layers": (1, False),
 }
+# upper bounds of the keys that size memory or time (scoresde._common.limits): checked on the merged config,
+# so a resumed run's stored config is held to them too; the [sde], [model] and [vae] sizes by their names
+_MAXIMA = {
+    "train.batch_size": L.MAX_BATCH, "data.size": L.MAX_DATA_SIZE, "data.image_size": L.MAX_IMAGE_SIDE,
+    "sample.n": L.MAX_SAMPLES, "eval.n": L.MAX_SAMPLES, "sample.steps": L.MAX_STEPS,
+    "discrete.seq_len": L.MAX_SEQ_LEN, "discrete.vocab_size": L.MAX_VOCAB, "discrete.eos_id": L.MAX_VOCAB,
+    "discrete.max_depth": L.MAX_SEQ_LEN, "discrete.digits": L.MAX_DIGITS, "discrete.block_length": L.MAX_SEQ_LEN,
+    "discrete.eval_draws": L.MAX_SAMPLES,
+}
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 
 
@@ -233,7 +244,33 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
                                  "set task (e.g. --task masked) or remove the section")
             out.pop(key)
     check_model_keys(out["model"])
+    check_sizes_of(out)
     return out
+
+
+def check_sizes_of(cfg: Mapping[str, Any]) -> None:
+    """The keys that size memory or time within their bounds (`_MAXIMA`; the [sde], [model] and [vae]
+    sizes by name, `scoresde._common.limits.SIZE_BOUNDS`): ValueError "config KEY: expected at most ...".
+    """
+    for key, limit in _MAXIMA.items():
+        section, sub = key.split(".")
+        value = cfg.get(section, {}).get(sub)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise ValueError(f"config {key}: expected at most {limit}, found {value!r}")
+    for section in ("sde", "model", "vae"):
+        L.check_sizes(cfg.get(section, {}), f"config {section}.")
+
+
+def check_run_memory(cfg: Mapping[str, Any], example_numel: int) -> None:
+    """The data tensors a run holds at once within the memory budget: a batch (the examples, the noise, the
+    noised examples and the network's output) and the samples drawn at once (sample.n, eval.n: the state,
+    the noise and the score), float32 examples of `example_numel` values. ValueError naming the key;
+    the network's activations come on top."""
+    for key, copies in (("train.batch_size", 4), ("sample.n", 3), ("eval.n", 3)):
+        section, sub = key.split(".")
+        count = cfg.get(section, {}).get(sub, 0)
+        L.check_memory(4 * example_numel * count * copies, f"config {key} = {count}: {count} examples of "
+                       f"{example_numel} values (float32, {copies} copies)")
 
 
 def _task_attr(task: Any, name: str, default: Any) -> Any:

@@ -38,6 +38,7 @@ from scoresde._common.files import StorageError, atomic_write_bytes, remove_stal
 from scoresde._common.toml import save_toml
 from scoresde.runs.directory import RunLock, RunLockedError, append_log
 from scoresde.training.resolve import resolve_run, run_dir_of
+from scoresde.training.config import check_run_memory
 from scoresde.training.tasks.base import Task
 from scoresde._common.threads import policy_threads
 from scoresde.models.ema import EMA
@@ -175,6 +176,8 @@ class Engine:
         """Task, model, optimiser, EMA and generators; restored from the resume checkpoint if any."""
         cfg, T, info, device, task = self.cfg, self.T, self.info, self.device, self.task
         task.prepare()
+        if task.example_numel < 1 << 30:                 # (the base Task's 1 << 30: the size is not known)
+            check_run_memory(cfg, task.example_numel)    # batch and samples within the memory budget
         threads = policy_threads((task.example_numel,), device, cfg["threads"])
         if threads is not None:                             # small examples: more threads only synchronise
             torch.set_num_threads(threads)

@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from scoresde._common.headers import array_headers, check_header, load_checked
+
 __all__ = ["feature_stats", "frechet_distance", "fid_from_features", "load_stats", "save_stats"]
 
 
@@ -101,21 +103,28 @@ def save_stats(path: str, mu, sigma, **extra) -> None:
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from an `.npz` with arrays `mu` and `sigma` (pytorch-fid, EDM or `save_stats`)."""
+    """(mu, sigma) from an `.npz` with arrays `mu` and `sigma` (pytorch-fid, EDM or `save_stats`).
+
+    The shapes and dtypes are checked from the arrays' headers before either is read: mu (F,) and sigma
+    (F, F) of numbers, within the memory budget, else a ValueError naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"stats {path!r}: no such file")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"stats {path!r}: not a readable .npz file ({str(e).splitlines()[0]})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
+    headers = array_headers(path, "stats")
+    if "" in headers:
         raise ValueError(f"stats {path!r}: expected an .npz file with arrays 'mu' and 'sigma', found a single array")
-    with z:
-        keys = list(z.keys())
-        if "mu" not in keys or "sigma" not in keys:
-            raise ValueError(f"stats {path!r}: expected arrays 'mu' and 'sigma', found keys {keys}")
-        mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise ValueError(f"stats {path!r}: expected mu (F,) and sigma (F, F), found shapes {mu.shape} and "
-                         f"{sigma.shape}")
+    if "mu" not in headers or "sigma" not in headers:
+        raise ValueError(f"stats {path!r}: expected arrays 'mu' and 'sigma', found keys {list(headers)}")
+    mu_h, sigma_h = headers["mu"], headers["sigma"]
+    for h in (mu_h, sigma_h):
+        if h.dtype.hasobject or not (np.issubdtype(h.dtype, np.integer) or np.issubdtype(h.dtype, np.floating)):
+            raise ValueError(f"stats {path!r}: array {h.key!r} has dtype {h.dtype}; expected real numbers "
+                             "(object arrays are never unpickled)")
+    F = mu_h.shape[0] if len(mu_h.shape) == 1 else None
+    if F is None or sigma_h.shape != (F, F):
+        raise ValueError(f"stats {path!r}: expected mu (F,) and sigma (F, F), found shapes {mu_h.shape} and "
+                         f"{sigma_h.shape}")
+    # sigma as float64, and the products and square root frechet_distance takes of it (about 6 copies)
+    check_header(sigma_h, "stats", extra_per_value=6 * 8)
+    mu = np.asarray(load_checked(path, "mu", "stats", headers=headers), np.float64)
+    sigma = np.asarray(load_checked(path, "sigma", "stats", headers=headers), np.float64)
     return mu, sigma

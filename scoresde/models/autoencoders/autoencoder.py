@@ -24,6 +24,7 @@ from torch import nn
 from scoresde._common.digests import tensor_digests
 
 from scoresde.models.autoencoders.vae import DiagonalGaussian
+from scoresde.models.prebuild import check_diffusers_model
 
 
 __all__ = ["Autoencoder", "measure_scale_factor"]
@@ -220,6 +221,7 @@ def load_diffusers(path: str, d: str) -> Autoencoder:
     except ImportError:
         raise ModuleNotFoundError(f"autoencoder {path!r} is a diffusers AutoencoderKL directory; reading it needs the "
                                   "diffusers package (pip install diffusers, or scoresde[bench])") from None
+    check_diffusers_model(AutoencoderKL, d, f"autoencoder {path!r}")    # bounded config, meta build vs header
     try:
         vae = AutoencoderKL.from_pretrained(d, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from scoresde._common.limits import MAX_CLASSES
 from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source
 from scoresde.training.tasks.base import TASKS, Task
 from scoresde.models.nets import MODELS
@@ -75,6 +76,10 @@ class ScoreTask(Task):
                              "(built-in mixture/moons/rings/digits, .npz key y or labels, image sub-folders); "
                              "set model.num_classes = 0 for an unconditional model")
         lo, hi = int(ds.labels.min()), int(ds.labels.max())
+        if K == "auto" and hi >= MAX_CLASSES:          # K sizes the label embedding: bounded before it exists
+            raise ValueError(f"model.num_classes = \"auto\": data {ds.name!r} has a label {hi}, which would make "
+                             f"{hi + 1} classes, over the bound of {MAX_CLASSES}; labels must be class indices "
+                             "0 .. K-1")
         if K == "auto":
             K = self.cfg["model"]["num_classes"] = max(hi + 1, len(ds.classes))
         if lo < 0 or hi >= K:

@@ -1,0 +1,112 @@
+"""Checks before a network described by a file is built for real.
+
+A config (a checkpoint's metadata, a diffusers config.json, load_dit's arguments) first has every size
+field bounded (`scoresde._common.limits.check_sizes`), so that even a build on the meta device stays
+quick; the network is then built on the meta device (shapes only, no memory), its parameters and
+buffers compared with the memory budget and its state-dict shapes with the weights the file holds
+(from the file's header where it has one). Only a network that passed is built with real memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from scoresde._common.headers import safetensors_shapes
+from scoresde._common.limits import check_memory, check_sizes
+
+__all__ = ["check_meta_sizes", "skeleton", "module_bytes", "check_footprint", "compare_shapes", "check_diffusers_model"]
+
+
+def check_meta_sizes(meta: dict[str, Any], where: str = "metadata ", error: type[Exception] = ValueError) -> None:
+    """Every field of a checkpoint's metadata that sizes memory or time (the SDE's N, the network's depth,
+    widths, levels, heads, patch and image sizes, sequence length, vocabulary, classes; the autoencoder's)
+    within the bounds of `scoresde._common.limits`, before anything is built: `error` names the field."""
+    for section, sub in (("sde", "config"), ("model", "config"), ("model", "score_config"), ("tokens", None),
+                         ("process", None), ("autoencoder", None)):
+        part = meta.get(section)
+        part = part.get(sub) if isinstance(part, dict) and sub else part
+        if isinstance(part, dict):
+            check_sizes({k: v for k, v in part.items() if k != "tokenizer"}, f"{where}{section}.{sub + '.' if sub else ''}",
+                        error)
+    check_sizes({"data_shape": meta.get("data_shape", [])}, where, error)
+
+
+def skeleton(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` on the meta device: every parameter and buffer has its shape and dtype, none has memory."""
+    with torch.device("meta"):
+        return build()
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (persistent or not), from their shapes and dtypes."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def check_footprint(module: nn.Module, what: str) -> None:
+    """ValueError naming `what` when the module's parameters and buffers exceed the memory budget."""
+    n = sum(p.numel() for p in module.parameters())
+    check_memory(module_bytes(module), f"{what}: the network it describes ({n} parameters)")
+
+
+def compare_shapes(module: nn.Module, shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
+    """The module's state-dict shapes against a weights file's `shapes` (from its header): when the names
+    agree, every shape must; when they do not (a file in an older naming that the loader converts), the
+    network may not hold more values than the file. ValueError naming `what`, the tensor and both shapes."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if set(own) == set(shapes):
+        for k, s in own.items():
+            if tuple(shapes[k]) != s:
+                raise ValueError(f"{what}: weight {k!r} has shape {list(shapes[k])} in the file, but the config "
+                                 f"describes {list(s)}")
+        return
+    need = sum(_numel(s) for s in own.values())
+    have = sum(_numel(s) for s in shapes.values())
+    if need > have:
+        missing = sorted(set(own) - set(shapes))
+        raise ValueError(f"{what}: the config describes a network of {need} values, but the weights file holds "
+                         f"{have}" + (f" (it lacks {missing[0]!r}, ...)" if missing else ""))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]:
+    """Before `cls.from_pretrained(model_dir)` (a diffusers model class): config.json's sizes within bounds,
+    the model built on the meta device within the memory budget and compared with the safetensors
+    weights' header. Returns the config. ValueError "{what}: ..." naming the file and field otherwise."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{what}: cannot read {path!r} as a diffusers config ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what}: {path!r} is not a diffusers config (a JSON object)")
+    check_sizes({k: v for k, v in cfg.items() if not k.startswith("_")}, f"{what}: {path!r}: ")
+    try:
+        net = skeleton(lambda: cls.from_config(cfg))
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as e:
+        raise ValueError(f"{what}: {path!r} does not describe a {cls.__name__} "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    weights = next((os.path.join(model_dir, w) for w in _WEIGHTS if os.path.isfile(os.path.join(model_dir, w))), None)
+    if weights is not None:
+        try:
+            shapes = safetensors_shapes(weights)
+        except Exception as e:          # safetensors reports a damaged header with several exception types
+            raise ValueError(f"{what}: {weights!r} is not a readable safetensors file "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        compare_shapes(net, shapes, f"{what}: {weights!r}")
+    check_footprint(net, f"{what}: {path!r}")
+    return cfg
