@@ -17,6 +17,8 @@ import socket
 import stat
 import tempfile
 
+from typing import Any, BinaryIO, Callable, Iterable
+
 import numpy as np
 
 
@@ -86,6 +88,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     `path` is replaced, not followed). Any failure (a full disk, a read-only file system, a directory in
     the way) raises `StorageError` with one line naming `path`; the temporary file is removed and the
     previous file, if any, is left as it was."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """`atomic_write_bytes` for content written piece by piece: `write(f)` writes into the temporary file
+    (e.g. chunks of a large array, never all in memory at once)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
@@ -97,7 +105,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_host()}-{os.getpid()}.", suffix=TMP_SUFFIX, dir=directory)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)        # mkstemp makes 0600: give the file the mode open() would
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -177,6 +185,26 @@ def save_npy(path: str | os.PathLike, array) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_npy_chunks(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, chunks: Iterable[Any]) -> None:
+    """Write a .npy file of `shape` and `dtype` from `chunks` (arrays or CPU tensors along the first axis, in
+    order) atomically, holding one chunk at a time; their total length must be shape[0]."""
+    dtype = np.dtype(dtype)
+
+    def write(f):
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        rows = 0
+        for chunk in chunks:
+            a = np.ascontiguousarray(np.asarray(chunk), dtype=dtype)
+            if a.shape[1:] != tuple(shape[1:]):
+                raise ValueError(f"{os.fspath(path)}: a chunk of shape {a.shape} in an array of shape {tuple(shape)}")
+            rows += len(a)
+            f.write(a.tobytes())
+        if rows != shape[0]:
+            raise ValueError(f"{os.fspath(path)}: {rows} rows written, the header says {shape[0]}")
+    atomic_write(path, write)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:

@@ -22,7 +22,7 @@ import re
 from typing import Any, Mapping
 
 __all__ = ["SIZE_BOUNDS", "PIXEL_BUDGET", "MAX_EXAMPLE_NUMEL", "memory_budget", "parse_bytes", "format_bytes",
-           "size_problem", "check_sizes", "check_memory"]
+           "size_problem", "check_sizes", "check_memory", "sample_batch"]
 
 # --- the bounds --------------------------------------------------------------------------------------------
 MAX_STEPS = 100_000          # SDE steps N, diffusion timesteps (DDPM: 1000, score_sde VE: 2000)
@@ -178,3 +178,14 @@ def check_memory(needed: int, what: str, *, budget: int | None = None) -> None:
     if needed > budget:
         raise ValueError(f"{what} needs about {format_bytes(needed)} in memory, over the memory budget of "
                          f"{format_bytes(budget)} (half the machine's memory; set SCORESDE_MEMORY_BUDGET to change it)")
+
+
+SAMPLE_BATCH = 1 << 16       # examples drawn in one sampler call when they are small (2-D points)
+SAMPLE_BATCH_VALUES = 1 << 22  # values (examples x values per example) in one sampler call otherwise
+
+
+def sample_batch(data_shape) -> int:
+    """Examples per sampler call when many are drawn (`scoresde sample --n`, `likelihood --n`): at most
+    65536, and at most 2^22 values in all (e.g. 1365 images of 3x32x32), so the network's activations for
+    one call stay within a few GB; fewer examples than that are one call."""
+    return max(1, min(SAMPLE_BATCH, SAMPLE_BATCH_VALUES // max(1, math.prod(data_shape))))

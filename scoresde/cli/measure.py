@@ -16,6 +16,7 @@ import torch
 
 from scoresde._common.distributed import resolve_device
 from scoresde._common.files import atomic_write_bytes
+from scoresde._common.limits import sample_batch
 from scoresde._common.threads import SMALL_EXAMPLE, thread_policy
 from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, user_errors
 from scoresde.cli.tokens import SEQUENCE_TASKS, likelihood_tokens
@@ -85,8 +86,9 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
         if source.pretrained and hasattr(model, "from_unit"):            # score_sde's data space ([0, 1] for VE)
             x, data_range = model.from_unit((x + 1) / 2), tuple(model.data_range)
         div = divergence if divergence != "auto" else ("exact" if x[0].numel() <= 16 else "hutchinson")
-        # one solve for small examples: the batch shares its steps, so two solves cost twice the NFE
-        batch_size = batch_size or (len(x) if x[0].numel() <= SMALL_EXAMPLE else 256)
+        # one solve for small examples (the batch shares its steps, so two solves cost twice the NFE), up to
+        # `sample_batch` of them (memory: one solve holds the network's activations of its whole batch)
+        batch_size = batch_size or (min(len(x), sample_batch(x.shape[1:])) if x[0].numel() <= SMALL_EXAMPLE else 256)
         with thread_policy(x.shape[1:], dev):
             r = dataset_likelihood(model, sde, x, batch_size, divergence=div, levels=levels, rtol=tol, atol=tol,
                                    data_range=data_range, generator=torch.Generator(dev).manual_seed(seed),

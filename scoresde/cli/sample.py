@@ -4,13 +4,16 @@ Song et al. 2021, arXiv:2011.13456, App. I.2); a sequence run's texts (`scoresde
 """
 from __future__ import annotations
 
+import math
 import os
 
 import click
+import numpy as np
 import torch
 
 from scoresde._common.distributed import resolve_device
-from scoresde._common.files import save_npy
+from scoresde._common.files import save_npy_chunks
+from scoresde._common.limits import check_memory, sample_batch
 from scoresde._common.threads import thread_policy
 from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, names, user_errors
 from scoresde.cli.steps import stored_steps
@@ -158,12 +161,13 @@ def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | Non
     sampler = sampler or _PRETRAINED_DEFAULTS["sampler"]
     steps = steps or _PRETRAINED_DEFAULTS["steps"]
     g = torch.Generator(dev).manual_seed(seed)
-    with torch.no_grad():
-        x = sde.sample(model, n, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
-    x = model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
-    if out.lower().endswith(".npy"):
-        save_npy(out, x)
-    else:
+
+    def draw(b: int) -> torch.Tensor:
+        with torch.no_grad():
+            x = sde.sample(model, b, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+        return model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
+    x = write_chunked(out, n, tuple(model.data_shape), draw)
+    if x is not None:
         plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
 
 
@@ -187,8 +191,15 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
     with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
         if known is None:
             kw = stored_steps(source.path, file, sampler, steps)  # RUN/steps/<sampler>-<NFE>.json, when made
-            x = sde.sample(score, n, sampler=sampler, generator=g, device=dev, progress=True, **kw)
-            x = (ae.decode_all(x) if ae is not None else x).cpu()
+
+            def draw(b: int) -> torch.Tensor:
+                x = sde.sample(score, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+                return (ae.decode_all(x) if ae is not None else x).cpu()
+            shape = tuple(model.data_shape) if ae is None else (
+                ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
+            x = write_chunked(out, n, shape, draw)
+            if x is None:                                        # streamed to the .npy file
+                return
             title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
         else:
             x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
@@ -196,6 +207,22 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
             inputs = {"known": x_known, "mask": m}
             title += f", inpainted ({mask}), {sampler}"
     save_samples(x, out, title, **inputs)
+
+
+def write_chunked(out: str, n: int, shape: tuple[int, ...], draw) -> torch.Tensor | None:
+    """Draw `n` samples of `shape` with `draw(b)` in batches of at most `sample_batch(shape)` (the same
+    generator runs on, so n up to one batch is one call): a .npy `out` is streamed chunk by chunk (memory
+    bounded by one batch, None returned); for a figure the samples are returned, refused first when they
+    would not fit the memory budget."""
+    b = sample_batch(shape)
+    if out.lower().endswith(".npy"):
+        if b < n:
+            click.echo(f"drawing {n} samples in {-(-n // b)} batches of {b}", err=True)
+        save_npy_chunks(out, (n, *shape), np.float32, (draw(min(b, n - i)).float().numpy() for i in range(0, n, b)))
+        return None
+    check_memory(n * math.prod(shape) * 4, f"--n {n}: a figure of {n} samples of shape {shape} (a .npy --out is "
+                 "streamed in batches)")
+    return torch.cat([draw(min(b, n - i)) for i in range(0, n, b)])
 
 
 def _guided_score(model, meta: dict, label: str | None, w: float | None):
