@@ -101,6 +101,11 @@ def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]
         raise ValueError(f"{what}: {path!r} does not describe a {cls.__name__} "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     weights = next((os.path.join(model_dir, w) for w in _WEIGHTS if os.path.isfile(os.path.join(model_dir, w))), None)
+    if weights is None:                 # nothing is unpickled: pickled .bin / .ckpt weights are refused
+        found = sorted(n for n in os.listdir(model_dir) if n.endswith((".bin", ".ckpt", ".pt", ".pth")))
+        raise ValueError(f"{what}: {model_dir!r} holds no safetensors weights" + (
+            f" (only pickled {', '.join(found)}: scoresde never unpickles; save them again with "
+            "save_pretrained(..., safe_serialization=True))" if found else ""))
     if weights is not None:
         try:
             shapes = safetensors_shapes(weights)

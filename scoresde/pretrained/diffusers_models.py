@@ -145,7 +145,8 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
                          f"{cls_name!r} in {cfg_path!r}")
     # config.json bounded, the UNet built on the meta device and compared with the weights' header first
     check_diffusers_model(diffusers.UNet2DModel, model_dir, "path_or_module")
-    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False)
+    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
+                                               use_safetensors=True)
     sched = _find_scheduler_config(model_dir)
     return net, (_read_json(sched) if sched else None)
 

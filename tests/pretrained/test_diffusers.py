@@ -276,3 +276,12 @@ def test_errors(unet, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)                    # diffusers not installed
     with pytest.raises(ImportError, match="pip install diffusers"):
         ss.from_diffusers(unet, DDPMScheduler())
+
+
+def test_pickled_weights_are_refused_in_one_line(unet, tmp_path):
+    """Issue 27, item 5: a folder holding only a pickled .bin is refused (nothing is unpickled), naming it."""
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    pipe.save_pretrained(tmp_path, safe_serialization=False)
+    assert not list(tmp_path.glob("unet/*.safetensors")) and list(tmp_path.glob("unet/*.bin"))
+    with pytest.raises(ValueError, match=r"holds no safetensors weights \(only pickled diffusion_pytorch_model.bin"):
+        ss.from_diffusers(str(tmp_path))

@@ -223,7 +223,7 @@ def load_diffusers(path: str, d: str) -> Autoencoder:
                                   "diffusers package (pip install diffusers, or scoresde[bench])") from None
     check_diffusers_model(AutoencoderKL, d, f"autoencoder {path!r}")    # bounded config, meta build vs header
     try:
-        vae = AutoencoderKL.from_pretrained(d, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(d, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"autoencoder {path!r}: diffusers could not read it ({str(e).splitlines()[0]})") from None
     return from_diffusers(vae.float(), os.path.abspath(path))
