@@ -22,7 +22,7 @@ from scoresde.cli.common import ModelSource, allow_unverified_option, device_opt
 from scoresde.cli.tokens import SEQUENCE_TASKS, likelihood_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.evaluation.likelihood import dataset_likelihood
-from scoresde.evaluation.metrics.evaluate import evaluate_files
+from scoresde.evaluation.metrics.files import evaluate_files
 from scoresde.runs.checkpoint import checkpoint_task
 
 

@@ -12,8 +12,9 @@ from scoresde.evaluation.metrics.scores import class_accuracy, inception_score
 from scoresde.evaluation.metrics.features import FeatureNet, extract_features, get_feature_net, FEATURE_NETS
 from scoresde.evaluation.metrics.inception import InceptionV3, load_inception
 from scoresde.evaluation.metrics.digits import DigitsClassifier, digits_split, load_digits_classifier
-from scoresde.evaluation.metrics.evaluate import (METRICS, Reference, evaluate, evaluate_files, floor_metrics,
-                                                  load_inputs, metrics_from_features, run_metric_name, run_metrics)
+from scoresde.evaluation.metrics.evaluate import METRICS, Reference, evaluate, floor_metrics, metrics_from_features
+from scoresde.evaluation.metrics.files import evaluate_files, load_inputs
+from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
 
 
 __all__ = [

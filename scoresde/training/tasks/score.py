@@ -17,7 +17,7 @@ from scoresde.training.tasks.base import TASKS, Task
 from scoresde.models.nets import MODELS
 from scoresde.samplers.core import SAMPLERS
 from scoresde.sde.base import SDES
-from scoresde.evaluation.metrics.evaluate import run_metric_name, run_metrics
+from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
 from scoresde.runs.load import build_model
 from scoresde.training.losses import conditional_dsm_loss
 from scoresde.training import losses
