@@ -1,6 +1,6 @@
 """Sample quality in one call: `evaluate` (FID, KID, precision/recall, IS, class accuracy over a feature
-network), `run_metrics` (the metric of a training run, cheap enough for every few thousand steps),
-and the loading of samples and references for `scoresde evaluate`.
+network) and `floor_metrics`. The metric of a training run is in `runs.py`, the files `scoresde evaluate`
+reads in `files.py`.
 
 Metric names: "fid" (Heusel et al. 2017, arXiv:1706.08500), "kid" (Binkowski et al. 2018,
 arXiv:1801.01401; reported with "kid_std" over subsets), "pr" ("precision", "recall"; Kynkäänniemi
