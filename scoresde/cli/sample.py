@@ -21,7 +21,7 @@ from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import load_mask, make_mask
 from scoresde.models.guidance import classifier_free_score
-from scoresde.pretrained.score_sde import describe_configs
+from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
 from scoresde.runs.plots import plot_samples, save_samples
 from scoresde.samplers.core import SAMPLERS

@@ -19,7 +19,7 @@ from scoresde.runs.load import load
 
 __all__ = ["load_score_sde", "list_configs", "from_diffusers", "load_dit", "load_any"]
 
-_LAZY = {"load_score_sde": ".score_sde", "list_configs": ".score_sde", "from_diffusers": ".diffusers_models",
+_LAZY = {"load_score_sde": ".score_sde", "list_configs": ".score_sde_configs", "from_diffusers": ".diffusers_models",
          "load_dit": ".dit"}
 
 

@@ -31,7 +31,6 @@ is score_sde's inverse scaler to [0, 1], `model.from_unit(x)` its scaler, `model
 """
 from __future__ import annotations
 
-import copy
 import os
 import pickle
 from typing import Any
@@ -39,129 +38,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from scoresde._common.limits import check_sizes
 from scoresde.models.nets.ncsnpp import NCSNpp
 from scoresde.models.nets.unet import DDPMUNet
 from scoresde.models.prebuild import check_footprint
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.linear import SubVPSDE, VESDE, VPSDE
 from scoresde._common.tensors import append_dims, as_time
-from scoresde.pretrained.score_sde_configs import PRESETS, REFUSED
+from scoresde.pretrained.score_sde_configs import describe_configs, list_configs, refused_configs, resolve_config
 from scoresde.pretrained.score_sde_keys import official_entries
 
 
 __all__ = ["load_score_sde", "list_configs", "refused_configs", "describe_configs", "resolve_config", "build_network",
            "build_sde", "read_checkpoint", "load_weights", "ScoreSDEModel"]
 
-_SDES = ("vpsde", "subvpsde", "vesde")
-_REQUIRED = {"data": ("image_size", "num_channels", "centered"), "training": ("sde", "continuous"),
-             "model": ("name", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "num_scales", "scale_by_sigma")}
-_NCSNPP_FIELDS = ("resblock_type", "progressive", "progressive_input", "progressive_combine", "fir", "fir_kernel",
-                  "skip_rescale", "init_scale", "embedding_type", "conditional")
-_SDE_FIELDS = {"vpsde": ("beta_min", "beta_max"), "subvpsde": ("beta_min", "beta_max"),
-               "vesde": ("sigma_min", "sigma_max")}
 _PREDICTORS = {"euler_maruyama": "euler_maruyama", "reverse_diffusion": "reverse_diffusion",
                "ancestral_sampling": "ancestral", "none": "none"}
 _CORRECTORS = {"langevin": "langevin", "ald": "annealed_langevin", "none": "none"}
-
-
-def list_configs() -> list[str]:
-    """Names of the presets: score_sde_pytorch's `configs/` files that use NCSN++, DDPM++ or DDPM."""
-    return sorted(PRESETS)
-
-
-def refused_configs() -> dict[str, str]:
-    """The other official configs, each with the reason it is refused."""
-    return dict(sorted(REFUSED.items()))
-
-
-def describe_configs() -> list[str]:
-    """One line per preset (network, SDE, labels, size, data range), then the refused configs."""
-    lines = ["score_sde presets (scoresde sample --checkpoint checkpoint_N.pth --config NAME):"]
-    for name in list_configs():
-        d, m, t = (PRESETS[name][k] for k in ("data", "model", "training"))
-        lines.append(f"  {name:38s} {m['name']:7s} {t['sde']:9s} {'continuous' if t['continuous'] else 'discrete':10s} "
-                     f"{d['image_size']}x{d['image_size']}, data in {'[-1, 1]' if d['centered'] else '[0, 1]'}")
-    lines.append("refused official configs:")
-    lines += [f"  {name:38s} {why.split(';')[0]}" for name, why in refused_configs().items()]
-    return lines
-
-
-# --- config --------------------------------------------------------------------------------------
-def resolve_config(config: Any) -> tuple[str | None, dict]:
-    """(preset name or None, a validated copy of the nested config) from a preset name or dict."""
-    if isinstance(config, str):
-        if config in REFUSED:
-            raise ValueError(f"config {config!r}: refused: {REFUSED[config]}")
-        if config not in PRESETS:
-            raise KeyError(f"config: unknown preset {config!r}; the presets are {', '.join(list_configs())}")
-        name, cfg = config, copy.deepcopy(PRESETS[config])
-    elif isinstance(config, dict):
-        name, cfg = None, copy.deepcopy(config)
-    else:
-        raise TypeError(f"config: expected a preset name (str) or score_sde's nested config dict, "
-                        f"found {type(config).__name__}")
-    _check_config(cfg)
-    for section in ("model", "data"):                      # nf, num_scales, image_size, ... bounded
-        check_sizes(cfg[section], f"config {section}.")
-    return name, cfg
-
-
-def _need(cfg: dict, section: str, key: str) -> Any:
-    if not isinstance(cfg.get(section), dict) or key not in cfg[section]:
-        raise ValueError(f"config: missing {section}.{key} (score_sde's nested layout: "
-                         "{'data': {...}, 'model': {...}, 'training': {...}})")
-    return cfg[section][key]
-
-
-def _check_config(cfg: dict) -> None:
-    for section, keys in _REQUIRED.items():
-        for key in keys:
-            _need(cfg, section, key)
-    m, sde = cfg["model"], str(cfg["training"]["sde"]).lower()
-    name = str(m["name"]).lower()
-    if name.startswith("ncsn") and name != "ncsnpp":
-        raise ValueError(f"config: model.name {m['name']!r} (NCSN / NCSNv2, RefineNet) is not supported; "
-                         "expected ncsnpp or ddpm")
-    if name not in ("ncsnpp", "ddpm"):
-        raise ValueError(f"config: model.name: expected ncsnpp or ddpm, found {m['name']!r}")
-    if sde not in _SDES:
-        raise ValueError(f"config: training.sde: expected one of {', '.join(_SDES)}, found {cfg['training']['sde']!r}")
-    for key in _SDE_FIELDS[sde]:
-        _need(cfg, "model", key)
-    if str(m.get("nonlinearity", "swish")).lower() != "swish":
-        raise ValueError(f"config: model.nonlinearity: only swish is supported, found {m['nonlinearity']!r}")
-    continuous = bool(cfg["training"]["continuous"])
-    if name == "ddpm":
-        if not m.get("conditional", True):
-            raise ValueError("config: model.conditional=False fails to build in the official DDPM (models/ddpm.py "
-                             "never initialises its module list)")
-        if not m.get("resamp_with_conv", True):
-            raise ValueError("config: model.resamp_with_conv=False (DDPM without resampling convs) is not supported")
-        if m["scale_by_sigma"] and (sde != "vesde" or continuous):
-            raise ValueError("config: DDPM with model.scale_by_sigma indexes its sigma table with the labels, which "
-                             "needs integer labels (training.sde=vesde, training.continuous=False)")
-        return
-    for key in _NCSNPP_FIELDS:
-        _need(cfg, "model", key)
-    fourier = str(m["embedding_type"]).lower() == "fourier"
-    if fourier and not continuous:
-        raise ValueError("config: model.embedding_type='fourier' needs training.continuous=True (the official "
-                         "NCSN++ asserts it)")
-    if fourier:
-        _need(cfg, "model", "fourier_scale")
-    # layerspp.Upsample (progressive outputs, DDPM-type blocks) fails in the official code without FIR
-    # (F.interpolate(x, size, 'nearest') passes 'nearest' as scale_factor) and with FIR and a conv
-    # (upsample_conv_2d slices a tensor with a negative step): refuse what cannot have been trained
-    prog, ddpm_blocks = str(m["progressive"]).lower(), str(m["resblock_type"]).lower() == "ddpm"
-    if (prog != "none" or ddpm_blocks) and len(m["ch_mult"]) > 1:
-        if not m["fir"]:
-            raise ValueError(f"config: model.progressive={prog!r} / resblock_type={m['resblock_type']!r} with "
-                             "fir=False up-samples with layerspp.Upsample, which fails in the official code "
-                             "(F.interpolate gets 'nearest' as scale_factor); not supported")
-        if prog == "residual" or (ddpm_blocks and m.get("resamp_with_conv", True)):
-            raise ValueError("config: a fused FIR up-sampling convolution (progressive='residual', or "
-                             "resblock_type='ddpm' with resamp_with_conv) fails in the official code; not supported")
 
 
 def build_network(cfg: dict) -> nn.Module:

@@ -6,14 +6,17 @@ file's overrides): the network (`model`), the data format (`data.centered`: Fals
 [0, 1], which NCSN++ / DDPM map to 2 x - 1 themselves), the SDE (`training.sde`, `model.sigma_*`,
 `model.beta_*`, `model.num_scales`), discrete or continuous noise conditioning (`training.continuous`)
 and the paper's sampler (`sampling`). The NCSN / NCSNv2 (RefineNet) configs and one DDPM config do
-not build in the official code and are listed in `REFUSED` with the reason.
+not build in the official code and are listed in `REFUSED` with the reason. `resolve_config` turns a
+preset name or a nested dict into a checked config (every size bounded before anything is built).
 """
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-__all__ = ["PRESETS", "REFUSED"]
+from scoresde._common.limits import check_sizes
+
+__all__ = ["PRESETS", "REFUSED", "list_configs", "refused_configs", "describe_configs", "resolve_config"]
 
 _SAMPLING = dict(method="pc", n_steps_each=1, noise_removal=True, probability_flow=False, snr=0.16)
 _VP_SAMPLING = dict(_SAMPLING, predictor="euler_maruyama", corrector="none")
@@ -105,3 +108,117 @@ REFUSED: dict[str, str] = {
     "vp/ddpm/cifar10_unconditional": (f"DDPM with model.conditional=False {_RAISES} (models/ddpm.py never "
                                       "initialises its module list: UnboundLocalError)"),
 }
+
+
+_SDES = ("vpsde", "subvpsde", "vesde")
+
+
+_REQUIRED = {"data": ("image_size", "num_channels", "centered"), "training": ("sde", "continuous"),
+             "model": ("name", "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "num_scales", "scale_by_sigma")}
+
+
+_NCSNPP_FIELDS = ("resblock_type", "progressive", "progressive_input", "progressive_combine", "fir", "fir_kernel",
+                  "skip_rescale", "init_scale", "embedding_type", "conditional")
+
+
+_SDE_FIELDS = {"vpsde": ("beta_min", "beta_max"), "subvpsde": ("beta_min", "beta_max"),
+               "vesde": ("sigma_min", "sigma_max")}
+
+
+def list_configs() -> list[str]:
+    """Names of the presets: score_sde_pytorch's `configs/` files that use NCSN++, DDPM++ or DDPM."""
+    return sorted(PRESETS)
+
+
+def refused_configs() -> dict[str, str]:
+    """The other official configs, each with the reason it is refused."""
+    return dict(sorted(REFUSED.items()))
+
+
+def describe_configs() -> list[str]:
+    """One line per preset (network, SDE, labels, size, data range), then the refused configs."""
+    lines = ["score_sde presets (scoresde sample --checkpoint checkpoint_N.pth --config NAME):"]
+    for name in list_configs():
+        d, m, t = (PRESETS[name][k] for k in ("data", "model", "training"))
+        lines.append(f"  {name:38s} {m['name']:7s} {t['sde']:9s} {'continuous' if t['continuous'] else 'discrete':10s} "
+                     f"{d['image_size']}x{d['image_size']}, data in {'[-1, 1]' if d['centered'] else '[0, 1]'}")
+    lines.append("refused official configs:")
+    lines += [f"  {name:38s} {why.split(';')[0]}" for name, why in refused_configs().items()]
+    return lines
+
+
+# --- config --------------------------------------------------------------------------------------
+def resolve_config(config: Any) -> tuple[str | None, dict]:
+    """(preset name or None, a validated copy of the nested config) from a preset name or dict."""
+    if isinstance(config, str):
+        if config in REFUSED:
+            raise ValueError(f"config {config!r}: refused: {REFUSED[config]}")
+        if config not in PRESETS:
+            raise KeyError(f"config: unknown preset {config!r}; the presets are {', '.join(list_configs())}")
+        name, cfg = config, copy.deepcopy(PRESETS[config])
+    elif isinstance(config, dict):
+        name, cfg = None, copy.deepcopy(config)
+    else:
+        raise TypeError(f"config: expected a preset name (str) or score_sde's nested config dict, "
+                        f"found {type(config).__name__}")
+    _check_config(cfg)
+    for section in ("model", "data"):                      # nf, num_scales, image_size, ... bounded
+        check_sizes(cfg[section], f"config {section}.")
+    return name, cfg
+
+
+def _need(cfg: dict, section: str, key: str) -> Any:
+    if not isinstance(cfg.get(section), dict) or key not in cfg[section]:
+        raise ValueError(f"config: missing {section}.{key} (score_sde's nested layout: "
+                         "{'data': {...}, 'model': {...}, 'training': {...}})")
+    return cfg[section][key]
+
+
+def _check_config(cfg: dict) -> None:
+    for section, keys in _REQUIRED.items():
+        for key in keys:
+            _need(cfg, section, key)
+    m, sde = cfg["model"], str(cfg["training"]["sde"]).lower()
+    name = str(m["name"]).lower()
+    if name.startswith("ncsn") and name != "ncsnpp":
+        raise ValueError(f"config: model.name {m['name']!r} (NCSN / NCSNv2, RefineNet) is not supported; "
+                         "expected ncsnpp or ddpm")
+    if name not in ("ncsnpp", "ddpm"):
+        raise ValueError(f"config: model.name: expected ncsnpp or ddpm, found {m['name']!r}")
+    if sde not in _SDES:
+        raise ValueError(f"config: training.sde: expected one of {', '.join(_SDES)}, found {cfg['training']['sde']!r}")
+    for key in _SDE_FIELDS[sde]:
+        _need(cfg, "model", key)
+    if str(m.get("nonlinearity", "swish")).lower() != "swish":
+        raise ValueError(f"config: model.nonlinearity: only swish is supported, found {m['nonlinearity']!r}")
+    continuous = bool(cfg["training"]["continuous"])
+    if name == "ddpm":
+        if not m.get("conditional", True):
+            raise ValueError("config: model.conditional=False fails to build in the official DDPM (models/ddpm.py "
+                             "never initialises its module list)")
+        if not m.get("resamp_with_conv", True):
+            raise ValueError("config: model.resamp_with_conv=False (DDPM without resampling convs) is not supported")
+        if m["scale_by_sigma"] and (sde != "vesde" or continuous):
+            raise ValueError("config: DDPM with model.scale_by_sigma indexes its sigma table with the labels, which "
+                             "needs integer labels (training.sde=vesde, training.continuous=False)")
+        return
+    for key in _NCSNPP_FIELDS:
+        _need(cfg, "model", key)
+    fourier = str(m["embedding_type"]).lower() == "fourier"
+    if fourier and not continuous:
+        raise ValueError("config: model.embedding_type='fourier' needs training.continuous=True (the official "
+                         "NCSN++ asserts it)")
+    if fourier:
+        _need(cfg, "model", "fourier_scale")
+    # layerspp.Upsample (progressive outputs, DDPM-type blocks) fails in the official code without FIR
+    # (F.interpolate(x, size, 'nearest') passes 'nearest' as scale_factor) and with FIR and a conv
+    # (upsample_conv_2d slices a tensor with a negative step): refuse what cannot have been trained
+    prog, ddpm_blocks = str(m["progressive"]).lower(), str(m["resblock_type"]).lower() == "ddpm"
+    if (prog != "none" or ddpm_blocks) and len(m["ch_mult"]) > 1:
+        if not m["fir"]:
+            raise ValueError(f"config: model.progressive={prog!r} / resblock_type={m['resblock_type']!r} with "
+                             "fir=False up-samples with layerspp.Upsample, which fails in the official code "
+                             "(F.interpolate gets 'nearest' as scale_factor); not supported")
+        if prog == "residual" or (ddpm_blocks and m.get("resamp_with_conv", True)):
+            raise ValueError("config: a fused FIR up-sampling convolution (progressive='residual', or "
+                             "resblock_type='ddpm' with resamp_with_conv) fails in the official code; not supported")

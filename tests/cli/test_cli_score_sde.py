@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from scoresde.pretrained.score_sde import list_configs, refused_configs
+from scoresde.pretrained.score_sde_configs import list_configs, refused_configs
 from test_cli import one_line_error, run
 from problems import TESTS
 
