@@ -11,9 +11,9 @@ metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `
 Resuming is exact: every source of randomness is an explicit generator (data order, loss noise) or
 the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA state, on every rank, so
 on CPU 2k steps equal 1k steps + resume 1k, bit for bit; a damaged newest checkpoint is skipped for
-the newest intact one. SIGTERM / Ctrl-C stop at the next step boundary with a checkpoint. A
-non-finite loss or gradient skips the update; `max_nonfinite` in a row raise `TrainingError`,
-leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`scoresde.distributed`).
+the newest intact one; a resume at or past `train.steps` trains, samples and writes nothing. SIGTERM /
+Ctrl-C stop at the next step boundary with a checkpoint. A non-finite loss or gradient skips the update;
+`max_nonfinite` in a row raise `TrainingError`, leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`scoresde.distributed`).
 """
 from __future__ import annotations
 
@@ -399,7 +399,6 @@ class Engine:
         model.eval()
         result.model, result.sde = model, getattr(task, "sde", None)
         return result
-
 
     def _nothing_to_do(self) -> TrainResult:
         """A resume at or past train.steps: nothing is trained, sampled or written; the model has the EMA weights."""
