@@ -13,7 +13,8 @@ the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA st
 on CPU 2k steps equal 1k steps + resume 1k, bit for bit; a damaged newest checkpoint is skipped for
 the newest intact one; a resume at or past `train.steps` trains, samples and writes nothing. SIGTERM /
 Ctrl-C stop at the next step boundary with a checkpoint. A non-finite loss or gradient skips the update;
-`max_nonfinite` in a row raise `TrainingError`, leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`scoresde.distributed`).
+`max_nonfinite` in a row raise `TrainingError`, leaving the last good checkpoint. Under torchrun the loop
+runs data-parallel (`scoresde.distributed`).
 """
 from __future__ import annotations
 
