@@ -215,7 +215,7 @@ def _run_samples(run_dir: str, n: int | None, fid: bool, features: str | None, s
         t = torch.full((batch,), sde.T / 2, device=dev)
         model(x, t)                                               # warm-up, then one timed score evaluation
         t0 = time.perf_counter()
-        model(x, t)
+        model(x, t).flatten()[0].item()                           # .item(): waits for an asynchronous device
         eta = (time.perf_counter() - t0) * (nfe or 0) * math.ceil(count / batch)
         eta = ("time unknown (adaptive steps)" if nfe is None else "under a second" if eta < 1 else
                f"about {eta:.0f} s" if eta < 120 else f"about {eta / 60:.0f} min")
