@@ -24,7 +24,7 @@ from scoresde.sde.base import SDES
 from scoresde.training.engine import TrainingError
 
 
-__all__ = ["user_errors", "names", "CONFIG_HELP", "model_options", "device_option", "allow_unverified_option",
+__all__ = ["user_errors", "MODEL_FLAGS", "names", "CONFIG_HELP", "model_options", "device_option", "allow_unverified_option",
            "Opened", "ModelSource"]
 
 
@@ -32,16 +32,26 @@ _USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ModuleNotFoundError,  
                 TrainingError, StorageError, RunLockedError)
 
 
+# the library's argument names that open a model, and the flags of the commands that pass them (`ModelSource`)
+MODEL_FLAGS = {"path_or_module": "--checkpoint", "path_or_state_dict": "--checkpoint", "checkpoint": "--checkpoint",
+               "config": "--config"}
+
+
 @contextlib.contextmanager
-def user_errors():
-    """Library errors a user can fix become one ClickException line."""
+def user_errors(flags: dict[str, str] | None = None):
+    """Library errors a user can fix become one ClickException line; one that starts with a library argument
+    named in `flags` ("path_or_module: ...") starts with its flag instead ("--checkpoint: ...")."""
     try:
         yield
     except _USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if isinstance(e, OSError) and not isinstance(e, StorageError) and e.strerror and e.filename:
             msg = f"{e.filename}: {e.strerror.lower()}"        # not "[Errno 30] Read-only file system: '...'"
-        raise click.ClickException(str(msg).splitlines()[0] if msg else type(e).__name__) from None
+        msg = str(msg).splitlines()[0] if msg else type(e).__name__
+        name, colon, rest = msg.partition(":")
+        if colon and name in (flags or {}):
+            msg = flags[name] + colon + rest
+        raise click.ClickException(msg) from None
 
 
 def names(kind: str) -> list[str]:

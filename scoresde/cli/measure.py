@@ -9,21 +9,28 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 
 import click
+import numpy as np
 import torch
 
 from scoresde._common.distributed import resolve_device
-from scoresde._common.files import atomic_write_bytes
+from scoresde._common.files import atomic_write_bytes, save_npy
 from scoresde._common.limits import sample_batch
 from scoresde._common.threads import SMALL_EXAMPLE, thread_policy
-from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, user_errors
+from scoresde._common.toml import load_toml
+from scoresde.cli.common import (MODEL_FLAGS, ModelSource, allow_unverified_option, device_option, model_options,
+                                 user_errors)
 from scoresde.cli.tokens import SEQUENCE_TASKS, likelihood_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.evaluation.likelihood import dataset_likelihood
 from scoresde.evaluation.metrics.files import evaluate_files
-from scoresde.runs.checkpoint import checkpoint_task
+from scoresde.evaluation.metrics.features import FEATURE_DIMS
+from scoresde.runs.checkpoint import checkpoint_task, list_checkpoints
+from scoresde.samplers.core import SAMPLERS, list_samplers
 
 
 __all__ = ["likelihood", "evaluate"]
@@ -57,7 +64,7 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
                           --data cifar10_test.npy --n 100
       scoresde likelihood --checkpoint runs/poems --data heldout.txt     # a sequence run: the NELBO bound
     """
-    with user_errors():
+    with user_errors(MODEL_FLAGS):
         if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
             click.echo(likelihood_tokens(checkpoint, data, n=n, batch_size=batch_size or 256, draws=draws, seed=seed,
                                          device=device, verify=not allow_unverified))
@@ -111,7 +118,13 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
               help="Comma-separated: fid, kid, pr (precision/recall), is (Inception Score), acc (class accuracy).")
 @click.option("--label", metavar="CLASS", type=click.IntRange(min=0),
               help="All samples are of this class (from sample --label): reports class accuracy.")
-@click.option("--n", "n", type=click.IntRange(min=1), help="Use the first N samples (default: all).")
+@click.option("--n", "n", type=click.IntRange(min=1),
+              help="Use the first N samples (default: all); a run directory with fewer draws N (default: as many "
+                   "as the metrics need, 2000 or twice the feature dimensions).")
+@click.option("--sampler", type=click.Choice(list_samplers()), default="dpm_solver", show_default=True,
+              help="A run directory without enough samples: the sampler of its draws.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="A run directory without enough samples: the sampler's steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), show_default="64 inception, 1024 digits")
 @click.option("--save-stats", type=click.Path(dir_okay=False), metavar="OUT.npz",
               help="Write mu and sigma of SAMPLES' features (reference statistics); --ref is then optional.")
@@ -120,14 +133,15 @@ def likelihood(checkpoint, config, data, n, batch_size, tol, divergence, draws, 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of KID's subsets.")
 @device_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate(samples, ref, features, inception_weights, metric_names, label, n, batch_size, save_stats, json_out,
-             seed, device, progress):
+def evaluate(samples, ref, features, inception_weights, metric_names, label, n, sampler, steps, batch_size, save_stats,
+             json_out, seed, device, progress):
     """Sample quality: FID, KID, precision/recall, IS, class accuracy in a feature network's features.
 
     SAMPLES is a .npy/.npz array (N, C, H, W) in [-1, 1] or uint8, an image folder, a built-in dataset, or a
-    training run directory (its samples.npy: the end-of-training samples, or more made with
-    `scoresde sample --checkpoint RUN --n 2000 --out RUN/samples.npy`). FID needs more samples than
-    feature dimensions (digits: 64, inception: 2048).
+    training run directory: its samples.npy (the end-of-training samples) when it holds enough, else samples
+    drawn from its latest checkpoint with a fast sampler (--sampler, --steps; --n of them, by default as many as
+    the metrics need), kept in RUN/samples/ for the next call. FID needs more samples than feature dimensions
+    (digits: 64, inception: 2048).
 
     \b
     Examples:
@@ -140,6 +154,10 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
         for flag, path in (("--save-stats", save_stats), ("--json", json_out)):
             if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
                 raise FileNotFoundError(f"{flag} {path!r}: the directory does not exist")
+        fid = bool(save_stats) or "fid" in [m.strip() for m in metric_names.split(",")]
+        drawn = _run_samples(samples, n, fid, features, sampler, steps, seed, device, progress) if _is_run(samples) else None
+        if drawn is not None:
+            samples, ref = drawn, ref or load_toml(os.path.join(samples, "config.toml"))["data"]["name"]
         r = evaluate_files(samples, ref, features=features, inception_weights=inception_weights, metrics=metric_names,
                            label=label, n=n, batch_size=batch_size, save_stats=save_stats, seed=seed,
                            device=resolve_device(device), progress=progress)
@@ -160,3 +178,57 @@ def evaluate(samples, ref, features, inception_weights, metric_names, label, n, 
     if json_out:
         atomic_write_bytes(json_out, json.dumps(r, indent=1).encode())
     return 0
+
+
+def _is_run(path: str) -> bool:
+    """A training run directory with checkpoints of a score model (one evaluate can draw samples from)."""
+    return (os.path.isfile(os.path.join(path, "config.toml")) and bool(list_checkpoints(path))
+            and checkpoint_task(path) not in SEQUENCE_TASKS)
+
+
+def _run_samples(run_dir: str, n: int | None, fid: bool, features: str | None, sampler: str, steps: int, seed: int,
+                 device: str, progress: bool) -> str | None:
+    """None when RUN/samples.npy holds enough samples (`n`, or more than the features' dimensions for `fid`);
+    else the path of `n` samples (default max(2000, 2 F)) drawn from the run's latest checkpoint with `sampler`
+    at `steps` (the count and an estimated time printed first), kept as RUN/samples/evaluate-*.npy and reused."""
+    path, why = os.path.join(run_dir, "samples.npy"), f"{run_dir} has no samples.npy"
+    if os.path.isfile(path):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        kind = features or ("digits" if tuple(arr.shape[1:]) == (1, 8, 8) else "inception")
+        if len(arr) >= (n or (FEATURE_DIMS[kind] + 1 if fid else 1)):
+            return None
+        dims = FEATURE_DIMS[kind]
+        why = f"{path} holds {len(arr)} samples; " + (f"--n {n} asked for" if n else
+                                                      f"FID in {dims} {kind} features needs more than {dims}")
+    dev = resolve_device(device)
+    model, sde, file, meta = ModelSource(run_dir).open(dev)
+    shape = tuple(meta.get("data", {}).get("image_shape") or model.data_shape)        # a latent run: its images
+    count = n or max(2000, 2 * FEATURE_DIMS[features or ("digits" if shape == (1, 8, 8) else "inception")])
+    name = os.path.basename(file).split(".")[0]
+    out = os.path.join(run_dir, "samples", f"evaluate-{name}-{sampler}-{steps}-seed{seed}-{count}.npy")
+    if os.path.isfile(out):
+        click.echo(f"{why}; using the {count} samples drawn before, {out}")
+        return out
+    nfe, batch = SAMPLERS[sampler].nfe(steps), min(count, 500)
+    ae = getattr(model, "autoencoder", None)
+    g = torch.Generator(dev).manual_seed(seed)
+    with torch.no_grad(), thread_policy(model.data_shape, dev, meta["config"].get("threads", 0)):
+        x = torch.randn(batch, *model.data_shape, generator=g, device=dev)
+        t = torch.full((batch,), sde.T / 2, device=dev)
+        model(x, t)                                               # warm-up, then one timed score evaluation
+        t0 = time.perf_counter()
+        model(x, t).flatten()[0].item()                           # .item(): waits for an asynchronous device
+        eta = (time.perf_counter() - t0) * (nfe or 0) * math.ceil(count / batch)
+        eta = ("time unknown (adaptive steps)" if nfe is None else "under a second" if eta < 1 else
+               f"about {eta:.0f} s" if eta < 120 else f"about {eta / 60:.0f} min")
+        click.echo(f"{why}; drawing {count} samples from {os.path.basename(file)} with {sampler}, {steps} steps "
+                   f"({nfe if nfe is not None else 'adaptive'} score evaluations each; {eta})")
+        parts = []
+        for i in range(0, count, batch):
+            z = sde.sample(model, min(batch, count - i), sampler=sampler, steps=steps, generator=g, device=dev,
+                           progress=progress)
+            parts.append((ae.decode_all(z) if ae is not None else z).cpu())
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    save_npy(out, torch.cat(parts))
+    click.echo(f"wrote {out}")
+    return out

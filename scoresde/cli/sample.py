@@ -15,8 +15,9 @@ from scoresde._common.distributed import resolve_device
 from scoresde._common.files import save_npy_chunks
 from scoresde._common.limits import check_memory, sample_batch
 from scoresde._common.threads import thread_policy
-from scoresde.cli.common import ModelSource, allow_unverified_option, device_option, model_options, names, user_errors
-from scoresde.cli.steps import stored_steps
+from scoresde.cli.common import (MODEL_FLAGS, ModelSource, allow_unverified_option, device_option, model_options, names,
+                                 user_errors)
+from scoresde.cli.steps import fitted_from_file, stored_steps
 from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import load_mask, make_mask
@@ -24,9 +25,10 @@ from scoresde.models.guidance import classifier_free_score
 from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
 from scoresde.runs.plots import plot_samples, save_samples
-from scoresde.samplers.core import SAMPLERS
+from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
 from scoresde.samplers.masked import list_discrete_samplers
+from scoresde.training.config import parse_override
 
 
 __all__ = ["sample"]
@@ -52,6 +54,79 @@ def _sampler_help() -> str:
             + f"; sequence runs: {', '.join(list_discrete_samplers())}.")
 
 
+def _options_help() -> str:
+    """`sample --set`'s help: each sampler's options, from the samplers' records (`SamplerInfo.option_defaults`)."""
+    listed = [f"{r.name}: {', '.join(r.option_defaults())}" for r in SAMPLERS.records() if r.option_defaults()]
+    return ("A sampler option, e.g. --set sample.order=3 --set sample.corrector=true (VALUE in TOML syntax; "
+            f"repeatable). The samplers' options: {'; '.join(listed)}. --list-samplers shows their defaults.")
+
+
+def _list_samplers(ctx, _param, value):
+    """--list-samplers: each sampler's kind, summary, NFE at 10 steps and options with defaults, then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    for r in SAMPLERS.records():
+        nfe = r.nfe(10)
+        opts = ", ".join(f"{k}={'(set by the grid)' if v is None else v}" for k, v in r.option_defaults().items())
+        click.echo(f"{r.name} ({r.kind}): {r.summary}\n    NFE at --steps 10: "
+                   f"{nfe if nfe is not None else 'chosen by the solver'}; options: {opts or 'none'}")
+    ctx.exit(0)
+
+
+def sampler_options(sets: tuple[str, ...]) -> dict:
+    """`--set sample.KEY=VALUE` arguments as {KEY: VALUE} (their names and types are checked once the sampler is known)."""
+    options = {}
+    for text in sets:
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        if section != "sample" or not name or "." in name:
+            raise ValueError(f"--set {text!r}: expected sample.KEY=VALUE, a sampler option (e.g. sample.order=3)")
+        if name in ("sampler", "steps", "n"):
+            raise ValueError(f"--set {text!r}: use --{name}")
+        options[name] = value
+    return options
+
+
+def _option_flags(options: dict) -> dict[str, str]:
+    """The sampler's argument names of `options` (and steps) -> their flags, for `user_errors`."""
+    return {"steps": "--steps", **{k: f"--set sample.{k}" for k in options}}
+
+
+def steps_note(sampler: str, steps: int, options: dict) -> str | None:
+    """One line when `sampler` does not take --steps as its number of steps (its NFE is not a function of them)."""
+    info = SAMPLERS[sampler]
+    if info.nfe(steps, **options) is not None:
+        return None
+    if info.kind == "ode":
+        keys = ", ".join(f"sample.{k}" for k in info.option_defaults())
+        return f"--steps {steps}: not used by {sampler}, an adaptive solver that chooses its own steps (options: {keys})"
+    if "dt" in options:
+        return f"--steps {steps}: not used, sample.dt = {options['dt']} sets the step of {sampler}"
+    return f"--steps {steps}: the step size of {sampler}; the score evaluations per step are the solver's"
+
+
+def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str | None, defaults: dict,
+          model_name: str, run: tuple[str, str] | None = None) -> tuple[str, dict]:
+    """(the sampler, the keywords of `sde.sample` besides it): --steps-file's fit, or the sampler (default
+    `defaults`) at --steps with a grid stored in the `run` (its directory and checkpoint file), and the options."""
+    if steps_file is not None:
+        sampler, kw = fitted_from_file(steps_file, sampler, steps, model_name)
+    else:
+        sampler = sampler or defaults["sampler"]
+        kw = None
+    try:
+        check_sampler_options(sampler, options)
+    except TypeError as e:
+        raise ValueError(f"--set: {e}") from None
+    if kw is None:
+        note = steps_note(sampler, steps, options) if steps is not None else None
+        if note:
+            click.echo(note)
+        steps = steps or defaults["steps"]
+        kw = stored_steps(*run, sampler, steps) if run is not None else {"steps": steps}
+    return sampler, {**kw, **options}
+
+
 @click.command()
 @model_options
 @click.option("--list-configs", is_flag=True, is_eager=True, expose_value=False, callback=_list_configs,
@@ -60,6 +135,11 @@ def _sampler_help() -> str:
               help=_sampler_help())
 @click.option("--steps", type=click.IntRange(min=1), show_default="the run's sample.steps; 20 (pretrained)",
               help="Sampler steps.")
+@click.option("--set", "sets", multiple=True, metavar="sample.KEY=VALUE", help=_options_help())
+@click.option("--list-samplers", is_flag=True, is_eager=True, expose_value=False, callback=_list_samplers,
+              help="List the samplers (kind, NFE, options and their defaults) and exit.")
+@click.option("--steps-file", type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="A time grid fitted by optimize-steps --out: its sampler, steps and options.")
 @click.option("--n", "n", type=click.IntRange(min=1), show_default="1000; 16 for a sequence run",
               help="Number of samples.")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
@@ -88,8 +168,8 @@ def _sampler_help() -> str:
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
 @allow_unverified_option
-def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, seed, device, raw, prompt, mask_char,
-           temperature, remasking, block_length, autoencoder, allow_unverified):
+def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, known, mask, seed, device, raw, prompt,
+           mask_char, temperature, remasking, block_length, autoencoder, allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
 
@@ -97,6 +177,8 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
     Examples:
       scoresde sample --checkpoint runs/moons --out moons.png
       scoresde sample --checkpoint runs/digits --sampler dpm_solver --steps 20 --n 64 --out digits.png
+      scoresde sample --checkpoint runs/digits --sampler deis --steps 10 --set sample.order=3 \\
+                      --set sample.corrector=true --n 64 --out deis.png
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
       scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
@@ -104,9 +186,11 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
       scoresde sample --list-configs
       scoresde sample --checkpoint runs/sums --sampler llada --steps 16 --prompt "12+34=" --n 4
     """
-    with user_errors():
+    with user_errors(MODEL_FLAGS):
+        options = sampler_options(sets)
         if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
-            _refuse({"--label": label, "--guidance": w, "--known": known, "--mask": mask},
+            _refuse({"--label": label, "--guidance": w, "--known": known, "--mask": mask, "--set": sets or None,
+                     "--steps-file": steps_file},
                     "an option of score models; this checkpoint is a sequence model")
             for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
                                       device=device, raw=raw, prompt=prompt, mask_char=mask_char,
@@ -123,15 +207,19 @@ def sample(checkpoint, config, sampler, steps, n, out, label, w, known, mask, se
             raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
         if (known is None) != (mask is None):
             raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
+        if known is not None:
+            _refuse({"--set": sets or None, "--steps-file": steps_file}, "not available with --known (inpainting "
+                    "runs the predictor-corrector steps of scoresde.impute)")
         source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
         if source.pretrained:
             if label is not None or known is not None:
                 raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
                                  "model on the command line (use scoresde.impute / guidance in Python)")
-            _sample_pretrained(source, n, out, sampler, steps, seed, device, raw)
+            _sample_pretrained(source, n, out, sampler, steps, options, steps_file, seed, device, raw)
             click.echo(f"wrote {n} samples in [0, 1] to {out}")
             return
-        _sample_run(source, n, out, sampler, steps, label, w, known, mask, seed, device, raw, autoencoder)
+        _sample_run(source, n, out, sampler, steps, options, steps_file, label, w, known, mask, seed, device, raw,
+                    autoencoder)
     click.echo(f"wrote {n} samples to {out}")
 
 
@@ -152,28 +240,28 @@ def _check_out(out: str | None) -> None:
         raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
 
 
-def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, seed: int,
-                       device: str, raw: bool) -> None:
+def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
+                       steps_file: str | None, seed: int, device: str, raw: bool) -> None:
     """n samples of a pretrained model to `out`: .npy in [0, 1] (score_sde's inverse scaler; [-1, 1] data
     otherwise), or a figure."""
     dev = resolve_device(device)
     model, sde = source.open(dev, ema=not raw)[:2]
-    sampler = sampler or _PRETRAINED_DEFAULTS["sampler"]
-    steps = steps or _PRETRAINED_DEFAULTS["steps"]
+    sampler, kw = _plan(sampler, steps, options, steps_file, _PRETRAINED_DEFAULTS, source.path)
     g = torch.Generator(dev).manual_seed(seed)
 
     def draw(b: int) -> torch.Tensor:
-        with torch.no_grad():
-            x = sde.sample(model, b, sampler=sampler, steps=steps, generator=g, device=dev, progress=True)
+        with torch.no_grad(), user_errors(_option_flags(options)):
+            x = sde.sample(model, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
         return model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
     x = write_chunked(out, n, tuple(model.data_shape), draw)
     if x is not None:
+        steps = kw["steps"] if "steps" in kw else len(kw["times"]) - 1
         plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
 
 
-def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, label: str | None,
-                w: float | None, known: str | None, mask: str | None, seed: int, device: str, raw: bool,
-                autoencoder: str | None) -> None:
+def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
+                steps_file: str | None, label: str | None, w: float | None, known: str | None, mask: str | None,
+                seed: int, device: str, raw: bool, autoencoder: str | None) -> None:
     """n samples of a scoresde run to `out`: of one class with `label`, completing `known` with `mask`."""
     dev = resolve_device(device)
     model, sde, file, meta = source.open(dev, ema=not raw, autoencoder=autoencoder)
@@ -185,15 +273,14 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
     g = torch.Generator(dev).manual_seed(seed)
     score, guided = _guided_score(model, meta, label, w)
     title = f"{n} samples{guided}"
-    sampler = sampler or cfg["sample"]["sampler"]
-    steps = steps or cfg["sample"]["steps"]
     inputs = {}
     with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
-        if known is None:
-            kw = stored_steps(source.path, file, sampler, steps)  # RUN/steps/<sampler>-<NFE>.json, when made
+        if known is None:         # with a grid of RUN/steps/<sampler>-<NFE>.json, when made, or of --steps-file
+            sampler, kw = _plan(sampler, steps, options, steps_file, cfg["sample"], file, (source.path, file))
 
             def draw(b: int) -> torch.Tensor:
-                x = sde.sample(score, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+                with user_errors(_option_flags(options)):     # a bad value: "--set sample.order: expected ..."
+                    x = sde.sample(score, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
                 return (ae.decode_all(x) if ae is not None else x).cpu()
             shape = tuple(model.data_shape) if ae is None else (
                 ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
@@ -202,6 +289,7 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
                 return
             title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
         else:
+            sampler, steps = sampler or cfg["sample"]["sampler"], steps or cfg["sample"]["steps"]
             x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
             x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
             inputs = {"known": x_known, "mask": m}

@@ -5,6 +5,7 @@ model, check the options against it, call the library and return the lines to pr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -15,6 +16,7 @@ import torch
 from scoresde._common.distributed import resolve_device
 from scoresde._common.files import atomic_write_bytes, save_npy
 from scoresde.cli.common import ModelSource
+from scoresde.data.tokenizer import OutOfVocabularyError
 from scoresde.data.tokens import load_tokens
 from scoresde.runs.plots import sample_metrics
 
@@ -22,6 +24,8 @@ __all__ = ["SEQUENCE_TASKS", "sample_tokens", "likelihood_tokens"]
 
 
 SEQUENCE_TASKS = ("masked", "autoregressive")
+BYTE_HINT = ("; a model trained with --set discrete.tokenizer=byte reads any UTF-8 text (this one knows only the "
+             "characters of its training text)")
 
 
 def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n: int | None, out: str | None,
@@ -50,7 +54,8 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
         if extra:
             raise ValueError(f"{', '.join(extra)}: an autoregressive model samples left to right; only --prompt, "
                              "--temperature, --n and --seed apply")
-        x = model.sample(n, prompt=prompt, temperature=temperature, generator=g, stats=stats, progress=True)
+        with _vocabulary_hint(model):
+            x = model.sample(n, prompt=prompt, temperature=temperature, generator=g, stats=stats, progress=True)
         how = "autoregressive"
     else:
         sampler = sampler or cfg["sample"]["sampler"]
@@ -63,8 +68,9 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
         elif remasking is not None or block_length is not None:
             raise ValueError("--remasking/--block-length: options of the llada sampler, found --sampler mdlm")
         steps = steps or cfg["sample"]["steps"]
-        x = model.sample(n, sampler=sampler, steps=steps, prompt=prompt, mask_char=mask_char, temperature=temperature,
-                         generator=g, stats=stats, progress=True, **kw)
+        with _vocabulary_hint(model):
+            x = model.sample(n, sampler=sampler, steps=steps, prompt=prompt, mask_char=mask_char,
+                             temperature=temperature, generator=g, stats=stats, progress=True, **kw)
         how = f"{sampler}, {steps} steps"
     x = x.cpu()
     texts = model.decode(x)
@@ -80,6 +86,18 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     return [f"wrote {summary} to {out}"]
 
 
+@contextlib.contextmanager
+def _vocabulary_hint(model):
+    """A character outside a character-level model's alphabet: the error says that a byte-level model reads any text,
+    and names --prompt for the prompt."""
+    try:
+        yield
+    except OutOfVocabularyError as e:
+        msg = str(e).replace("prompt:", "--prompt:", 1) if str(e).startswith("prompt:") else str(e)
+        byte = getattr(getattr(model, "tokenizer", None), "kind", None) == "byte"
+        raise OutOfVocabularyError(msg + ("" if byte else BYTE_HINT)) from None
+
+
 def likelihood_tokens(checkpoint: str, data: str, *, n: int, batch_size: int, draws: int, seed: int,
                       device: str, verify: bool = True) -> str:
     """The bound (masked) or the exact NLL (autoregressive) of held-out data, per token, as one line."""
@@ -87,9 +105,10 @@ def likelihood_tokens(checkpoint: str, data: str, *, n: int, batch_size: int, dr
     model, process, _, meta = ModelSource(checkpoint, verify=verify).open(dev)
     D = meta["config"]["discrete"]
     tok = meta["tokens"]
-    ds = load_tokens(data, seq_len=model.seq_len, size=n, seed=seed + 1, tokenizer=D["tokenizer"],
-                     text_mode=D["text_mode"], vocab_size=tok["vocab_size"], eos_id=D["eos_id"],
-                     max_depth=D["max_depth"], digits=D["digits"], existing=model.tokenizer)
+    with _vocabulary_hint(model):
+        ds = load_tokens(data, seq_len=model.seq_len, size=n, seed=seed + 1, tokenizer=D["tokenizer"],
+                         text_mode=D["text_mode"], vocab_size=tok["vocab_size"], eos_id=D["eos_id"],
+                         max_depth=D["max_depth"], digits=D["digits"], existing=model.tokenizer)
     if ds.vocab_size > model.vocab_size:
         raise ValueError(f"--data {data!r}: token ids up to {ds.vocab_size - 1}, the model knows {model.vocab_size}")
     x = ds.x[:n]

@@ -49,14 +49,29 @@ def run_training(command: str, config_file: str | None, flags: dict[str, Any], s
             click.echo(to_toml(resolved), nl=False)
             return 0
         result = run(cfg, out=out, resume=resume, dump_weights=dump_weights, verify=verify)
+        steps = cfg.get("train", {}).get("steps")
     if result.interrupted:
         click.echo(f"interrupted by {result.interrupted} at step {result.step}; checkpoint {result.checkpoint}\n"
                    f"resume with: scoresde {command} --out {result.run_dir} --resume", err=True)
         return 130 if result.interrupted == "SIGINT" else 0
     if result.rank != 0:           # the other ranks of a torchrun job stay quiet
         return 0
+    if result.resumed_from and not result.steps_this_call:
+        asked = f"--steps {steps} (the total to reach, not steps to add)" if steps is not None else "its train.steps"
+        click.echo(f"nothing to do: {result.run_dir} is at step {result.step} ({result.resumed_from}), at or past "
+                   f"{asked}; pass a larger --steps to continue. Nothing was trained, sampled or written.")
+        return 0
+    if result.resumed_from:
+        click.echo(f"resumed at step {result.step - result.steps_this_call} from {result.resumed_from}")
     click.echo(summary(result))
     return 0
+
+
+def _trained(result: TrainResult) -> str:
+    """"trained 6000 steps in 80.1 s", or on a resume "trained 4000 more steps (to step 8000) in 80.1 s"."""
+    if result.resumed_from:
+        return f"trained {result.steps_this_call} more steps (to step {result.step}) in {result.seconds:.1f} s"
+    return f"trained {result.step} steps in {result.seconds:.1f} s"
 
 
 @click.command()
@@ -119,8 +134,7 @@ def _train_summary(result: TrainResult) -> str:
     extra = f", mode-weight TV {m['mode_weight_tv']:.3f}" if "mode_weight_tv" in m else ""
     extra += f", {100 * m['valid_fraction']:.1f}% valid samples" if "valid_fraction" in m else ""
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
-    return (f"trained {result.step} steps in {result.seconds:.1f} s, final loss {loss}, "
-            f"{result.skipped} skipped{extra}\nrun directory: {result.run_dir}\n"
+    return (f"{_trained(result)}, final loss {loss}, {result.skipped} skipped{extra}\nrun directory: {result.run_dir}\n"
             f"checkpoint:    {result.checkpoint}\nsamples plot:  {result.samples_path}")
 
 
@@ -177,7 +191,7 @@ def train_autoencoder(config_file, data, downsample, latent_channels, ch, loss, 
 def _autoencoder_summary(result: TrainResult) -> str:
     m = result.metrics
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
-    return (f"trained {result.step} steps in {result.seconds:.1f} s, final loss {loss}, reconstruction PSNR "
+    return (f"{_trained(result)}, final loss {loss}, reconstruction PSNR "
             f"{m['psnr']:.2f} dB (MSE {m['rec_mse']:.5f}), latent scale factor {m['scale_factor']:.5f}\n"
             f"run directory:   {result.run_dir}\ncheckpoint:      {result.checkpoint}\n"
             f"reconstructions: {result.samples_path}\n"

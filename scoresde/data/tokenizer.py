@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-__all__ = ["CharTokenizer", "EOS"]
+__all__ = ["CharTokenizer", "EOS", "OutOfVocabularyError"]
 
 EOS = 0
 KINDS = ("char", "byte")
+
+
+class OutOfVocabularyError(ValueError):
+    """Text with a character the tokenizer's alphabet lacks."""
 
 
 class CharTokenizer:
@@ -63,7 +67,7 @@ class CharTokenizer:
         except KeyError as e:
             c = e.args[0]
             shown = self.alphabet if len(self.alphabet) <= 40 else self.alphabet[:40] + "..."
-            raise ValueError(f"{name}: character {c!r} at position {text.index(c)} is out of the vocabulary "
+            raise OutOfVocabularyError(f"{name}: character {c!r} at position {text.index(c)} is out of the vocabulary "
                              f"(the model knows {len(self.alphabet)} characters: {shown!r})") from None
 
     def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True, mask: str = "_") -> str:

@@ -1,5 +1,6 @@
 """Fitted step grids (and bns weights) stored in a run directory: `RUN/steps/<sampler>-<NFE>.json`,
-written by `scoresde optimize-steps`, read by `scoresde sample`.
+written by `scoresde optimize-steps`, read by `scoresde sample`; or in a JSON file anywhere
+(`optimize-steps --out`, `sample --steps-file`), for any loadable model.
 """
 from __future__ import annotations
 
@@ -25,9 +26,14 @@ def save_steps(run_dir: str | os.PathLike, grid: torch.Tensor, info: dict[str, A
     """Write the grid and its `optimize_steps` info (plus `extra`, e.g. checkpoint=..., seed=...) as JSON."""
     path = steps_path(run_dir, info["sampler"], info["budget"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    return save_steps_file(path, grid, info, **extra)
+
+
+def save_steps_file(path: str | os.PathLike, grid: torch.Tensor, info: dict[str, Any], **extra: Any) -> str:
+    """Write a fit (grid, `optimize_steps` info and `extra`) as JSON at `path`, anywhere (its directory exists)."""
     record = {"times": [float(v) for v in grid.double().tolist()], **info, **extra}
-    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
-    return path
+    atomic_write_bytes(os.fspath(path), (json.dumps(record, indent=1) + "\n").encode())
+    return os.fspath(path)
 
 
 def load_steps(run_dir: str | os.PathLike, sampler: str, budget: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
@@ -35,10 +41,19 @@ def load_steps(run_dir: str | os.PathLike, sampler: str, budget: int) -> tuple[t
     path = steps_path(run_dir, sampler, budget)
     if not os.path.isfile(path):
         return None
+    return load_steps_file(path, sampler, budget)
+
+
+def load_steps_file(path: str | os.PathLike, sampler: str | None = None,
+                    budget: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(grid, record) of a stored fit (`save_steps_file`); the record's sampler and budget unless given."""
+    path = os.fspath(path)
     try:
         with open(path) as f:
             record = json.load(f)
         grid = torch.tensor(record["times"], dtype=torch.float64)
+        sampler = record["sampler"] if sampler is None else sampler
+        budget = record["budget"] if budget is None else budget
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a stored time grid ({e}); delete it or rerun optimize-steps") from None
     expected = grid_size(sampler, budget, record.get("denoise", True))

@@ -18,9 +18,10 @@ diffrax solver declares what it supports and the dispatcher checks it.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -31,9 +32,11 @@ from scoresde._common.threads import thread_policy
 
 
 __all__ = ["SAMPLERS", "SamplerInfo", "sample", "list_samplers", "sampler_info", "uniform_grid", "progress_range",
-           "CheckedScore", "check_options", "check_times", "randn_like", "flush_checks", "check_samples"]
+           "CheckedScore", "check_options", "check_sampler_options", "check_times", "randn_like", "flush_checks",
+           "check_samples"]
 
 KINDS = ("sde", "pc", "corrector", "ode", "fast ode")
+_SHARED = ("generator", "denoise", "progress")          # the keywords every sampler takes (not options)
 FITS = (None, "times", "times and weights")
 
 
@@ -53,6 +56,8 @@ class SamplerInfo:
     schedule: the default layout of its own grid (a `schedule=` option, "given" for an explicit grid),
         None for the samplers that step on the uniform grid.
     fitted: what `optimize_steps` fits for it: "times", "times and weights" (bns), None: nothing.
+    options: the defaults of the options a sampler taking `**options` accepts (None: a default the grid or
+        another option sets); the others' options are their keyword-only parameters (`option_defaults`).
     """
     name: str
     fn: Callable = field(repr=False)
@@ -63,6 +68,7 @@ class SamplerInfo:
     takes_grid: bool
     schedule: str | None = None
     fitted: str | None = None
+    options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -74,6 +80,13 @@ class SamplerInfo:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def option_defaults(self) -> dict[str, Any]:
+        """{option: default} of every option this sampler accepts: its keyword-only parameters beyond the shared
+        ones (generator, denoise, progress), and the `options` it declares for its `**options`."""
+        params = inspect.signature(self.fn).parameters.values()
+        own = {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name not in _SHARED}
+        return {**own, **(self.options or {})}
 
     def grid_nfe(self, intervals: int, denoise: bool = True, **options: Any) -> int | None:
         """Score evaluations on an explicit grid of `intervals` intervals, as `sample(..., times=...)` runs it."""
@@ -160,6 +173,31 @@ def check_options(sampler: str, options: dict[str, Any], defaults: dict[str, Any
         raise TypeError(f"sampler {sampler!r}: unknown option(s) {', '.join(unknown)}; "
                         f"expected some of: {', '.join(sorted(defaults)) or '(none)'}")
     return {**defaults, **options}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(v), type(v).__name__)
+
+
+def check_sampler_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` of `sampler` checked before anything runs: names against `option_defaults()` (a TypeError
+    naming the unknown ones and the known ones), types against the defaults' (ints widen to numbers; a None
+    default takes any). The sampler checks the values' ranges when it runs."""
+    defaults = SAMPLERS[sampler].option_defaults()
+    check_options(sampler, dict(options), defaults)
+    for key, value in options.items():
+        d = defaults[key]
+        if d is None:
+            continue
+        if isinstance(d, bool) or isinstance(d, str):
+            ok = isinstance(value, type(d))
+        elif isinstance(d, (int, float)):
+            ok = isinstance(value, (int, float) if isinstance(d, float) else int) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            raise TypeError(f"sampler {sampler!r}: option {key}: expected {_type_name(d)}, found {value!r}")
+    return dict(options)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

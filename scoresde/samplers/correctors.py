@@ -68,6 +68,7 @@ def annealed_langevin_step(sde, score_fn, x: torch.Tensor, t: torch.Tensor, *, s
 CORRECTORS: dict[str, Callable] = {"langevin": langevin_step, "annealed_langevin": annealed_langevin_step}
 
 _PC_DEFAULTS = {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16, "corrector_steps": 1}
+_LANGEVIN_OPTIONS = {"snr": None, "corrector_steps": None}     # None: pc's defaults
 
 
 def _check_pc(sampler: str, options: dict) -> dict:
@@ -94,7 +95,7 @@ def _annealed_langevin_nfe(steps: int, denoise: bool = True, corrector_steps: in
 
 @SAMPLERS.register("pc", kind="pc", summary="predictor-corrector: predictor= euler_maruyama / reverse_diffusion / "
                    "ancestral / none, corrector= langevin / annealed_langevin / none", nfe=_pc_nfe, stochastic=True,
-                   takes_grid=True)
+                   takes_grid=True, options=_PC_DEFAULTS)
 def pc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3).
 
@@ -129,14 +130,15 @@ def pc(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **
 
 
 @SAMPLERS.register("annealed_langevin", kind="corrector", summary="annealed Langevin dynamics alone "
-                   "(Song & Ermon 2019)", nfe=_annealed_langevin_nfe, stochastic=True, takes_grid=True)
+                   "(Song & Ermon 2019)", nfe=_annealed_langevin_nfe, stochastic=True, takes_grid=True,
+                   options=_LANGEVIN_OPTIONS)
 def annealed_langevin(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Corrector-only annealed Langevin dynamics (Song & Ermon 2019; Song et al. 2021, Sec. 4.2).
 
     Options: snr=0.16, corrector_steps=1. At each of t_1 > ... > t_steps = eps runs
     `corrector_steps` annealed Langevin steps; NFE = steps corrector_steps.
     """
-    check_options("annealed_langevin", options, {"snr": None, "corrector_steps": None})
+    check_options("annealed_langevin", options, _LANGEVIN_OPTIONS)
     options = {k: v for k, v in options.items() if v is not None}
     return pc(sde, score_fn, x, ts, generator=generator, denoise=denoise, progress=progress,
               predictor="none", corrector="annealed_langevin", **options)

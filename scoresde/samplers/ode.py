@@ -65,8 +65,11 @@ def _adaptive(steps: int, denoise: bool = True, **options) -> None:
     return None
 
 
+_OPTIONS = {"rtol": 1e-5, "atol": 1e-5, "method": "RK45"}
+
+
 @SAMPLERS.register("ode", kind="ode", summary="probability-flow ODE, adaptive RK45 (or a scipy solve_ivp method)",
-                   nfe=_adaptive, stochastic=False, takes_grid=False)
+                   nfe=_adaptive, stochastic=False, takes_grid=False, options=_OPTIONS)
 def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Probability-flow ODE from T to eps, adaptive RK45 (Song et al. 2021, Sec. 4.3).
 
@@ -77,7 +80,7 @@ def ode(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, *
     NFE is adaptive (see `sample(..., return_info=True)`); `denoise` adds one Tweedie step at eps
     (+1 NFE).
     """
-    opts = check_options("ode", options, {"rtol": 1e-5, "atol": 1e-5, "method": "RK45"})
+    opts = check_options("ode", options, _OPTIONS)
     rtol = check_positive("rtol", opts["rtol"])
     atol = check_positive("atol", opts["atol"], allow_zero=True)
     method = check_choice("method", opts["method"], ODE_METHODS)

@@ -129,7 +129,7 @@ def _predictor_sampler(name: str, step: Callable, summary: str, doc: str, check_
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
     return SAMPLERS.register(name, kind="sde", summary=summary, nfe=one_per_step, stochastic=True,
-                             takes_grid=True)(fn)
+                             takes_grid=True, options={})(fn)
 
 
 euler_maruyama = _predictor_sampler(

@@ -57,7 +57,8 @@ def _torchsde_nfe(steps: int, denoise: bool = True, method: str = "euler", **opt
 
 
 @SAMPLERS.register("torchsde", kind="sde", summary="reverse SDE solved by torchsde.sdeint (method= euler, milstein, "
-                   "srk, ...)", nfe=_torchsde_nfe, stochastic=True, takes_grid=False)
+                   "srk, ...)", nfe=_torchsde_nfe, stochastic=True, takes_grid=False,
+                   options={"method": "euler", "dt": None})           # dt: (T - eps) / steps
 def torchsde_sampler(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False, **options):
     """Reverse SDE solved by `torchsde.sdeint` with a fixed step.
 

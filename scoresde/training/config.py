@@ -15,6 +15,7 @@ run (the four-mode mixture), so its warm-up and EMA decay are shorter than the i
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import os
 import tomllib
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 from scoresde._common import limits as L
 from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
-from scoresde.models.nets import MODELS, check_model_config
+from scoresde.models.nets import MODELS, check_model_config, model_parameters
 from scoresde.models.score_model import ScoreModel
 
 
@@ -287,17 +288,53 @@ def _apply_task_defaults(out: dict[str, Any], task: Any) -> None:
 
 def check_model_keys(model: Mapping[str, Any]) -> None:
     """The [model] keys are arguments of the network or of ScoreModel (e.g. `model.widht` is refused,
-    naming the known keys). `data_shape` comes from the data, so it is not a key; an unknown
-    model name is left to the registry lookup."""
-    import inspect
+    naming the known keys), of the types their signatures declare (e.g. `model.width = "abc"` is refused
+    before any run). `data_shape` comes from the data, so it is not a key; an unknown model name is left
+    to the registry lookup."""
     name = model.get("name")
     if not isinstance(name, str) or name not in MODELS:
         return
-    score_keys = [k for k in inspect.signature(ScoreModel).parameters if k not in ("net", "sde")]
+    score_params = {k: p for k, p in inspect.signature(ScoreModel).parameters.items() if k not in ("net", "sde")}
     keys = {k: v for k, v in model.items() if k != "name"}
     if "data_shape" in keys:
         raise ValueError("config model.data_shape: set from the data (each example's shape), not a config key")
-    check_model_config(name, keys, extra=tuple(score_keys), exclude=("data_shape",), prefix="model.")
+    check_model_config(name, keys, extra=tuple(score_params), exclude=("data_shape",), prefix="model.")
+    params = {**score_params, **(model_parameters(name) or {})}
+    for key, value in keys.items():
+        allowed = _annotated_types(params[key].annotation) if key in params and key != "num_classes" else None
+        ok = allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed))
+        if not ok:
+            raise ValueError(f"config model.{key}: expected {_annotation_words(params[key].annotation)}, "
+                             f"found {value!r}")
+
+
+_ANNOTATED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+
+
+def _annotation_words(annotation: str) -> str:
+    """"int | None" -> "an integer or none", "Sequence[int]" -> "a list of integers"."""
+    words = {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string", "None": "none"}
+    out = []
+    for part in (a.strip() for a in annotation.split("|") if a.strip() != "None"):    # TOML has no None
+        inner = part[part.index("[") + 1:-1] if "[" in part else None
+        out.append(f"a list of {words[inner][words[inner].index(' ') + 1:]}s" if inner in words else words.get(part, part))
+    return " or ".join(out)
+
+
+def _annotated_types(annotation: Any) -> tuple[type, ...] | None:
+    """The types a parameter annotated `annotation` ("int | None", "Sequence[int]", ...) takes from a TOML config,
+    or None (not checked) for an annotation other than these."""
+    if not isinstance(annotation, str):
+        return None
+    types: tuple[type, ...] = ()
+    for part in (a.strip() for a in annotation.split("|")):
+        if part.startswith(("Sequence[", "tuple[", "list[")):
+            types += (list, tuple)
+        elif part in _ANNOTATED:
+            types += _ANNOTATED[part]
+        else:
+            return None
+    return types
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:

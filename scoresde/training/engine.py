@@ -11,9 +11,10 @@ metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `
 Resuming is exact: every source of randomness is an explicit generator (data order, loss noise) or
 the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA state, on every rank, so
 on CPU 2k steps equal 1k steps + resume 1k, bit for bit; a damaged newest checkpoint is skipped for
-the newest intact one. SIGTERM / Ctrl-C stop at the next step boundary with a checkpoint. A
-non-finite loss or gradient skips the update; `max_nonfinite` in a row raise `TrainingError`,
-leaving the last good checkpoint. Under torchrun the loop runs data-parallel (`scoresde.distributed`).
+the newest intact one; a resume at or past `train.steps` trains, samples and writes nothing. SIGTERM /
+Ctrl-C stop at the next step boundary with a checkpoint. A non-finite loss or gradient skips the update;
+`max_nonfinite` in a row raise `TrainingError`, leaving the last good checkpoint. Under torchrun the loop
+runs data-parallel (`scoresde.distributed`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_sta
 from scoresde._common.files import StorageError, atomic_write_bytes, remove_stale_temporaries, save_npy
 from scoresde._common.toml import save_toml
 from scoresde.runs.directory import RunLock, RunLockedError, append_log
-from scoresde.training.resolve import resolve_run, run_dir_of
+from scoresde.training.resolve import config_changes, resolve_run, run_dir_of
 from scoresde.training.config import check_run_memory
 from scoresde.training.tasks.base import Task
 from scoresde._common.threads import policy_threads
@@ -86,6 +87,7 @@ class TrainResult:
     sde: Any = None
     rank: int = 0                           # this process's rank under torchrun
     resumed_from: str | None = None         # the checkpoint a resume started from
+    steps_this_call: int = 0                # steps trained by this call (0: a resume at or past train.steps)
 
 
 class _StopSignals:
@@ -216,6 +218,9 @@ class Engine:
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"][info.rank], device)
         self.step, self.counts = int(meta["step"]), {**self.counts, **meta["counts"]}
+        changes = config_changes(meta["config"], self.cfg)
+        if changes and self.main:
+            log.warning("resume: changed versus the checkpoint's config: %s", ", ".join(changes))
         for g in self.opt.param_groups:                # the config's optimiser settings win on resume
             g.update(betas=(T["beta1"], T["beta2"]), eps=T["adam_eps"], weight_decay=T["weight_decay"],
                      foreach=True, fused=None)
@@ -246,6 +251,9 @@ class Engine:
     # --- the loop ----------------------------------------------------------------------------------------
     def _train(self) -> TrainResult:
         self._setup()
+        self.first_step = self.step
+        if self.resume_state is not None and self.step >= self.T["steps"]:
+            return self._nothing_to_do()
         T, info, device, task, model, ema, opt = self.T, self.info, self.device, self.task, self.model, self.ema, self.opt
         net = D.wrap(model, info, device)
         main, run_dir = self.main, self.run_dir
@@ -368,7 +376,7 @@ class Engine:
     def _finish(self, last_ckpt, last_loss, interrupted) -> TrainResult:
         info, model, ema, task, run_dir = self.info, self.model, self.ema, self.task, self.run_dir
         result = TrainResult(run_dir, self.step, last_loss, 0.0, self.counts["skipped"], last_ckpt, interrupted,
-                             rank=info.rank, resumed_from=self.resumed_from)
+                             rank=info.rank, resumed_from=self.resumed_from, steps_this_call=self.step - self.first_step)
         if self.dump_weights:
             digest = tensor_digests({f"w/{k}": v for k, v in model.state_dict().items()})["w"]
             atomic_write_bytes(os.path.join(run_dir, f"weights_rank{info.rank}.sha256"), digest.encode())
@@ -395,6 +403,14 @@ class Engine:
         model.eval()
         result.model, result.sde = model, getattr(task, "sde", None)
         return result
+
+    def _nothing_to_do(self) -> TrainResult:
+        """A resume at or past train.steps: nothing is trained, sampled or written; the model has the EMA weights."""
+        self.ema.copy_to(self.model)
+        self.model.eval()
+        return TrainResult(self.run_dir, self.step, None, time.perf_counter() - self.start, self.counts["skipped"],
+                           self.resumed_from, rank=self.info.rank, resumed_from=self.resumed_from, model=self.model,
+                           sde=getattr(self.task, "sde", None))
 
 
 def _check_finite_samples(x: torch.Tensor, title: str) -> None:

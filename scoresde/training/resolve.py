@@ -18,6 +18,20 @@ def run_dir_of(cfg: dict[str, Any]) -> str:
     return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
 
 
+_UNREPORTED = ("out", "name", "train.steps", "train.progress")     # expected to differ on a resume
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """["train.batch_size 512 -> 256", ...]: the values of `new` (a resumed run's config) that differ from
+    `old` (its checkpoint's), but for the run's place and name, train.steps and train.progress."""
+    def flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {f"{k}.{s}" if isinstance(v, Mapping) else k: w for k, v in cfg.items()
+                for s, w in (v.items() if isinstance(v, Mapping) else [(None, v)])}
+    a, b = flat(old), flat(new)
+    return [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
+            if k not in _UNREPORTED and a.get(k) != b.get(k)]
+
+
 def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None,
                 verify: bool = True):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's

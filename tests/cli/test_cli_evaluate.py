@@ -134,3 +134,31 @@ def test_evaluate_bad_inputs_one_line_each(heldout, tmp_path, monkeypatch):
     ]
     for args, match in cases:
         one_line_error(run(*args, *Q), match)
+
+
+def test_evaluate_a_run_draws_the_samples_it_needs(tmp_path):
+    """Right after training, samples.npy holds too few samples for FID (64 in 64 dims): evaluate draws them itself
+    with a fast sampler, says how many and about how long, keeps them, and reuses them on the next call."""
+    out = tmp_path / "run"
+    r = run("train", "--out", str(out), "--data", "digits", "--device", "cpu", "--no-progress", "--steps", "4",
+            "--batch-size", "16", "--set", "model.width=8", "--set", "model.depth=1", "--set", "model.embed_dim=8",
+            "--set", "sample.n=64", "--set", "sample.steps=2")
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", str(out), "--metrics", "fid", "--json", str(tmp_path / "q.json"), *Q)
+    assert r.exit_code == 0, r.output + r.stderr
+    drawn = out / "samples" / "evaluate-ckpt_00000004-dpm_solver-20-seed0-2000.npy"
+    assert ("samples.npy holds 64 samples; FID in 64 digits features needs more than 64; drawing 2000 samples "
+            "from ckpt_00000004.safetensors with dpm_solver, 20 steps (20 score evaluations each; ") in r.output
+    assert np.load(drawn).shape == (2000, 1, 8, 8) and np.load(out / "samples.npy").shape == (64, 1, 8, 8)
+    doc = json.loads((tmp_path / "q.json").read_text())
+    assert doc["n"] == 2000 and doc["reference"].startswith("digits")
+    expected = evaluate(torch.from_numpy(np.load(drawn)), ss.load_dataset("digits").x, features="digits",
+                        metrics="fid", progress=False)["fid"]
+    assert doc["metrics"]["fid"] == pytest.approx(expected, rel=1e-9)
+    r = run("evaluate", str(out), "--metrics", "fid", *Q)                       # the same draw again: reused
+    assert r.exit_code == 0 and f"using the 2000 samples drawn before, {drawn}" in r.output, r.output
+    r = run("evaluate", str(out), "--metrics", "kid", "--n", "100", "--sampler", "ddim", "--steps", "3", *Q)
+    assert r.exit_code == 0 and "--n 100 asked for; drawing 100 samples" in r.output, r.output
+    assert np.load(out / "samples" / "evaluate-ckpt_00000004-ddim-3-seed0-100.npy").shape == (100, 1, 8, 8)
+    r = run("evaluate", str(out), "--metrics", "kid", *Q)                        # enough for KID: samples.npy
+    assert r.exit_code == 0 and "drawing" not in r.output and f"samples:   {out} (64 x 1x8x8)" in r.output, r.output

@@ -79,3 +79,23 @@ def test_one_line_errors(tmp_path):
     np.save(tmp_path / "small.npy", np.zeros((2, 3, 8, 8), dtype=np.uint8))
     one_line_error(run("likelihood", "--checkpoint", ckpt, "--config", cfg, "--data", str(tmp_path / "small.npy")),
                    "examples of shape (3, 8, 8), the model was trained on (3, 16, 16)")
+
+
+def test_optimize_steps_fits_a_score_sde_checkpoint_into_out_and_sample_uses_it(tmp_path):
+    ckpt, cfg, _ = official_files(tmp_path)
+    fits = tmp_path / "fits"
+    r = run("optimize-steps", "--checkpoint", ckpt, "--config", cfg, "--budget", "3", "--n", "4",
+            "--reference-steps", "8", "--maxfev", "6", "--device", "cpu", "--out", str(fits))
+    assert r.exit_code == 0, r.output
+    path = fits / "unipc-3.json"
+    rec = json.loads(path.read_text())
+    assert rec["checkpoint"] == os.path.abspath(ckpt) and rec["config"] == cfg and len(rec["times"]) == 3
+    assert f"--config {cfg} --steps-file {path} uses it" in r.output
+    r = run("sample", "--checkpoint", ckpt, "--config", cfg, "--steps-file", str(path), "--n", "2",
+            "--out", str(tmp_path / "s.npy"), "--device", "cpu")
+    assert r.exit_code == 0 and "using the fitted time grid" in r.output, r.output
+    assert np.load(tmp_path / "s.npy").shape == (2, 3, 16, 16)
+    one_line_error(run("optimize-steps", "--checkpoint", ckpt, "--config", cfg, "--budget", "3"),
+                   "--out: expected a .json file or a directory")
+    one_line_error(run("sample", "--checkpoint", ckpt, "--config", cfg, "--steps-file", str(path), "--steps", "3",
+                       "--out", str(tmp_path / "s.npy")), "--steps: --steps-file")

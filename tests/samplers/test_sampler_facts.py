@@ -111,3 +111,25 @@ def test_the_record_is_the_sampler():
         sampler_info("nope")
     with pytest.raises(ValueError, match="kind: expected one of"):
         SamplerInfo(name="x", fn=len, kind="flow", summary="", nfe=len, stochastic=False, takes_grid=False)
+
+
+@pytest.mark.parametrize("sampler", ss.list_samplers())
+def test_declared_options_are_the_accepted_ones(sampler):
+    """`option_defaults()` lists every option the sampler takes (its defaults given explicitly sample the same
+    as none), and no other: an unknown one is a TypeError from `sample` and from `check_sampler_options`."""
+    from scoresde.samplers.core import check_sampler_options
+    defaults = sampler_info(sampler).option_defaults()
+    given = {k: v for k, v in defaults.items() if v is not None}
+    kw = dict(steps=3, generator=torch.Generator().manual_seed(0))
+    plain = sample(SDE, lambda x, t: -x, (4, 2), sampler=sampler, **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(SDE, lambda x, t: -x, (4, 2), sampler=sampler, **kw, **given), plain)
+    assert check_sampler_options(sampler, given) == given
+    with pytest.raises(TypeError):
+        sample(SDE, lambda x, t: -x, (4, 2), sampler=sampler, steps=3, not_an_option=1)
+    with pytest.raises(TypeError, match="unknown option"):
+        check_sampler_options(sampler, {"not_an_option": 1})
+    for key, value in given.items():                  # a value of another type is refused, naming the option
+        wrong = "abc" if not isinstance(value, str) else 3
+        with pytest.raises(TypeError, match=f"option {key}: expected"):
+            check_sampler_options(sampler, {key: wrong})

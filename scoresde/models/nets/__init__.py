@@ -34,7 +34,7 @@ from scoresde.models.nets.transformer import SeqTransformer, causal_transformer
 from scoresde.models.nets.unet import DDPMUNet
 
 
-__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "check_model_config", "count_parameters", "MLP",
+__all__ = ["MODELS", "get_model", "list_models", "model_arguments", "model_parameters", "check_model_config", "count_parameters", "MLP",
            "DDPMUNet", "NCSNpp", "SeqTransformer", "DiT",
            "autocast", "prepare_model"]
 
@@ -69,14 +69,21 @@ def model_arguments(name: str) -> list[str] | None:
     """The keyword arguments the network `name` accepts (its constructor's signature), or None
     when it takes arbitrary keywords. A builder with `**config` names where they go with a
     `forwards_to` attribute (e.g. ddpmpp -> NCSNpp)."""
-    names: list[str] = []
+    params = model_parameters(name)
+    return None if params is None else list(params)
+
+
+def model_parameters(name: str) -> dict[str, inspect.Parameter] | None:
+    """{argument: its `inspect.Parameter` (annotation, default)} of the network `name`, as `model_arguments`."""
+    found: dict[str, inspect.Parameter] = {}
     obj: Any = MODELS[name]
     while obj is not None:
         params = inspect.signature(obj).parameters.values()
-        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                  and p.name not in names]
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in found:
+                found[p.name] = p
         if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names
+            return found
         obj = getattr(obj, "forwards_to", None)
     return None
 
