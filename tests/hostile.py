@@ -97,7 +97,7 @@ def _checkpoints(root: str) -> None:
     import torch
     from scoresde.runs.checkpoint import find_checkpoint, read_checkpoint, save_checkpoint
     # the fixture run predates metadata digests: read it with the opt-in; the files written here carry digests
-    tensors, meta = read_checkpoint(find_checkpoint(os.path.join(HERE, "data", "main_run")), verify=False)
+    tensors, meta = read_checkpoint(find_checkpoint(os.path.join(HERE, "fixtures", "main_run")), verify=False)
 
     def save(name, edit, t=tensors):
         m = copy.deepcopy(meta)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from scoresde.sde.analytic import Gaussian, GaussianMixture, four_mode_mixture, mode_stats  # noqa: F401  (re-exported)
 
-TESTS = Path(__file__).resolve().parent      # tests/ (fixtures in tests/data)
+TESTS = Path(__file__).resolve().parent      # tests/ (fixtures in tests/fixtures)
 
 
 def counting(fn):

@@ -1,7 +1,7 @@
-"""Bit-identity with the outputs pinned at commit 8c26e4f (tests/data/pinned/outputs.safetensors).
+"""Bit-identity with the outputs pinned at commit 8c26e4f (tests/fixtures/pinned/outputs.safetensors).
 
-Every quantity is recomputed by the same function of tests/data/pinned/make_pinned.py that pinned it
-(samplers on an exact score and on the trained model of tests/data/main_run, likelihoods, losses,
+Every quantity is recomputed by the same function of tests/fixtures/pinned/make_pinned.py that pinned it
+(samplers on an exact score and on the trained model of tests/fixtures/main_run, likelihoods, losses,
 ScoreModel forwards, a resume of main_run, and main_run's training itself) and compared with
 `torch.equal`: any change of any value, dtype or shape fails. Only the public API is used, so these
 tests hold across a restructuring of the package. Regenerate the pins only with the code they were made
@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import scoresde as ss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("make_pinned", os.path.join(HERE, "data", "pinned", "make_pinned.py"))
+_spec = importlib.util.spec_from_file_location("make_pinned", os.path.join(HERE, "fixtures", "pinned", "make_pinned.py"))
 mp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mp)
 

@@ -13,7 +13,7 @@ import scoresde.cli.sample as sample_cli
 from scoresde.cli import cli
 from problems import TESTS
 
-RUN = os.path.join(str(TESTS), "data", "main_run")     # a run written by 8c26e4f (format 1: opt-in)
+RUN = os.path.join(str(TESTS), "fixtures", "main_run")     # a run written by 8c26e4f (format 1: opt-in)
 
 
 def test_a_large_n_is_streamed_in_batches_under_an_address_space_limit(tmp_path):

@@ -11,7 +11,7 @@ from scoresde.pretrained.score_sde_configs import list_configs, refused_configs
 from test_cli import one_line_error, run
 from problems import TESTS
 
-DATA = os.path.join(str(TESTS), "data", "score_sde")
+DATA = os.path.join(str(TESTS), "fixtures", "score_sde")
 
 
 def official_files(tmp_path, name="ddpmpp_vp_continuous_randw"):

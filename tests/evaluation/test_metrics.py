@@ -21,7 +21,7 @@ from scoresde.evaluation.metrics.inception import (INCEPTION_WEIGHTS_ENV, random
 import peers  # noqa: E402  (tests/ is on sys.path: conftest.py)
 from problems import TESTS  # noqa: E402
 
-DATA = TESTS / "data" / "metrics"
+DATA = TESTS / "fixtures" / "metrics"
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def random_inception(tmp_path_factory):
 
 
 def _inception_inputs():
-    """uint8 images as tests/data/metrics/make_fixtures.py draws them: upsampled and downsampled to 299."""
+    """uint8 images as tests/fixtures/metrics/make_fixtures.py draws them: upsampled and downsampled to 299."""
     a = torch.randint(0, 256, (3, 3, 40, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     b = torch.randint(0, 256, (1, 3, 310, 300), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     return a, b

@@ -1,7 +1,7 @@
 """The conditioning object `ss.Cond`: validation, the null condition, expand / cat / where, networks,
 ScoreModel and guidance on a Cond against the label calls, and a class-conditional run made before
-Cond (tests/data/cond_run) loading, sampling and retraining bit for bit
-(tests/data/cond_pinned/make_cond_pinned.py)."""
+Cond (tests/fixtures/cond_run) loading, sampling and retraining bit for bit
+(tests/fixtures/cond_pinned/make_cond_pinned.py)."""
 import dataclasses
 import importlib.util
 import os
@@ -19,7 +19,7 @@ from problems import TESTS
 
 HERE = str(TESTS)
 _spec = importlib.util.spec_from_file_location("make_cond_pinned",
-                                               os.path.join(HERE, "data", "cond_pinned", "make_cond_pinned.py"))
+                                               os.path.join(HERE, "fixtures", "cond_pinned", "make_cond_pinned.py"))
 mp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mp)
 PINNED = load_file(mp.OUTPUTS)

@@ -1,4 +1,4 @@
-"""DiT: the official facebookresearch/DiT fixtures (tests/data/dit, made with the unmodified official
+"""DiT: the official facebookresearch/DiT fixtures (tests/fixtures/dit, made with the unmodified official
 models.py), preset parameter counts and state-dict keys, zero initialisation, shapes and errors,
 `load_dit` and its timestep map, guidance, and training / sampling / likelihood / checkpoints."""
 import argparse
@@ -14,7 +14,7 @@ from scoresde.models.nets.dit import DIT_PRESETS, sincos_pos_embed_2d, timestep_
 from scoresde.pretrained.dit import OFFICIAL_DEFAULTS, DiscreteTimestepScoreModel
 from problems import TESTS
 
-DATA = TESTS / "data" / "dit"
+DATA = TESTS / "fixtures" / "dit"
 ARGS_A = dict(depth=2, hidden_size=64, num_heads=4, patch_size=2, input_size=8, in_channels=4, num_classes=10,
               learn_sigma=True, class_dropout_prob=0.1)     # fixture A's official constructor arguments
 TINY = dict(depth=2, hidden_size=32, num_heads=2, patch_size=2)

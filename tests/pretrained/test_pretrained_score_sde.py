@@ -15,7 +15,7 @@ from scoresde.pretrained import score_sde as S
 from scoresde.pretrained.score_sde_keys import official_entries
 from problems import TESTS
 
-DATA = os.path.join(str(TESTS), "data", "score_sde")
+DATA = os.path.join(str(TESTS), "fixtures", "score_sde")
 FIXTURES = ["ncsnpp_ve_continuous_randw", "ddpmpp_vp_continuous_randw", "ddpm_vp_continuous_randw"]
 # paths the official fixtures do not reach, from a transcription of the official code (data/README.md)
 MORE = ["ncsnpp_ffhq256_like", "ncsnpp_cat_ddpmblocks", "ncsnpp_ve_discrete", "ddpmpp_vp_discrete",

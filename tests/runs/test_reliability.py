@@ -27,8 +27,8 @@ from scoresde.runs.directory import append_log
 from problems import TESTS
 
 HERE = str(TESTS)
-LEGACY = os.path.join(HERE, "data", "legacy_run")          # format version 1, no digests at all
-MAIN_RUN = os.path.join(HERE, "data", "main_run")          # format version 1, tensor digests only
+LEGACY = os.path.join(HERE, "fixtures", "legacy_run")          # format version 1, no digests at all
+MAIN_RUN = os.path.join(HERE, "fixtures", "main_run")          # format version 1, tensor digests only
 TINY = {"data": {"size": 300}, "model": {"width": 16, "depth": 1, "embed_dim": 8},
         "train": {"steps": 10, "batch_size": 32, "warmup": 5, "log_every": 5, "ckpt_every": 5, "progress": False,
                   "keep": 3},

@@ -22,7 +22,7 @@ from scoresde.training.tasks.base import TASKS, Task
 from problems import TESTS
 
 HERE = str(TESTS)
-LEGACY = os.path.join(HERE, "data", "legacy_run")
+LEGACY = os.path.join(HERE, "fixtures", "legacy_run")
 TINY = {"data": {"size": 400}, "model": {"width": 16, "depth": 1, "embed_dim": 8},
         "train": {"steps": 20, "batch_size": 32, "warmup": 5, "log_every": 5, "ckpt_every": 10, "progress": False,
                   "keep": 1},

@@ -205,7 +205,7 @@ def test_cli_trains_samples_and_scores_text(tmp_path):
     one_line_error(run("sample", "--checkpoint", out, "--steps", 0), "--steps")
     one_line_error(run("sample", "--checkpoint", out, "--label", 1), "--label: an option of score models")
     one_line_error(run("sample", "--checkpoint", out, "--out", tmp_path / "s.png"), ".txt")
-    one_line_error(run("sample", "--checkpoint", os.path.join(HERE, "data", "legacy_run"), "--prompt", "a",
+    one_line_error(run("sample", "--checkpoint", os.path.join(HERE, "fixtures", "legacy_run"), "--prompt", "a",
                        "--out", tmp_path / "a.npy"), "--prompt: an option of sequence runs")
     (tmp_path / "bad.txt").write_text("the cat?\n")
     one_line_error(run("likelihood", "--checkpoint", out, "--data", tmp_path / "bad.txt"), "'?'")
