@@ -18,11 +18,13 @@ def run_dir_of(cfg: dict[str, Any]) -> str:
     return os.path.join("runs", cfg["name"] or time.strftime("%Y%m%d-%H%M%S"))
 
 
-def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None):
+def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None,
+                data: Any = None):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
     trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
-    "latent" task); a resumed one the task its checkpoint names."""
+    "latent" task); a resumed one the task its checkpoint names. `data`: the in-memory data of
+    `train(data=...)`, read by the defaults that depend on the data (`Task.data_defaults`)."""
     overrides: dict[str, Any] = {"out": out} if out else {}
     if task and not resume:
         overrides["task"] = task
@@ -37,11 +39,11 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
         cfg = resolve(config, overrides, base=state[2]["config"])
         task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
     else:
-        cfg = resolve(config, overrides)
+        cfg = resolve(config, overrides, data=data)
         task = cfg["task"]
         if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
             task = overrides["task"] = "latent"
-            cfg = resolve(config, overrides)                  # with the latent task's own defaults
+            cfg = resolve(config, overrides, data=data)       # with the latent task's own defaults
     task_cls = get_task(task)
     cfg["task"] = task
     task_cls.check_config(cfg)
