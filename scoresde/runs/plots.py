@@ -73,7 +73,7 @@ def scatter_figure(samples: torch.Tensor, data: torch.Tensor | None = None, titl
     width, inner = 4.2, 3.5                       # inches per panel, of which the axes (the rest: tick labels)
     two_d = both.shape[1] > 1
     height = float(np.clip(inner * (hi[1] - lo[1]) / (hi[0] - lo[0]), 1.3, 1.8 * inner)) if two_d else 2.5
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height + (1.35 if title else 1.0)),
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height + (1.2 if title else 0.9)),
                              squeeze=False, layout="constrained")
     for ax, (name, _), p in zip(axes[0], panels, pts):
         if ctx is not None and name == "samples":
