@@ -7,9 +7,10 @@ for w in {0, 0.5, 1, 2, 4, 8}, next to the same guidance built from the exact sc
   fidelity:  the fraction of samples landing in the requested class;
   diversity: the within-class std of samples (robust: 1.4826 MAD) relative to the true std 0.1,
              and the number of modes holding >= 1% of the samples (4 = full coverage).
-Saves benchmarks/results/guidance_fidelity_diversity.png and guidance_samples.png.
+Saves guidance_fidelity_diversity.png and guidance_samples.png in out/guidance/ (git-ignored; the figures in
+benchmarks/results/ are regenerated with --out benchmarks/results).
 
-    OMP_NUM_THREADS=1 python examples/guidance.py [--train-steps 1500] [--n 1000]
+    OMP_NUM_THREADS=1 python examples/guidance.py [--train-steps 1500] [--n 1000] [--out DIR]
 """
 from __future__ import annotations
 
@@ -74,14 +75,22 @@ def metrics(mix, x, y):
     return rate, sum(ratios) / len(ratios), int((counts >= 0.01).sum())
 
 
-def main():
+# a fresh folder of its own by default (git-ignored); --out benchmarks/results regenerates the tracked figures
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "out", "guidance")
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-steps", type=int, default=1500)
     ap.add_argument("--n", type=int, default=1000, help="samples per weight")
     ap.add_argument("--steps", type=int, default=200, help="sampling steps (reverse diffusion)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=OUT, help="output folder (default: out/guidance/ in the repository)")
+    return ap.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     mix, sde = four_mode_mixture(), ss.VPSDE()
     start = time.perf_counter()
     model = train(mix, sde, args.train_steps, args.seed)

@@ -4,7 +4,8 @@ Trains a small unconditional score model on scikit-learn's digits (scaled to [-1
 (1, 8, 8); the first 1597 images, the last 200 are held out), or loads one with --checkpoint, then
 fills in (a) the bottom half and (b) a random half of the pixels of held-out digits with
 `scoresde.impute`, checks that the known pixels are exact, and saves a grid
-(rows: original, masked, inpainted; red = unknown) to benchmarks/results/inpainting_digits.png.
+(rows: original, masked, inpainted; red = unknown) to out/inpainting_digits/inpainting_digits.png (git-ignored;
+--out benchmarks/results regenerates the tracked figure).
 As a plausibility check it reports the accuracy of a logistic-regression digit classifier (fit on
 the training images) on the inpainted images, next to the masked images filled with the mean image.
 
@@ -68,7 +69,11 @@ def masks(n: int, seed: int) -> dict[str, torch.Tensor]:
     return {"bottom half": bottom, "random pixels": random}
 
 
-def main():
+# a fresh folder of its own by default (git-ignored); --out benchmarks/results regenerates the tracked figures
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "out", "inpainting_digits")
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=None, help="run directory of a model trained on digits")
     ap.add_argument("--model", choices=["mlp", "ddpm_unet"], default="mlp")
@@ -77,8 +82,12 @@ def main():
     ap.add_argument("--n-eval", type=int, default=200, help="held-out digits for the accuracy check")
     ap.add_argument("--steps", type=int, default=500, help="PC steps (reverse diffusion + Langevin)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=OUT, help="output folder (default: out/inpainting_digits/ in the repository)")
+    return ap.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     x, labels = load_digits()
     x_train, x_test, y_test = x[:N_TRAIN], x[N_TRAIN:][:args.n_eval], labels[N_TRAIN:][:args.n_eval]
     if args.checkpoint:

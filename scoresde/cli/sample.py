@@ -27,6 +27,7 @@ from scoresde.runs.checkpoint import checkpoint_task
 from scoresde.runs.plots import plot_samples, save_samples
 from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
+from scoresde.samplers.predictors import PREDICTORS
 from scoresde.samplers.masked import list_discrete_samplers
 from scoresde.training.config import parse_override
 
@@ -289,7 +290,9 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
                 return
             title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
         else:
-            sampler, steps = sampler or cfg["sample"]["sampler"], steps or cfg["sample"]["steps"]
+            run_sampler = cfg["sample"]["sampler"]         # inpainting steps a predictor: the run's, else Euler-Maruyama
+            sampler = sampler or (run_sampler if run_sampler in ("pc", *PREDICTORS) else "euler_maruyama")
+            steps = steps or cfg["sample"]["steps"]
             x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
             x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
             inputs = {"known": x_known, "mask": m}

@@ -24,7 +24,7 @@ from scoresde._common.registry import Registry
 
 
 __all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_source", "from_array", "load_array",
-           "load_image_folder"]
+           "load_image_folder", "example_shape"]
 
 DATASETS = Registry("dataset")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -350,3 +350,34 @@ def load_dataset(name: str, *, size: int = 50000, seed: int = 0, normalize: str 
     if kind == "images":
         return load_image_folder(name, image_size=image_size, labels=labels)
     return load_array(name, normalize=normalize, labels=labels)
+
+
+def example_shape(name: str, image_size: int = 0) -> tuple[int, ...] | None:
+    """The shape D of one example of the data source `name`, read cheaply (a few built-in draws, an array's
+    header, the first image of a folder), or None when it cannot be told (a missing or unreadable source:
+    `check_data_source` / `load_dataset` report why). Config defaults that depend on the data use it."""
+    try:
+        kind = check_data_source(name)
+        if kind == "builtin":
+            if name in ("digits", "digits32"):
+                return tuple(DATASETS[name]().x.shape[1:])
+            return tuple(DATASETS[name](8, generator=torch.Generator().manual_seed(0)).x.shape[1:])
+        if kind == "images":
+            from PIL import Image
+            with Image.open(_first_image(name)) as im:
+                channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
+                w, h = (image_size, image_size) if image_size else im.size
+            return (channels, h, w)
+        if name.lower().endswith(".npy"):
+            return tuple(np.load(name, mmap_mode="r", allow_pickle=False).shape[1:])
+        import zipfile
+        with zipfile.ZipFile(name) as z:
+            keys = [k[:-4] for k in z.namelist() if k.endswith(".npy")]
+            key = next((k for k in ("x", "data", "images") if k in keys), None)
+            key = key or next(iter([k for k in keys if k not in ("y", "labels")]), None)
+            with z.open(f"{key}.npy") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                return tuple(read(f)[0][1:])
+    except Exception:                       # noqa: BLE001  (None: the loaders give the real error later)
+        return None

@@ -3,7 +3,9 @@
 One training process (rank 0 of a torchrun job) holds `RUN/.lock` with `fcntl.flock` for the whole
 run; a second run into the same directory is refused with one line naming the holder. The operating
 system drops the lock when its process dies (even by `kill -9`), so a lock file left by a dead
-process is stale by construction: the next run takes it over and says whose it was.
+process is stale by construction: the next run takes it over and says whose it was. A run that ends
+removes its lock file (while still holding it; a process that locked the removed file finds that the
+path no longer names it and locks the new one), and `tidy_run_dir` its empty `samples/`.
 
 `log.csv` is written all or nothing (an append cut back on failure, a rewrite atomic), so a full disk or
 a kill never leaves it empty or half a row longer: rows beyond a resumed checkpoint's step, or of an
@@ -26,7 +28,7 @@ from scoresde.runs.checkpoint import (CheckpointError, CheckpointNameError, Unve
                                       read_checkpoint)
 
 
-__all__ = ["RunLock", "RunLockedError", "append_log", "newest_intact"]
+__all__ = ["RunLock", "RunLockedError", "append_log", "newest_intact", "tidy_run_dir"]
 
 
 class RunLockedError(RuntimeError):
@@ -55,18 +57,22 @@ class RunLock:
             raise self._refuse(f"a symbolic link to {os.readlink(self.run_dir)!r}, which does not exist", errno.ENOENT)
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise self._refuse("exists and is not a directory", errno.ENOTDIR)
-        try:
-            os.makedirs(self.run_dir, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise self._refuse(f"cannot create {self.path}: {(e.strerror or str(e)).lower()}", e.errno) from None
-        previous = os.read(fd, 4096).decode(errors="replace").strip()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunLockedError(f"run directory {self.run_dir!r} is in use by {previous or 'another process'}; "
-                                 "wait for that run to end or choose another --out") from None
+        while True:
+            try:
+                os.makedirs(self.run_dir, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise self._refuse(f"cannot create {self.path}: {(e.strerror or str(e)).lower()}", e.errno) from None
+            previous = os.read(fd, 4096).decode(errors="replace").strip()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(f"run directory {self.run_dir!r} is in use by {previous or 'another process'}; "
+                                     "wait for that run to end or choose another --out") from None
+            if self._names(fd):
+                break
+            os.close(fd)                       # the holder removed this file as it ended: lock the new one
         self.stale = previous or None
         holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
         try:
@@ -81,10 +87,21 @@ class RunLock:
         self._fd = fd
         return self
 
+    def _names(self, fd: int) -> bool:
+        """Whether the lock path still names the file open as `fd`."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
     def release(self) -> None:
+        """Remove the lock file, then unlock it: a finished run leaves no `.lock` behind."""
         if self._fd is not None:
             import fcntl
-            os.ftruncate(self._fd, 0)                   # an unheld lock file says nothing
+            if self._names(self._fd):
+                os.unlink(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -147,3 +164,16 @@ def newest_intact(run_dir: str, *, verify: bool = True) -> tuple[str, dict[str, 
         except CheckpointError as e:
             damaged.append(str(e))
     raise CheckpointError(f"resume: no intact checkpoint in {run_dir!r}; {damaged[0]}")
+
+
+def tidy_run_dir(run_dir: str, created: bool = False) -> None:
+    """At the end of a run: remove its `samples/` when nothing was written there (plots go there only with
+    `train.sample_every`), and the directory itself when this run `created` it and left it empty (a run that
+    failed before writing anything)."""
+    samples = os.path.join(run_dir, "samples")
+    for path in (samples, run_dir) if created else (samples,):
+        try:
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+        except OSError:                        # another process wrote there meanwhile: keep it
+            pass

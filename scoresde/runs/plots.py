@@ -19,7 +19,7 @@ from scoresde._common.files import atomic_write_bytes, save_npy
 
 
 __all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape",
-           "save_samples", "sample_metrics", "plot_texts"]
+           "save_samples", "sample_metrics", "metrics_summary", "plot_texts"]
 
 
 def _finite(name: str, x: torch.Tensor | None) -> None:
@@ -47,28 +47,48 @@ def is_image_shape(shape) -> bool:
     return (len(shape) == 3 and shape[0] in (1, 3, 4) and min(shape[1:]) > 1) or (len(shape) == 2 and min(shape) > 2)
 
 
-def scatter_2d(samples: torch.Tensor, path: str, data: torch.Tensor | None = None, title: str = "") -> None:
-    """Scatter of the first two coordinates of samples (and of the data, side by side)."""
+def scatter_2d(samples: torch.Tensor, path: str, data: torch.Tensor | None = None, title: str = "",
+               context: torch.Tensor | None = None) -> None:
+    """Scatter of the first two coordinates of samples (and of the data, side by side); `context` points (e.g.
+    the training data behind class-conditional samples) are drawn in light grey under the samples."""
+    _save(scatter_figure(samples, data, title, context), path)
+
+
+def scatter_figure(samples: torch.Tensor, data: torch.Tensor | None = None, title: str = "",
+                   context: torch.Tensor | None = None):
+    """The figure of `scatter_2d`: panels on shared limits (0.5 / 99.5 percentiles of everything drawn, context
+    included, so a plot of one class still shows where it sits), each as tall as the data's aspect needs
+    (no blank band between the title and wide data such as moons)."""
     _finite("samples", samples)
     _finite("data", data)
+    _finite("context", context)
     plt = _figure()
     panels = [("data", data), ("samples", samples)] if data is not None else [("samples", samples)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     pts = [p.detach().float().flatten(1).cpu().numpy() for _, p in panels]
-    both = np.concatenate(pts)
+    ctx = None if context is None else context.detach().float().flatten(1).cpu().numpy()
+    both = np.concatenate(pts + ([ctx] if ctx is not None else []))
     lo, hi = np.percentile(both[:, :2], 0.5, axis=0), np.percentile(both[:, :2], 99.5, axis=0)
     pad = 0.1 * (hi - lo) + 1e-3
+    lo, hi = lo - pad, hi + pad
+    width, inner = 4.2, 3.5                       # inches per panel, of which the axes (the rest: tick labels)
+    two_d = both.shape[1] > 1
+    height = float(np.clip(inner * (hi[1] - lo[1]) / (hi[0] - lo[0]), 1.3, 1.8 * inner)) if two_d else 2.5
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height + (1.2 if title else 0.9)),
+                             squeeze=False, layout="constrained")
     for ax, (name, _), p in zip(axes[0], panels, pts):
+        if ctx is not None and name == "samples":
+            ax.scatter(ctx[:, 0], ctx[:, 1] if two_d else np.zeros(len(ctx)), s=2, c="0.8", linewidths=0,
+                       label=f"data ({len(ctx)})")
         y = p[:, 1] if p.shape[1] > 1 else np.zeros(len(p))
         ax.scatter(p[:, 0], y, s=2, alpha=0.5, linewidths=0)
-        ax.set_title(f"{name} ({len(p)})")
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        if p.shape[1] > 1:
-            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_aspect("equal" if p.shape[1] > 1 else "auto")
+        ax.set_title(f"{name} ({len(p)})" + (", data in grey" if ctx is not None and name == "samples" else ""))
+        ax.set_xlim(lo[0], hi[0])
+        if two_d:
+            ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal" if two_d else "auto")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    return fig
 
 
 def image_grid(images: torch.Tensor, path: str, nrow: int | None = None, title: str = "") -> None:
@@ -96,34 +116,47 @@ def image_grid(images: torch.Tensor, path: str, nrow: int | None = None, title: 
     _save(fig, path)
 
 
-def plot_samples(samples: torch.Tensor, path: str, data: torch.Tensor | None = None, title: str = "") -> None:
-    """Image grid for image-shaped samples (at most 64 shown), otherwise a 2-D scatter."""
+def plot_samples(samples: torch.Tensor, path: str, data: torch.Tensor | None = None, title: str = "",
+                 context: torch.Tensor | None = None) -> None:
+    """Image grid for image-shaped samples (at most 64 shown; the title then says so), otherwise a 2-D scatter
+    (beside `data`, and over `context` in grey: see `scatter_2d`)."""
     if is_image_shape(samples.shape[1:]):
-        image_grid(samples[:64], path, title=title)
+        shown = min(len(samples), 64)
+        note = f" ({shown} of {len(samples)} shown)" if shown < len(samples) else ""
+        image_grid(samples[:64], path, title=title + note)
     else:
-        scatter_2d(samples, path, data=None if data is None else data[: len(samples)], title=title)
+        scatter_2d(samples, path, data=None if data is None else data[: len(samples)], title=title,
+                   context=context)
 
 
 def pair_rows(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, max_pairs: int = 32,
-              max_cols: int = 8) -> tuple[torch.Tensor, int]:
+              max_cols: int = 8, originals: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(images, columns) for an inpainting grid: each row of known images (unknown entries -1, black)
-    directly above the row of their fills; a last short row is padded with white (1)."""
+    directly above the row of their fills, and with `originals` the row of the complete images above both;
+    a last short row is padded with white (1)."""
     n = min(len(filled), max_pairs)
     shown = torch.where(mask[:n].bool(), known[:n], torch.full_like(known[:n], -1.0))
     cols = min(max_cols, n)
     rows = []
     for lo in range(0, n, cols):
-        for part in (shown[lo:lo + cols], filled[lo:lo + cols].to(shown)):
+        group = [shown[lo:lo + cols], filled[lo:lo + cols].to(shown)]
+        if originals is not None:
+            group.insert(0, originals[lo:min(lo + cols, n)].to(shown))
+        for part in group:
             rows += [part, torch.ones((cols - len(part), *part.shape[1:]), dtype=part.dtype)]
     return torch.cat(rows), cols
 
 
 def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tensor, path: str,
-                    title: str = "", max_pairs: int = 32) -> None:
-    """Inpainting results in pairs of rows: known images (unknown entries black), then their fills."""
+                    title: str = "", max_pairs: int = 32, originals: torch.Tensor | bool = True) -> None:
+    """Inpainting results in groups of rows: the originals, the known images (unknown entries black), their
+    fills; the title says so. `originals=True`: `known` holds the complete images (as `scoresde sample --known`
+    passes them); a tensor: those; False: only the known and filled rows."""
     _finite("filled", filled)
-    images, cols = pair_rows(known, mask, filled, max_pairs)
-    image_grid(images, path, nrow=cols, title=title)
+    orig = known if originals is True else (originals if isinstance(originals, torch.Tensor) else None)
+    images, cols = pair_rows(known, mask, filled, max_pairs, originals=orig)
+    rows = "rows: original, known (unknown black), filled" if orig is not None else "rows: known (unknown black), filled"
+    image_grid(images, path, nrow=cols, title=f"{title}; {rows}" if title else rows)
 
 
 def save_samples(samples: torch.Tensor, path: str, title: str = "", known: torch.Tensor | None = None,
@@ -161,7 +194,9 @@ def plot_loss(csv_path: str, path: str) -> None:
 
 def sample_metrics(model, x: torch.Tensor) -> dict[str, Any]:
     """Exact validity (built-in languages), distinct fraction and mean length (tokens before EOS) of samples
-    x (n, L) of a `MaskedLM` / `AutoregressiveLM`."""
+    x (n, L) of a `MaskedLM` / `AutoregressiveLM`. With validity, `distinct_valid_fraction` is the
+    fraction of distinct texts among the valid ones: validity alone rewards a collapse (every sample the
+    same short valid string is "100% valid"), so the two are always reported together (`metrics_summary`)."""
     texts = model.decode(x)
     out: dict[str, Any] = {"n": len(texts), "distinct_fraction": round(len(set(texts)) / max(len(texts), 1), 4)}
     if model.eos_id is not None:
@@ -170,20 +205,66 @@ def sample_metrics(model, x: torch.Tensor) -> dict[str, Any]:
         out["mean_length"] = round(float(length.float().mean()), 3)
     valid = model.is_valid(x)
     if valid is not None:
-        out["valid_fraction"] = round(sum(valid) / max(len(valid), 1), 4)
+        good = [s for s, v in zip(texts, valid) if v]
+        out["valid_fraction"] = round(len(good) / max(len(valid), 1), 4)
+        out["distinct_valid_fraction"] = round(len(set(good)) / max(len(good), 1), 4)
     return out
+
+
+def metrics_summary(m: dict[str, Any]) -> str:
+    """The sample metrics of a run or a draw (`sample_metrics`, `run_metrics`, metrics.json) in words, for one
+    summary line: "97.3% valid, 71.0% distinct among valid", "mode-weight TV 0.012", "digits FID 3.2", ...;
+    "" when there is none. Validity never comes without the distinct fraction."""
+    parts = []
+    if "valid_fraction" in m:
+        parts.append(f"{100 * m['valid_fraction']:.1f}% valid")
+        if "distinct_valid_fraction" in m:
+            parts.append(f"{100 * m['distinct_valid_fraction']:.1f}% distinct among valid")
+    elif "distinct_fraction" in m:
+        parts.append(f"{100 * m['distinct_fraction']:.1f}% distinct")
+    if "mode_weight_tv" in m:
+        parts.append(f"mode-weight TV {m['mode_weight_tv']:.3f}")
+    if "fid" in m:
+        parts.append(f"digits FID {m['fid']:.3g}")
+    elif "kid" in m:
+        parts.append(f"KID {m['kid']:.3g}")
+    return ", ".join(parts)
+
+
+_LINE = 0.24          # inches per text line of `plot_texts`
 
 
 def plot_texts(texts: Sequence[str], path: str, valid: Sequence[bool] | None = None, title: str = "",
                rows: int = 32) -> None:
-    """The first `rows` texts in a monospace column (green: valid, red: invalid, when known) as a PNG."""
+    """The first `rows` texts in a monospace column (green: valid, red: invalid, when known) as a PNG, under
+    the title and a line saying how many of how many are shown (and how many are valid and distinct)."""
+    _save(text_figure(texts, valid, title, rows), path)
+
+
+def text_figure(texts: Sequence[str], valid: Sequence[bool] | None = None, title: str = "", rows: int = 32):
+    """The matplotlib figure of `plot_texts`: every line at its own height, the title's included."""
     plt = _figure()
     shown = list(texts)[:rows]
-    width = max([len(s) for s in shown] + [len(title) // 2, 20])
-    fig = plt.figure(figsize=(min(0.11 * width + 1.0, 16), 0.24 * len(shown) + 0.8))
+    head = [title] if title else []
+    count = f"{len(shown)} of {len(texts)} samples shown"
+    if valid is not None:
+        good = [s for s, v in zip(texts, valid) if v]
+        count += (f"; {100 * len(good) / max(len(texts), 1):.1f}% valid, "
+                  f"{100 * len(set(good)) / max(len(good), 1):.1f}% distinct among valid")
+    head.append(count)
+    lines = len(head) + 0.5 + len(shown)          # the header lines, a half-line gap, the texts
+    width = max([len(s) for s in shown] + [len(h) // 2 for h in head] + [20])
+    height = _LINE * (lines + 1)
+    fig = plt.figure(figsize=(min(0.11 * width + 1.0, 16), height))
+
+    def y(i: float) -> float:                     # top of line i (0: the first), half a line of margin above
+        return 1 - (0.5 + i) * _LINE / height
+
+    for i, h in enumerate(head):
+        fig.text(0.02, y(i), h.replace("$", r"\$"), fontsize=10 if i == 0 and title else 8, va="top",
+                 weight="bold" if i == 0 and title else "normal")
     for i, s in enumerate(shown):
         color = "black" if valid is None else ("tab:green" if valid[i] else "tab:red")
-        fig.text(0.02, 1 - (i + 1.5) / (len(shown) + 2), s.replace("$", r"\$") or "(empty)", family="monospace",
-                 fontsize=9, color=color)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+        fig.text(0.02, y(len(head) + 0.5 + i), s.replace("$", r"\$") or "(empty)", family="monospace",
+                 fontsize=9, color=color, va="top")
+    return fig

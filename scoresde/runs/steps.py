@@ -1,6 +1,8 @@
 """Fitted step grids (and bns weights) stored in a run directory: `RUN/steps/<sampler>-<NFE>.json`,
 written by `scoresde optimize-steps`, read by `scoresde sample`; or in a JSON file anywhere
-(`optimize-steps --out`, `sample --steps-file`), for any loadable model.
+(`optimize-steps --out`, `sample --steps-file`), for any loadable model. A fit in progress keeps its partial state
+in `RUN/steps/<sampler>-<NFE>.partial.safetensors` (`partial_path`, `optimize_steps(checkpoint=...)`), so an
+interrupted fit resumes, and the file goes when the fit ends.
 """
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ from scoresde.samplers.bns import check_weights
 def steps_path(run_dir: str | os.PathLike, sampler: str, budget: int) -> str:
     """RUN/steps/<sampler>-<budget>.json"""
     return os.path.join(os.fspath(run_dir), "steps", f"{check_fitted(sampler)}-{check_int('budget', budget)}.json")
+
+
+def partial_path(run_dir: str | os.PathLike, sampler: str, budget: int) -> str:
+    """RUN/steps/<sampler>-<budget>.partial.safetensors: the partial fit (`optimize_steps(checkpoint=...)`); its
+    folder is made here so the fit can write it."""
+    path = steps_path(run_dir, sampler, budget)[:-len(".json")] + ".partial.safetensors"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
 
 
 def save_steps(run_dir: str | os.PathLike, grid: torch.Tensor, info: dict[str, Any], **extra: Any) -> str:

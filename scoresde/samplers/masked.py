@@ -19,9 +19,15 @@ receives `nfe` (network calls) and `nfe_per_sequence` (rows evaluated / B).
 - `llada` (Nie et al. 2025, arXiv:2502.09992, Alg. 5 / `generate.py`): blocks of `block_length` positions,
   left to right from the first masked one (semi-autoregressive; 0: one block), share the steps; each
   step predicts every masked token and keeps the k most confident in the current block
-  (`remasking="low_confidence"`: the probability of the drawn token; `"random"`: a uniform score),
-  k splitting the block's masked count evenly over its steps. With one token per step and random
-  remasking (or any order independent of the drawn values) the exact denoiser gives exact samples.
+  (`remasking="entropy"`, the default: the lowest entropy of the position's prediction first;
+  `"low_confidence"`: the probability of the drawn token, LLaDA's; `"random"`: a uniform score),
+  k splitting the block's masked count evenly over its steps. With one token per step and random or
+  entropy remasking (any order that does not look at the drawn values) the exact denoiser gives exact
+  samples. Ordering by the drawn token's probability does look at them, and collapses: the most
+  confident reveal is an EOS next to one already revealed, so the sequences fill with EOS from the
+  right and most samples are the shortest string (on brackets 100% valid, 3.5% distinct with the exact
+  denoiser; `benchmarks/results/discrete.md`). Entropy ordering reveals the easy positions first, as
+  confidence ordering does, but draws each from its full conditional, so the length law is kept.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from scoresde.sde.masked import MaskedProcess
 __all__ = ["DISCRETE_SAMPLERS", "sample_mdlm", "sample_llada", "categorical", "list_discrete_samplers"]
 
 DISCRETE_SAMPLERS = Registry("discrete sampler")
-REMASKING = ("low_confidence", "random")
+REMASKING = ("entropy", "low_confidence", "random")
 
 
 def list_discrete_samplers() -> list[str]:
@@ -115,9 +121,9 @@ def _even_split(n: torch.Tensor, parts: int) -> torch.Tensor:
 
 @DISCRETE_SAMPLERS.register("llada")
 def sample_llada(denoiser: Callable, x: torch.Tensor, process: MaskedProcess, *, steps: int, temperature: float = 1.0,
-                 remasking: str = "low_confidence", block_length: int = 0, generator: torch.Generator | None = None,
+                 remasking: str = "entropy", block_length: int = 0, generator: torch.Generator | None = None,
                  stats: dict | None = None, progress: bool = False) -> torch.Tensor:
-    """LLaDA sampling: reveal the most confident (or random) predictions, block by block."""
+    """LLaDA sampling: reveal the most certain (or most confident, or random) predictions, block by block."""
     x = _check_common(x, process, steps, temperature).clone()
     if remasking not in REMASKING:
         raise ValueError(f"remasking: expected one of {', '.join(REMASKING)}, found {remasking!r}")
@@ -151,7 +157,10 @@ def sample_llada(denoiser: Callable, x: torch.Tensor, process: MaskedProcess, *,
                 logits = denoiser(x, t).float()
                 nfe += 1
                 x0 = categorical(logits, temperature, generator)
-                if remasking == "low_confidence":
+                if remasking == "entropy":                 # minus the entropy: independent of the draw x0
+                    p = torch.softmax(logits.double(), -1)
+                    conf = torch.special.xlogy(p, p).sum(-1)
+                elif remasking == "low_confidence":
                     conf = torch.softmax(logits.double(), -1).gather(-1, x0[..., None])[..., 0]
                 else:
                     conf = torch.rand(B, L, generator=generator, device=x.device, dtype=torch.float64)

@@ -42,5 +42,5 @@ def train(config: Any = None, *, data: Any = None, out: str | None = None, resum
         CheckpointError for an unusable checkpoint, RunLockedError when another live run holds the
         directory, StorageError when the disk is full, TrainingError when the loss stays non-finite.
     """
-    cfg, task_cls, state = resolve_run(config, out=out, resume=resume, verify=verify)
+    cfg, task_cls, state = resolve_run(config, out=out, resume=resume, verify=verify, data=data)
     return Engine(task_cls(cfg, data), cfg, state, progress=progress, dump_weights=dump_weights).run()

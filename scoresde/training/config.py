@@ -102,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
         "max_depth": 3,      # brackets: nesting depth bound (the length bound is seq_len - 1, default 16)
         "digits": 2,         # sums: digits of a and b
         "holdout": 0.05,     # fraction of the sequences kept out of training, for the bound at eval_every
-        "remasking": "low_confidence",  # llada sampler: low_confidence | random
+        "remasking": "entropy",  # llada sampler: entropy (the most certain position first; keeps the data's
+                             # law) | low_confidence (LLaDA's: collapses to the shortest strings) | random
         "block_length": 0,   # llada sampler: semi-autoregressive block length (0: one block)
         "temperature": 1.0,  # sampling temperature (0: argmax)
         "eval_draws": 4,     # mask draws per held-out sequence for the bound
@@ -128,7 +129,7 @@ _FREE_SECTIONS = ("sde", "model")
 _TASK_SECTIONS = ("discrete", "vae")   # kept only for the tasks that list them in `Task.sections`
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
-            "discrete.remasking": ("low_confidence", "random"), "discrete.loss": ("time", "count"),
+            "discrete.remasking": ("entropy", "low_confidence", "random"), "discrete.loss": ("time", "count"),
             "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
@@ -206,9 +207,12 @@ def _check_num_classes(value: Any) -> Any:
     return value
 
 
-def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None, data: Any = None) -> dict[str, Any]:
     """Merge `cfg` (a possibly partial nested dict) over `base` (the defaults) and check every value.
 
+    The defaults are layered: the built-in `DEFAULTS`, then the task's `defaults`, then its `data_defaults`
+    for the data the config names (or the in-memory `data`; e.g. a fast sampler and a small network for
+    small images), then `base` (a resumed run's own config), then `cfg`: a value the user set always wins.
     Unknown keys in the fixed sections, wrong types and out-of-range values raise ValueError
     naming the key. Registry names (SDE, model, sampler) are checked where they are used.
     """
@@ -217,6 +221,9 @@ def validate(cfg: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> d
     out = default_config()
     task = cfg.get("task", (base or {}).get("task", DEFAULTS["task"]))
     _apply_task_defaults(out, task)
+    if base is None:                                  # a resumed run keeps its own values
+        by_data = _task_attr(task, "data_defaults", None)
+        _overlay(out, by_data(_view(out, cfg), data) if by_data is not None else {})
     for key, value in (base or {}).items():          # a resolved config (e.g. a checkpoint's)
         out[key] = copy.deepcopy(value) if not isinstance(value, Mapping) else {**out.get(key, {}), **copy.deepcopy(dict(value))}
     for key, value in cfg.items():
@@ -282,8 +289,26 @@ def _task_attr(task: Any, name: str, default: Any) -> Any:
 
 def _apply_task_defaults(out: dict[str, Any], task: Any) -> None:
     """Overlay the `defaults` of the task `task` (scoresde.tasks) on the built-in defaults `out`."""
-    for key, value in _task_attr(task, "defaults", {}).items():
+    _overlay(out, _task_attr(task, "defaults", {}))
+
+
+def _overlay(out: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Defaults {section: {key: value}} over `out`; a free section (`model`, `sde`) is replaced whole."""
+    for key, value in defaults.items():
         out[key] = copy.deepcopy(value) if key in _FREE_SECTIONS else {**out[key], **copy.deepcopy(value)}
+
+
+def _view(out: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's `cfg` over the defaults so far, unchecked: what a task's `data_defaults` reads (the data name,
+    the network's name and the keys the user set; `cfg` itself, under "user")."""
+    view = {k: dict(v) if isinstance(v, Mapping) else v for k, v in out.items()}
+    for key, value in cfg.items():
+        if isinstance(view.get(key), dict) and isinstance(value, Mapping):
+            view[key].update(value)
+        elif key in view and not isinstance(view[key], dict):
+            view[key] = value
+    view["user"] = cfg
+    return view
 
 
 def check_model_keys(model: Mapping[str, Any]) -> None:
@@ -364,8 +389,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve(config: str | os.PathLike | Mapping[str, Any] | None = None,
-            overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`base` (the defaults) <- config (a TOML path or a nested dict) <- dotted `overrides`; validated."""
+            overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None,
+            data: Any = None) -> dict[str, Any]:
+    """`base` (the defaults) <- config (a TOML path or a nested dict) <- dotted `overrides`; validated
+    (`data`: the in-memory data of `train(data=...)`, for the defaults that depend on the data)."""
     if config is None:
         cfg_in: dict[str, Any] = {}
     elif isinstance(config, (str, os.PathLike)):
@@ -376,4 +403,4 @@ def resolve(config: str | os.PathLike | Mapping[str, Any] | None = None,
         raise TypeError(f"config: expected a TOML path, a dict or None, found {type(config).__name__}")
     for key, value in (overrides or {}).items():
         set_dotted(cfg_in, key, value)
-    return validate(cfg_in, base)
+    return validate(cfg_in, base, data)

@@ -37,7 +37,7 @@ from scoresde.runs.checkpoint import (CheckpointError, check_shapes, flatten_sta
                                       save_checkpoint, tensor_digests, unflatten_state)
 from scoresde._common.files import StorageError, atomic_write_bytes, remove_stale_temporaries, save_npy
 from scoresde._common.toml import save_toml
-from scoresde.runs.directory import RunLock, RunLockedError, append_log
+from scoresde.runs.directory import RunLock, RunLockedError, append_log, tidy_run_dir
 from scoresde.training.resolve import config_changes, resolve_run, run_dir_of
 from scoresde.training.config import check_run_memory
 from scoresde.training.tasks.base import Task
@@ -170,9 +170,9 @@ class Engine:
                                  "continue it or choose another --out")
             return self._train()
         finally:
-            lock.release()
-            if self.main and created and os.listdir(self.run_dir) == [".lock"]:
-                shutil.rmtree(self.run_dir)       # a run that failed before writing leaves nothing behind
+            lock.release()                        # removes .lock
+            if self.main:
+                tidy_run_dir(self.run_dir, created)   # an empty samples/; the directory of a run that wrote nothing
 
     def _setup(self) -> None:
         """Task, model, optimiser, EMA and generators; restored from the resume checkpoint if any."""
@@ -384,7 +384,8 @@ class Engine:
             plot_loss(self.log_path, os.path.join(run_dir, "loss.png"))
             t0 = time.perf_counter()
             result.samples_path = os.path.join(run_dir, "samples.png")
-            x = self._sample(result.samples_path, f"{self.step} steps, EMA", progress=self.show)
+            weights = ", EMA" if self.T["ema_decay"] > 0 else ""       # ema_decay = 0: the raw weights
+            x = self._sample(result.samples_path, f"{self.step} steps{weights}", progress=self.show)
             if x is not None:
                 result.metrics["sample_seconds"] = round(time.perf_counter() - t0, 2)
                 save_npy(os.path.join(run_dir, "samples.npy"), x)

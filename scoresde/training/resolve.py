@@ -33,12 +33,13 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None,
-                verify: bool = True):
+                verify: bool = True, data: Any = None):
     """(cfg, task class, resume state) of a run: the config resolved over the defaults (over the checkpoint's
     config on `resume`) and validated; the resume state is (path, tensors, meta, damaged) or None. A new run
     trains `task` (default: the config's `task`; a score model with an `autoencoder` is the
     "latent" task); a resumed one the task its checkpoint names. `verify=False` resumes from a checkpoint
-    that cannot prove its integrity (written before metadata digests), which is refused otherwise."""
+    that cannot prove its integrity (written before metadata digests), which is refused otherwise. `data`: the
+    in-memory data of `train(data=...)`, read by the defaults that depend on the data (`Task.data_defaults`)."""
     overrides: dict[str, Any] = {"out": out} if out else {}
     if task and not resume:
         overrides["task"] = task
@@ -53,11 +54,11 @@ def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = Fa
         cfg = resolve(config, overrides, base=state[2]["config"])
         task = state[2].get("task", "score")                   # checkpoints before the engine: "score"
     else:
-        cfg = resolve(config, overrides)
+        cfg = resolve(config, overrides, data=data)
         task = cfg["task"]
         if task == "score" and cfg["autoencoder"]:           # a score model on an autoencoder's latents
             task = overrides["task"] = "latent"
-            cfg = resolve(config, overrides)                  # with the latent task's own defaults
+            cfg = resolve(config, overrides, data=data)       # with the latent task's own defaults
     task_cls = get_task(task)
     cfg["task"] = task
     task_cls.check_config(cfg)

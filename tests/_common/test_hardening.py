@@ -4,8 +4,6 @@ plots refuse non-finite data, model keys and data sources are checked early, thr
 NaN tests run under a wall-clock limit (SIGALRM): before these checks, one NaN made the adaptive
 RK45 solver reject steps until max_steps = 100000 (tens of minutes).
 """
-import contextlib
-import signal
 import time
 
 import numpy as np
@@ -20,23 +18,12 @@ from scoresde.data.datasets import check_data_source
 from scoresde.evaluation.likelihood import _ExampleBar, dataset_likelihood
 from scoresde.runs.plots import inpainting_grid, pair_rows, plot_samples
 from scoresde._common.threads import policy_threads, thread_policy
+from helpers import time_limit
 
 SDE = ss.VPSDE()
 SCORE = four_mode_mixture().score_fn(SDE)
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Fail with TimeoutError when the block runs longer than `seconds` (main thread, Unix)."""
-    def handler(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def nan_below(t_bad: float):

@@ -6,27 +6,9 @@ import sys
 import time
 
 import numpy as np
-from click.testing import CliRunner
 
 from scoresde.runs.checkpoint import list_checkpoints
-from scoresde.cli.main import cli
-
-TINY = ["--device", "cpu", "--no-progress", "--steps", "6", "--batch-size", "16", "--set", "data.size=200",
-        "--set", "model.width=8", "--set", "model.depth=1", "--set", "model.embed_dim=8", "--set", "sample.n=16",
-        "--set", "sample.steps=3", "--set", "train.ckpt_every=3"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_line_error(r, match):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and match in lines[0], r.stderr
-
+from helpers import ENV, TINY, one_line_error, run  # noqa: F401  (ENV, run: used below and by other files)
 
 def test_dry_run_resolves_file_and_flags(tmp_path):
     cfg = tmp_path / "c.toml"

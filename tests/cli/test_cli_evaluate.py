@@ -8,7 +8,7 @@ import torch
 import scoresde as ss
 from scoresde.metrics import digits_split, evaluate, inception_score, load_inception, load_stats
 from scoresde.evaluation.metrics.inception import random_inception_state_dict
-from test_cli import one_line_error, run
+from helpers import one_line_error, run
 
 Q = ["--no-progress", "--device", "cpu"]
 

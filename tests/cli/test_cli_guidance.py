@@ -8,7 +8,7 @@ from scoresde.sde.analytic import four_mode_mixture
 from scoresde.runs.checkpoint import read_checkpoint
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import make_mask
-from test_cli import one_line_error, run
+from helpers import one_line_error, run
 
 TINY = ["--device", "cpu", "--no-progress", "--steps", "4", "--batch-size", "16", "--set", "data.size=200",
         "--set", "model.width=8", "--set", "model.depth=1", "--set", "model.embed_dim=8", "--set", "sample.n=8",

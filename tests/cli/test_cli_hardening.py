@@ -8,8 +8,8 @@ import torch
 
 import scoresde.cli.common as cli_common
 import scoresde.runs.plots as plotting
-from test_cli import TINY, one_line_error, run
-from test_hardening import time_limit
+from helpers import TINY, one_line_error, run
+from helpers import time_limit
 
 
 def error_after_bar(r, match):

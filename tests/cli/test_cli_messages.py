@@ -2,7 +2,7 @@
 --config, --prompt), never a Python argument; text outside a character model's vocabulary points at byte tokens."""
 import json
 
-from test_cli import one_line_error, run
+from helpers import one_line_error, run
 
 
 def test_dry_run_checks_the_model_values(tmp_path):

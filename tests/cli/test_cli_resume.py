@@ -4,7 +4,7 @@ import logging
 import os
 
 from scoresde.runs.checkpoint import list_checkpoints
-from test_cli import TINY, run
+from helpers import TINY, run
 
 
 def test_resume_reports_its_start_its_steps_and_changed_values(tmp_path, caplog):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from test_cli import TINY, one_line_error, run
+from helpers import TINY, one_line_error, run
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from scoresde.pretrained.score_sde_configs import list_configs, refused_configs
-from test_cli import one_line_error, run
+from helpers import one_line_error, run
 from problems import TESTS
 
 DATA = os.path.join(str(TESTS), "fixtures", "score_sde")

@@ -294,7 +294,7 @@ CFG = {"data": {"name": "digits"}, "model": {"name": "dit", **TINY},
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A class-conditional run through ss.train and an unconditional one through `scoresde train`."""
-    from test_cli import run
+    from helpers import run
     d = tmp_path_factory.mktemp("dit_runs")
     cond = ss.train({**CFG, "model": {**CFG["model"], "num_classes": "auto"}}, out=str(d / "c"))
     r = run("train", "--out", str(d / "u"), "--data", "digits", "--device", "cpu", "--no-progress", "--steps", "6",
@@ -344,7 +344,7 @@ def test_class_conditional_training_and_guidance(trained):
 
 def test_cli_samples_a_trained_dit_with_label_and_guidance(trained, tmp_path):
     import numpy as np
-    from test_cli import run
+    from helpers import run
     for run_dir, extra in [(trained["cond"], ["--label", "4", "--guidance", "2.5"]), (trained["uncond"], [])]:
         out = tmp_path / "s.npy"
         r = run("sample", "--checkpoint", str(run_dir), "--n", "3", "--steps", "2", "--device", "cpu", *extra,

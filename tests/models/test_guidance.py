@@ -10,51 +10,12 @@ import pytest
 import torch
 
 import scoresde as ss
-from scoresde._common.tensors import as_time
 from scoresde.models.classifier import NoiseConditionalClassifier
 from scoresde.models.guidance import classifier_free_score, classifier_guided_score
 from scoresde.training.losses import classifier_loss, conditional_dsm_loss, label_dropout
 from scoresde.samplers.inpainting import impute
 from scoresde.nets import get_model
-from problems import Gaussian, four_mode_mixture
-
-K = 4
-
-
-class ExactConditional:
-    """Exact class-conditional score of the labelled mixture: label k -> component k's perturbed
-    score, the null label K -> the mixture's score. Called as score_model(x, t, y=labels)."""
-    num_classes = K
-
-    def __init__(self, mix, sde):
-        self.mix, self.sde, self.calls, self.batches = mix, sde, 0, []
-
-    def component_scores(self, x, t):                        # (B, K, *D)
-        mean, var = self.mix._perturbed(self.sde, as_time(t, x.double()), x.ndim)
-        return (-(x.double()[:, None] - mean) / var).to(x.dtype)
-
-    def __call__(self, x, t, y=None):
-        self.calls += 1
-        self.batches.append(x.shape[0])
-        y = torch.full((x.shape[0],), K) if y is None else y
-        comp = self.component_scores(x, t)
-        cond = comp[torch.arange(x.shape[0]), y.clamp(max=K - 1)]
-        return torch.where((y == K)[:, None], self.mix.score(x, t, self.sde), cond)
-
-
-def exact_classifier(mix, sde):
-    """logits of p(y | x_t) = responsibilities of the perturbed mixture components."""
-    def clf(x, t):
-        mean, var = mix._perturbed(sde, as_time(t, x), x.ndim)
-        comp = -0.5 * ((x.double()[:, None] - mean).square() / var + torch.log(2 * math.pi * var))
-        return (comp.flatten(2).sum(-1) + mix.weights.log()).to(x.dtype)
-    clf.num_classes = K
-    return clf
-
-
-def class_rate(mix, x, y):
-    return (mix.assign(x) == y).double().mean().item()
-
+from problems import K, ExactConditional, Gaussian, class_rate, exact_classifier, four_mode_mixture  # noqa: F401
 
 @pytest.fixture
 def problem():

@@ -336,6 +336,7 @@ def test_temporaries_are_swept_under_samples_and_steps_and_beside_any_target(tmp
     dead.wait()
     host = socket.gethostname().replace(".", "_")
     os.makedirs(run_dir / "steps")
+    os.makedirs(run_dir / "samples", exist_ok=True)           # a finished run removes it when empty
     stale = [run_dir / "samples" / ".step_00000005.png.abc123.tmp",                          # an older writer's
              run_dir / "steps" / f".unipc-5.json.{host}-{dead.pid}.abc123.tmp",             # a dead writer's
              run_dir / f".metrics.json.{host}-{dead.pid}.x_y.tmp"]

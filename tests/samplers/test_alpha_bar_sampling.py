@@ -11,7 +11,7 @@ import torch
 import scoresde as ss
 from scoresde.samplers.core import sample
 from problems import Gaussian, four_mode_mixture
-from test_guidance import ExactConditional, class_rate, exact_classifier
+from problems import ExactConditional, class_rate, exact_classifier
 
 SDES = {"discrete_linear": lambda: ss.DiscreteVPSDE(),
         "discrete_cosine": lambda: ss.DiscreteVPSDE(schedule="squaredcos_cap_v2"),

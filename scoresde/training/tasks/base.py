@@ -14,10 +14,13 @@ files' places, signals or ranks; the engine knows nothing of SDEs.
         def meta(self): return {...}                        # JSON, enough to rebuild the model
 
 A task may set `defaults` ({section: {key: value}}): they replace the built-in defaults for a run of that
-task (a free section, `model` or `sde`, is replaced whole), under the user's config.
+task (a free section, `model` or `sde`, is replaced whole), under the user's config. Defaults that depend
+on the data (a sampler and a sample count for images, a network sized to them) come from the classmethod
+`data_defaults(view, data)`, laid over `defaults` and under the user's config, for new runs.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -44,6 +47,13 @@ class Task:
 
     def __init__(self, cfg: dict[str, Any], data: Any = None):
         self.cfg, self.data = cfg, data
+
+    @classmethod
+    def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
+        """Defaults {section: {key: value}} that depend on the data: `view` is the user's config over the
+        defaults so far, unchecked (view["user"]: the user's own config, to tell the keys they set), `data`
+        the in-memory data given to `train(data=...)` or None. They go under the user's values."""
+        return {}
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -83,7 +93,24 @@ class Task:
 
     def final_metrics(self, x: torch.Tensor) -> dict[str, Any]:
         """Metrics of the final samples, stored in metrics.json."""
-        return {}
+        return self.draw_metrics()
+
+    # --- helpers of the hooks ---------------------------------------------------------------------------
+    estimate: dict[str, Any] | None = None     # what `sample` estimated for the final draw (progress=True)
+
+    def draw_metrics(self) -> dict[str, Any]:
+        """The final draw's estimate for metrics.json: {"sample_n", "sample_nfe", "sample_estimate_seconds"}."""
+        e = self.estimate
+        if not e:
+            return {}
+        return {"sample_n": e["n"], "sample_nfe": e["nfe"],
+                "sample_estimate_seconds": None if e["seconds"] is None else round(e["seconds"], 2)}
+
+    @staticmethod
+    def say(message: str) -> None:
+        """One line on stderr beside the progress bars (the count and the time of a draw, before it runs)."""
+        from tqdm.auto import tqdm
+        tqdm.write(message, file=sys.stderr)
 
 
 def get_task(name: str) -> type[Task]:

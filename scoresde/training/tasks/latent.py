@@ -19,7 +19,7 @@ import torch
 
 from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
-from scoresde.training.tasks.score import ScoreTask
+from scoresde.training.tasks.score import ScoreTask, fast_draw
 from scoresde.runs.load import load_autoencoder
 from scoresde.training import losses
 from scoresde.training.losses import conditional_dsm_loss
@@ -34,6 +34,11 @@ class LatentScoreTask(ScoreTask):
     """Any registered score network trained on an autoencoder's scaled latents of the config's images."""
 
     name = "latent"
+
+    @classmethod
+    def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
+        """The final draw of the decoded images: a fast sampler and the plot's 64 samples (scoresde.tasks.score)."""
+        return {"sample": fast_draw(view, 64)}
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ the process go into the checkpoint metadata, so `scoresde.load` rebuilds the mod
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from scoresde.models.nets import MODELS, get_model
 from scoresde.data.tokens import TokenData, load_tokens, split_holdout, tokens_from_array
 from scoresde._common.files import atomic_write_bytes
 from scoresde.runs.plots import plot_texts, sample_metrics
+from scoresde.samplers.core import describe_estimate
 from scoresde.models.token_model import MaskedLM, AutoregressiveLM
 
 
@@ -89,7 +91,24 @@ class _TokenTask(Task):
         return {"temperature": self.cfg["discrete"]["temperature"]}
 
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
+        """`n` sequences; with `progress` (the final draw) their count and the time they will take (one network
+        call timed, times the calls of the sampler) are printed first."""
+        if progress:
+            self.estimate = self._estimate(model, n)
+            self.say("final draw: " + describe_estimate(self.estimate, "sequences", "network calls"))
         return model.sample(n, generator=generator, progress=progress, **self._sample_kw()).cpu()
+
+    def _estimate(self, model, n: int) -> dict[str, Any]:
+        """`estimate_sampling`'s record for a token model: one call on n all-masked sequences, timed."""
+        L = self.tokens.seq_len
+        x = torch.full((n, L), self.tokens.vocab_size, dtype=torch.long, device=next(model.parameters()).device)
+        with torch.no_grad():
+            start = time.perf_counter()
+            self._call(model, x)
+            per_call = time.perf_counter() - start
+        sampler, steps, calls = self._plan()
+        return {"n": n, "sampler": sampler, "steps": steps, "nfe": calls, "seconds_per_call": per_call,
+                "seconds": calls * per_call}
 
     def plot(self, x, path, title) -> None:
         texts, valid = self.model.decode(x), self.model.is_valid(x)
@@ -98,7 +117,9 @@ class _TokenTask(Task):
 
     @property
     def eval_fields(self) -> tuple[str, ...]:
-        return ("bits_per_token", "valid_fraction") if self.tokens.language is not None else ("bits_per_token",)
+        if self.tokens.language is None:
+            return ("bits_per_token",)
+        return ("bits_per_token", "valid_fraction", "distinct_valid_fraction")
 
     def evaluate(self, model, generator) -> dict[str, float]:
         n = self.cfg["eval"]["n"]
@@ -106,11 +127,12 @@ class _TokenTask(Task):
         if len(self.x_hold):
             out["bits_per_token"] = float(self._nats(model, self.x_hold[:n], generator).mean()) / 0.6931471805599453
         if self.tokens.language is not None:
-            out["valid_fraction"] = self.final_metrics(self.sample(model, generator, n))["valid_fraction"]
+            m = self.final_metrics(self.sample(model, generator, n))
+            out.update(valid_fraction=m["valid_fraction"], distinct_valid_fraction=m["distinct_valid_fraction"])
         return out
 
     def final_metrics(self, x) -> dict[str, Any]:
-        return sample_metrics(self.model, x)
+        return {**self.draw_metrics(), **sample_metrics(self.model, x)}
 
 
 @TASKS.register("masked")
@@ -150,6 +172,14 @@ class MaskedTask(_TokenTask):
     def _nats(self, model, x, generator) -> torch.Tensor:
         return model.nelbo(x, draws=self.cfg["discrete"]["eval_draws"], generator=generator)
 
+    def _call(self, model, x) -> None:
+        model(x, torch.ones(len(x), device=x.device))
+
+    def _plan(self) -> tuple[str, int, int]:
+        """(sampler, steps, network calls at most): a call only when a step reveals something, so <= L."""
+        s = self.cfg["sample"]
+        return s["sampler"], s["steps"], min(s["steps"], self.tokens.seq_len)
+
 
 @TASKS.register("autoregressive")
 class AutoregressiveTask(_TokenTask):
@@ -168,3 +198,10 @@ class AutoregressiveTask(_TokenTask):
 
     def _nats(self, model, x, generator) -> torch.Tensor:
         return model.nll(x)
+
+    def _call(self, model, x) -> None:
+        model(torch.zeros_like(x))
+
+    def _plan(self) -> tuple[str, int, int]:
+        L = self.tokens.seq_len
+        return "autoregressive", L, L

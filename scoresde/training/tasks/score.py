@@ -7,28 +7,68 @@ Loss: Song et al. (2021), "Score-Based Generative Modeling through SDEs", arXiv:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from scoresde._common.limits import MAX_CLASSES
-from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source
+from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source, example_shape
 from scoresde.training.tasks.base import TASKS, Task
 from scoresde.models.nets import MODELS
-from scoresde.samplers.core import SAMPLERS
+from scoresde.samplers.core import SAMPLERS, describe_estimate, estimate_sampling
 from scoresde.sde.base import SDES
 from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
 from scoresde.runs.load import build_model
 from scoresde.training.losses import conditional_dsm_loss
 from scoresde.training import losses
-from scoresde.runs.plots import plot_samples
+from scoresde.runs.plots import is_image_shape, plot_samples
 
 
-__all__ = ["ScoreTask"]
+__all__ = ["ScoreTask", "fast_draw"]
 
 _SCORE_KEYS = ("parameterization", "conditioning", "scale_by_sigma")   # model.* keys for ScoreModel
 _EVAL_FIELDS = {"mode_weight_tv": ("mode_weight_tv", "within_mode_std_error"), "fid": ("fid", "kid"),
                 "kid": ("kid", "kid_std")}
+
+# Defaults for image data (`data_defaults`; each applies only where the user set nothing, and a resumed run
+# keeps its own values). The built-in [sample] (euler_maruyama, 200 steps, 4000 samples) fits the 2-D
+# default job; on images it means 200 network calls on 4000 images after training.
+#   - The final draw and the plots: DPM-Solver++(2M) at 20 steps (digits FID 2.68 at 20 NFE against the
+#     converged flow's 2.66, benchmarks/results/fast_samplers_digits.md), 64 samples (the plot's grid), or
+#     256 where the run's metric is the digits FID (it needs more samples than its 64 features; 256 is what
+#     the benchmarks score). A sampler set by the user keeps its own step default.
+#   - The network: a DDPM U-Net unless one is named, trained at batch 64 with 200 warm-up steps at lr 2e-4
+#     (score_sde's for images). Every network's own defaults are CIFAR-10's (a 35.7M-parameter U-Net;
+#     DiT-S/2, 33M), 33 s per step of batch 512 on the 8x8 digits on 2 CPU cores; on images of at most
+#     16 x 16 pixels they are sized down to under 1M parameters (configs/digits.toml, configs/digits_dit.toml):
+_IMAGE_DRAW = {"sampler": "dpm_solver", "steps": 20}
+_GRID, _FID_N = 64, 256
+_SMALL_UNET = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+_SMALL_NETS: dict[str, tuple[dict[str, Any], float]] = {     # name -> (model keys, lr)
+    "ddpm_unet": ({**_SMALL_UNET, "num_groups": 8}, 1e-3),     # 0.65M parameters
+    "ncsnpp": (_SMALL_UNET, 1e-3), "ddpmpp": (_SMALL_UNET, 1e-3),   # 0.72M
+    "dit": ({"patch_size": 2, "hidden_size": 96, "depth": 4, "num_heads": 4}, 5e-4),   # 16 tokens, 0.72M
+}
+_DIT_ARCH = ("preset", "depth", "hidden_size", "num_heads", "patch_size")   # any of them: the user sizes the DiT
+
+
+def fast_draw(view: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """The [sample] defaults of image-like data (images, latents): a fast sampler and `n` samples, under the
+    keys the user set (view["user"]); a sampler the user named keeps the built-in step count."""
+    user = view["user"].get("sample", {}) if isinstance(view["user"].get("sample"), Mapping) else {}
+    return {"n": n} if "sampler" in user else {**_IMAGE_DRAW, "n": n}
+
+
+def _data_shape(view: Mapping[str, Any], data: Any) -> tuple[tuple[int, ...] | None, str]:
+    """(shape of one example, data name) of the in-memory `data` or of the source the config names."""
+    if data is not None:
+        x = data.x if isinstance(data, Dataset) else data
+        shape = tuple(x.shape[1:]) if hasattr(x, "shape") else None
+        return shape, data.name if isinstance(data, Dataset) else ""
+    d = view["data"]
+    if not isinstance(d.get("name"), str) or not isinstance(d.get("image_size", 0), int):
+        return None, ""
+    return example_shape(d["name"], d.get("image_size", 0)), d["name"]
 
 
 @TASKS.register("score")
@@ -42,6 +82,28 @@ class ScoreTask(Task):
         """Registry names of the config exist (KeyError listing the known names otherwise)."""
         SDES[cfg["sde"]["name"]], MODELS[cfg["model"]["name"]], SAMPLERS[cfg["sample"]["sampler"]]
         check_data_source(cfg["data"]["name"])              # a bad --data fails before anything runs
+
+    @classmethod
+    def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
+        """Images: a fast final draw of as many samples as the plot and the run's metric need; for (C, H, W) images
+        also a U-Net unless a network is named (or keys of the default network are set), batch 64, and a
+        network sized to small images (the table above)."""
+        shape, name = _data_shape(view, data)
+        if shape is None or not is_image_shape(shape):
+            return {}
+        user_model = view["user"].get("model", {}) if isinstance(view["user"].get("model"), Mapping) else {}
+        sizes_set = [k for k in user_model if k not in (*_SCORE_KEYS, "num_classes")]
+        if len(shape) != 3 or ("name" not in user_model and sizes_set):   # (H, W) arrays; keys of the default net
+            return {"sample": fast_draw(view, _FID_N if name == "digits" else _GRID)}
+        net = user_model.get("name", "ddpm_unet")
+        model = {"name": net, **{k: v for k, v in view["model"].items() if k not in user_model and k != "name"}}
+        out: dict[str, dict[str, Any]] = {"sample": fast_draw(view, _FID_N if name == "digits" else _GRID)}
+        if net == "mlp" or not isinstance(net, str):
+            return {**out, "model": model}
+        sized, lr = _SMALL_NETS.get(net, ({}, 2e-4)) if max(shape[-2:]) <= 16 else ({}, 2e-4)
+        if net == "dit" and any(k in user_model for k in _DIT_ARCH):
+            sized = {}
+        return {**out, "model": {**model, **sized}, "train": {"batch_size": 64, "warmup": 200, "lr": lr}}
 
     @property
     def eval_fields(self) -> tuple[str, ...]:
@@ -120,8 +182,14 @@ class ScoreTask(Task):
 
     # --- hooks -----------------------------------------------------------------------------------------
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
+        """`n` samples with the [sample] sampler and steps; with `progress` (the final draw) the count and the
+        time it will take (one score evaluation timed, times the sampler's NFE) are printed first."""
         s = self.cfg["sample"]
         device = next(model.parameters()).device
+        if progress:
+            self.estimate = estimate_sampling(self.sde, model, (n, *self.ds.shape), sampler=s["sampler"],
+                                              steps=s["steps"], device=device)
+            self.say("final draw: " + describe_estimate(self.estimate, "samples"))
         return self.sde.sample(model, (n, *self.ds.shape), sampler=s["sampler"], steps=s["steps"],
                                generator=generator, device=device, progress=progress).cpu()
 
@@ -134,6 +202,7 @@ class ScoreTask(Task):
         return run_metrics(self.ds, self.sample(model, generator, self.cfg["eval"]["n"]), seed=self.cfg["seed"])
 
     def final_metrics(self, x) -> dict[str, Any]:
+        out = self.draw_metrics()
         if not self.eval_fields or (self.eval_fields[0] == "fid" and len(x) <= 64):   # FID needs N > F = 64
-            return {}
-        return {k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}
+            return out
+        return {**out, **{k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}}
