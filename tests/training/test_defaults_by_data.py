@@ -13,8 +13,9 @@ from scoresde._common.toml import load_toml
 from scoresde.models.nets import count_parameters, get_model
 from scoresde.training.api import resolve_config
 from scoresde.training.config import DEFAULTS, resolve
+from problems import TESTS
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = str(TESTS.parent)
 
 
 def draw(cfg):
