@@ -141,7 +141,8 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
               help="List the samplers (kind, NFE, options and their defaults) and exit.")
 @click.option("--steps-file", type=click.Path(dir_okay=False), metavar="FILE.json",
               help="A time grid fitted by optimize-steps --out: its sampler, steps and options.")
-@click.option("--n", "n", type=click.IntRange(min=1), show_default="1000; 16 for a sequence run",
+@click.option("--n", "n", type=click.IntRange(min=1), show_default="the run's sample.n (4000 for 2-D data, 64 for "
+              "images); 64 for a pretrained model; 16 for a sequence run",
               help="Number of samples.")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Output: .npy (the array; pretrained image models: in [0, 1]) or .png (2-D scatter or image "
@@ -162,7 +163,7 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @click.option("--mask-char", metavar="C", help="Sequence runs: positions of --prompt marked C are filled in.")
 @click.option("--temperature", type=click.FloatRange(min=0), show_default="the run's discrete.temperature",
               help="Sequence runs: sampling temperature (0: argmax).")
-@click.option("--remasking", type=click.Choice(["low_confidence", "random"]), show_default="the run's",
+@click.option("--remasking", type=click.Choice(["entropy", "low_confidence", "random"]), show_default="the run's",
               help="Sequence runs, llada sampler: which predictions are kept each step.")
 @click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
               help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
@@ -202,7 +203,6 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         _refuse({"--prompt": prompt, "--mask-char": mask_char, "--temperature": temperature,
                  "--remasking": remasking, "--block-length": block_length},
                 "an option of sequence runs (task masked / autoregressive)")
-        n = n or 1000
         _check_out(out)
         if w is not None and label is None:
             raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
@@ -216,11 +216,12 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
             if label is not None or known is not None:
                 raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
                                  "model on the command line (use scoresde.impute / guidance in Python)")
+            n = n or 64
             _sample_pretrained(source, n, out, sampler, steps, options, steps_file, seed, device, raw)
             click.echo(f"wrote {n} samples in [0, 1] to {out}")
             return
-        _sample_run(source, n, out, sampler, steps, options, steps_file, label, w, known, mask, seed, device, raw,
-                    autoencoder)
+        n = _sample_run(source, n, out, sampler, steps, options, steps_file, label, w, known, mask, seed, device,
+                        raw, autoencoder)
     click.echo(f"wrote {n} samples to {out}")
 
 
@@ -262,11 +263,13 @@ def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | Non
 
 def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
                 steps_file: str | None, label: str | None, w: float | None, known: str | None, mask: str | None,
-                seed: int, device: str, raw: bool, autoencoder: str | None) -> None:
-    """n samples of a scoresde run to `out`: of one class with `label`, completing `known` with `mask`."""
+                seed: int, device: str, raw: bool, autoencoder: str | None) -> int:
+    """n samples (default: the run's sample.n) of a scoresde run to `out`: of one class with `label`, completing
+    `known` with `mask`. Returns n."""
     dev = resolve_device(device)
     model, sde, file, meta = source.open(dev, ema=not raw, autoencoder=autoencoder)
     cfg = meta["config"]
+    n = n or cfg["sample"]["n"]                                 # the run's draw size (fitted to its data)
     ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
     if ae is not None and known is not None:
         raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
@@ -287,7 +290,7 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
                 ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
             x = write_chunked(out, n, shape, draw)
             if x is None:                                        # streamed to the .npy file
-                return
+                return n
             title += f", {sampler}" + (", latent, decoded" if ae is not None else "")
         else:
             run_sampler = cfg["sample"]["sampler"]         # inpainting steps a predictor: the run's, else Euler-Maruyama
@@ -298,6 +301,7 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
             inputs = {"known": x_known, "mask": m}
             title += f", inpainted ({mask}), {sampler}"
     save_samples(x, out, title, **inputs)
+    return n
 
 
 def write_chunked(out: str, n: int, shape: tuple[int, ...], draw) -> torch.Tensor | None:

@@ -23,9 +23,9 @@ import torch
 from scoresde._common.distributed import resolve_device
 from scoresde.cli.common import (MODEL_FLAGS, ModelSource, allow_unverified_option, device_option, model_options,
                                  user_errors)
-from scoresde.runs.steps import load_steps, load_steps_file, save_steps, save_steps_file, steps_path
+from scoresde.runs.steps import load_steps, load_steps_file, save_steps, save_steps_file, steps_path, partial_path
 from scoresde.samplers.core import SAMPLERS
-from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule, grid_size, optimize_steps
+from scoresde.samplers.optimize import FITTED_SAMPLERS, budget_rule, grid_size, optimize_steps, BNS_ITERATIONS
 
 
 __all__ = ["optimize_steps_command", "stored_steps", "fitted_from_file"]
@@ -120,8 +120,9 @@ def _fit_path(out: str, sampler: str, budget: int) -> str:
               help="DPM-Solver++ 3M steps of the reference solve.")
 @click.option("--maxfev", type=click.IntRange(min=1), show_default="40 per grid time, >= 100",
               help="Sampler runs the search may spend.")
-@click.option("--iterations", type=click.IntRange(min=0), default=1500, show_default=True,
-              help="bns only: Adam steps of the fit of its times and weights.")
+@click.option("--iterations", type=click.IntRange(min=0), default=BNS_ITERATIONS, show_default=True,
+              help="bns only: Adam steps of the fit of its times and weights (1500: a little better at 4-8 NFE, "
+                   "3x the time; benchmarks/results/bns_iterations.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
@@ -158,6 +159,7 @@ def optimize_steps_command(checkpoint, config, out, budget, sampler, n, referenc
         start = time.perf_counter()
         grid, info = optimize_steps(sde, model, budget, sampler=sampler, calibration=n, generator=g, device=dev,
                                     reference_steps=reference_steps, maxfev=maxfev, progress=True, return_info=True,
+                                    checkpoint=partial_path(checkpoint, sampler, budget) if run_dir else None,
                                     **({"iterations": iterations} if sampler == "bns" else {}))
         if path is None:
             path = save_steps(checkpoint, grid, info, checkpoint=os.path.basename(file), seed=seed, raw=bool(raw))

@@ -18,7 +18,7 @@ from scoresde._common.files import atomic_write_bytes, save_npy
 from scoresde.cli.common import ModelSource
 from scoresde.data.tokenizer import OutOfVocabularyError
 from scoresde.data.tokens import load_tokens
-from scoresde.runs.plots import sample_metrics
+from scoresde.runs.plots import sample_metrics, metrics_summary
 
 __all__ = ["SEQUENCE_TASKS", "sample_tokens", "likelihood_tokens"]
 
@@ -76,7 +76,7 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     texts = model.decode(x)
     m = sample_metrics(model, x)
     summary = f"{n} samples ({how}, {stats.get('nfe', 0)} network calls)" + (
-        f", {100 * m['valid_fraction']:.1f}% valid" if "valid_fraction" in m else "")
+        f", {metrics_summary(m)}" if "valid_fraction" in m else "")
     if out is None:
         return [*texts, summary]
     if out.lower().endswith(".npy"):

@@ -17,6 +17,7 @@ import click
 
 from scoresde._common.toml import load_toml, to_toml
 from scoresde.cli.common import allow_unverified_option, names, user_errors
+from scoresde.runs.plots import metrics_summary
 from scoresde.training.api import resolve_config, train as run
 from scoresde.training.engine import TrainResult
 from scoresde.training.config import DEFAULTS, parse_override, set_dotted
@@ -132,7 +133,7 @@ def train(config_file, task, data, sde, model, steps, batch_size, lr, sampler, s
 def _train_summary(result: TrainResult) -> str:
     m = result.metrics
     extra = f", mode-weight TV {m['mode_weight_tv']:.3f}" if "mode_weight_tv" in m else ""
-    extra += f", {100 * m['valid_fraction']:.1f}% valid samples" if "valid_fraction" in m else ""
+    extra += f", samples {metrics_summary(m)}" if "valid_fraction" in m else ""       # validity and diversity
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
     return (f"{_trained(result)}, final loss {loss}, {result.skipped} skipped{extra}\nrun directory: {result.run_dir}\n"
             f"checkpoint:    {result.checkpoint}\nsamples plot:  {result.samples_path}")

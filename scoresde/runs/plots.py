@@ -166,7 +166,7 @@ def save_samples(samples: torch.Tensor, path: str, title: str = "", known: torch
     if path.lower().endswith(".npy"):
         save_npy(path, samples)
     elif known is not None and is_image_shape(samples.shape[1:]):
-        inpainting_grid(known, mask, samples, path, title=title + "; rows: known, filled")
+        inpainting_grid(known, mask, samples, path, title=title)
     else:
         plot_samples(samples, path, title=title)
 
