@@ -18,7 +18,8 @@ from torch import nn
 from scoresde._common.headers import safetensors_shapes
 from scoresde._common.limits import check_memory, check_sizes
 
-__all__ = ["check_meta_sizes", "skeleton", "module_bytes", "check_footprint", "compare_shapes", "check_diffusers_model"]
+__all__ = ["check_meta_sizes", "skeleton", "module_bytes", "check_footprint", "compare_shapes", "check_diffusers_model",
+           "read_diffusers_config"]
 
 
 def check_meta_sizes(meta: dict[str, Any], where: str = "metadata ", error: type[Exception] = ValueError) -> None:
@@ -82,11 +83,9 @@ def _numel(shape) -> int:
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
-def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]:
-    """Before `cls.from_pretrained(model_dir)` (a diffusers model class): config.json's sizes within bounds,
-    the model built on the meta device within the memory budget and compared with the safetensors
-    weights' header. Returns the config. ValueError "{what}: ..." naming the file and field otherwise."""
-    path = os.path.join(model_dir, "config.json")
+def read_diffusers_config(path: str, what: str) -> dict[str, Any]:
+    """A diffusers JSON config (config.json, scheduler_config.json, model_index.json) as a dict, its sizes
+    within bounds (`check_sizes`); ValueError "{what}: ..." naming the file otherwise."""
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -95,6 +94,15 @@ def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]
     if not isinstance(cfg, dict):
         raise ValueError(f"{what}: {path!r} is not a diffusers config (a JSON object)")
     check_sizes({k: v for k, v in cfg.items() if not k.startswith("_")}, f"{what}: {path!r}: ")
+    return cfg
+
+
+def check_diffusers_model(cls: Any, model_dir: str, what: str) -> dict[str, Any]:
+    """Before `cls.from_pretrained(model_dir)` (a diffusers model class): config.json's sizes within bounds,
+    the model built on the meta device within the memory budget and compared with the safetensors
+    weights' header. Returns the config. ValueError "{what}: ..." naming the file and field otherwise."""
+    path = os.path.join(model_dir, "config.json")
+    cfg = read_diffusers_config(path, what)
     try:
         net = skeleton(lambda: cls.from_config(cfg))
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as e:

@@ -22,14 +22,13 @@ part of the model and are not applied. diffusers is needed only here (`pip insta
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import torch
 
 from scoresde._common.limits import check_sizes
-from scoresde.models.prebuild import check_diffusers_model
+from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.score_model import ScoreModel
 from scoresde.sde.alpha_bar import DiscreteVPSDE
@@ -97,15 +96,7 @@ class DiffusersScoreModel(ScoreModel):
 
 # --- reading a save_pretrained folder -------------------------------------------------------------
 def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"path_or_module: cannot read {path!r} as a diffusers config: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"path_or_module: {path!r} is not a diffusers config (a JSON object)")
-    check_sizes({k: v for k, v in cfg.items() if not k.startswith("_")}, f"path_or_module: {path!r}: ")
-    return cfg
+    return read_diffusers_config(path, "path_or_module")
 
 
 def _find_scheduler_config(model_dir: str) -> str | None:
