@@ -363,9 +363,8 @@ def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: in
 
 def _impute(sde, score, x_known, m, sampler: str, steps: int, g):
     """Imputation with the run's predictor: pc = reverse diffusion + Langevin, or one predictor alone."""
-    predictors = ("euler_maruyama", "reverse_diffusion", "ancestral")
-    if sampler not in ("pc", *predictors):
+    if sampler not in ("pc", *PREDICTORS):
         raise ValueError(f"--sampler: inpainting runs predictor-corrector sampling; expected pc or one of "
-                         f"{', '.join(predictors)}, found {sampler!r}")
+                         f"{', '.join(PREDICTORS)}, found {sampler!r}")
     pred, corr = ("reverse_diffusion", "langevin") if sampler == "pc" else (sampler, "none")
     return impute(sde, score, x_known, m, predictor=pred, corrector=corr, steps=steps, generator=g, progress=True)
