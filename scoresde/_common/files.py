@@ -10,7 +10,6 @@ mode `open()` would give them (0o666 less the umask), or keep the mode of the fi
 from __future__ import annotations
 
 import errno
-import io
 import os
 import re
 import socket
@@ -181,10 +180,10 @@ def _remove_dead(directory: str, base: str) -> None:
 
 
 def save_npy(path: str | os.PathLike, array) -> None:
-    """Write `array` (a numpy array or a CPU tensor) to `path` as a .npy file, atomically (`atomic_write_bytes`)."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array))
-    atomic_write_bytes(path, buf.getvalue())
+    """Write `array` (a numpy array or a CPU tensor) to `path` as a .npy file, atomically (the bytes of
+    `np.save`; one chunk of `save_npy_chunks`)."""
+    a = np.asarray(array)
+    save_npy_chunks(path, a.shape, a.dtype, [a])
 
 
 def save_npy_chunks(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, chunks: Iterable[Any]) -> None:
