@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scoresde.models.nets.layers import check_data_shape, linear, make_embedding
+from scoresde.models.nets.layers import (check_data_shape, make_embedding)
+from scoresde.models.nets.primitives import linear
 from scoresde.models.score_model import CONDITIONINGS, conditioning_value
 from scoresde.sde.base import check_sde
 from scoresde._common.tensors import as_time

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scoresde.models.nets.layers import (AttnBlock, Downsample, Upsample, check_data_shape, check_sequence, conv,
-                                         group_norm)
+from scoresde.models.nets.layers import (AttnBlock, Downsample, Upsample, check_data_shape, check_sequence)
+from scoresde.models.nets.primitives import conv, group_norm
 from scoresde._common.validation import check_int, check_positive
 
 

@@ -24,14 +24,14 @@ from torch import nn
 
 from scoresde._common.tensors import append_dims
 from scoresde.models.conditioning import Cond
-from scoresde.models.nets.primitives import conv, group_norm, linear, variance_scaling_  # noqa: F401  (re-exported)
+from scoresde.models.nets.primitives import conv, group_norm, linear
 from scoresde.models.nets.resample import fir_down, fir_up
 
 
 __all__ = [
     "EMBEDDINGS", "sinusoidal_embedding", "SinusoidalEmbedding", "GaussianFourierProjection",
-    "make_embedding", "LabelEmbedding", "cond_labels", "check_num_classes", "variance_scaling_", "conv", "linear",
-    "group_norm", "Downsample", "Upsample",
+    "make_embedding", "LabelEmbedding", "cond_labels", "check_num_classes",
+    "Downsample", "Upsample",
     "fir_resample", "ResBlockDDPM", "ResBlockBigGAN", "AttnBlock",
 ]
 

@@ -18,8 +18,9 @@ from torch import nn
 
 from scoresde._common.validation import check_int
 from scoresde.models.conditioning import Cond
-from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs, linear,
+from scoresde.models.nets.layers import (LabelEmbedding, check_data_shape, check_num_classes, embed_inputs,
                                          make_embedding)
+from scoresde.models.nets.primitives import linear
 
 
 __all__ = ["MLP"]

@@ -33,9 +33,9 @@ from torch import nn
 from scoresde._common.validation import check_choice, check_int, check_positive
 from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, ResBlockDDPM, add_sigma_table,
-                                         check_data_shape, check_inputs, check_num_classes, check_sequence, conv,
-                                         embed_inputs, fir_resample, group_norm, linear, make_embedding,
-                                         scale_by_sigma)
+                                         check_data_shape, check_inputs, check_num_classes, check_sequence,
+                                         embed_inputs, fir_resample, make_embedding, scale_by_sigma)
+from scoresde.models.nets.primitives import conv, group_norm, linear
 from scoresde.models.nets.resample import Resample, check_fir_kernel
 
 

@@ -24,7 +24,8 @@ from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, embed_inputs,
-                                         scale_by_sigma, check_sequence, conv, group_norm, linear, make_embedding)
+                                         scale_by_sigma, check_sequence, make_embedding)
+from scoresde.models.nets.primitives import conv, group_norm, linear
 
 
 __all__ = ["DDPMUNet"]
