@@ -18,6 +18,7 @@ from .models.classifier import NoiseConditionalClassifier
 from .samplers.inpainting import impute
 from .models.nets import get_model, list_models
 from .models.ema import EMA
+from .models.phema import PowerFunctionEMA
 from .samplers import list_samplers
 from .samplers.optimize import optimize_steps
 from ._common.registry import Registry
@@ -49,7 +50,7 @@ __all__ = [
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
-    "get_model", "list_models", "EMA",
+    "get_model", "list_models", "EMA", "PowerFunctionEMA",
     "Cond", "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout",
     "list_samplers", "optimize_steps",
