@@ -8,7 +8,7 @@ Equations", arXiv:2011.13456. The package is layered; each layer imports only th
 
 This module holds the public names only.
 """
-from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde, DiscreteVPSDE, CosineVPSDE, Gaussian, GaussianMixture
+from .sde import SDE, VPSDE, SubVPSDE, VESDE, FlowSDE, EDMSDE, ReverseSDE, get_sde, DiscreteVPSDE, CosineVPSDE, Gaussian, GaussianMixture
 from .evaluation.likelihood import bits_per_dim, dataset_likelihood
 from .training.losses import dsm_loss, ddpm_loss, smld_loss, conditional_dsm_loss, classifier_loss, label_dropout
 from .models.score_model import ScoreModel, score_from_eps, eps_from_score
@@ -45,7 +45,7 @@ def __getattr__(name):                      # pretrained loaders: imported on fi
 
 
 __all__ = [
-    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "FlowSDE", "EDMSDE", "ReverseSDE", "get_sde",
     "DiscreteVPSDE", "CosineVPSDE",
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",

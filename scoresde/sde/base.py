@@ -223,5 +223,5 @@ class ReverseSDE:
 
 
 def get_sde(name: str, **kwargs: Any) -> SDE:
-    """Build a registered SDE by name ("vp", "subvp", "ve", and "discrete_vp", "cosine_vp" of `sde_discrete`)."""
+    """Build a registered SDE by name: "vp", "subvp", "ve", "flow", "edm", and the discrete "discrete_vp", "cosine_vp"."""
     return SDES[name](**kwargs)
