@@ -271,7 +271,7 @@ def test_errors(unet, tmp_path, monkeypatch):
         ss.from_diffusers(tmp_path / "bare", DDPMScheduler())
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ldm")
     _edit_json(tmp_path / "ldm" / "model_index.json", vqvae=["diffusers", "VQModel"])
-    with pytest.raises(ValueError, match="latent / text-conditional pipelines are not supported"):
+    with pytest.raises(ValueError, match="of latent / text-conditional pipelines only"):
         ss.from_diffusers(tmp_path / "ldm")
     monkeypatch.setitem(sys.modules, "diffusers", None)                    # diffusers not installed
     with pytest.raises(ImportError, match="pip install diffusers"):
