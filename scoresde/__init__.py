@@ -29,6 +29,7 @@ from .runs.load import load, load_autoencoder
 from .runs.checkpoint import CheckpointError
 from .data.datasets import load_dataset, list_datasets
 from .models.autoencoders import Autoencoder
+from .models.clip_text import CLIPTextEncoder, SDXLTextEncoder
 from . import pretrained
 from . import metrics
 from . import discrete                      # masked diffusion for token sequences (MDLM / LLaDA)
@@ -59,4 +60,5 @@ __all__ = [
     "load_score_sde", "from_diffusers", "load_dit",
     "discrete", "metrics", "pretrained",
     "Autoencoder", "load_autoencoder",
+    "CLIPTextEncoder", "SDXLTextEncoder",
 ]

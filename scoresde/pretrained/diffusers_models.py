@@ -19,6 +19,7 @@ Sampling reproduces diffusers' loops on the same timesteps: `ddim` with
 and `ancestral` with those times followed by 0 is `DDPMScheduler` given the same noise
 (tests/pretrained/test_diffusers.py). Sampling heuristics of the schedulers (clip_sample, thresholding) are not
 part of the model and are not applied. diffusers is needed only here (`pip install diffusers`).
+Stable Diffusion (XL) pipelines, latent and text-conditional, are loaded by `stable_diffusion.py`.
 """
 from __future__ import annotations
 

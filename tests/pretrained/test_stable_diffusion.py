@@ -108,15 +108,14 @@ def pipelines(tmp_path_factory):
 
 
 class Recorder:
-    """The U-Net calls a pipeline makes: (latent input, timestep, its keyword inputs, output)."""
+    """The U-Net calls a pipeline makes, `unet(latents, t, encoder_hidden_states=...)`: (latents, t, output)."""
 
     def __init__(self, unet):
         self.calls = []
-        self.handle = unet.register_forward_hook(self.hook, with_kwargs=True)
+        self.handle = unet.register_forward_hook(self.hook)
 
-    def hook(self, module, args, kwargs, out):
-        x, t = (args + (kwargs.get("timestep"),))[:2] if len(args) >= 1 else (kwargs["sample"], kwargs["timestep"])
-        self.calls.append((x.clone(), t, kwargs, out[0].clone()))
+    def hook(self, module, args, out):
+        self.calls.append((args[0].clone(), args[1], out[0].clone()))
 
 
 def pipeline_call(pipe, scheduler, w, negative=None):
@@ -162,7 +161,7 @@ def test_guided_sampling_reproduces_the_pipeline(pipelines, kind, solver):
     err = rel_error(ours, ref)
     # the guided score at each of the pipeline's steps is its guided noise prediction (ε = -σ score)
     step_errs = []
-    for x, t, kwargs, out in calls:
+    for x, t, out in calls:
         u, c = out.chunk(2)                                  # the pipeline's batch: [unconditional, conditional]
         pred = u + w * (c - u)
         tt = sde.t_from_timestep(t.reshape(1).double())
