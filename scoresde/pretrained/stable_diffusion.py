@@ -82,7 +82,6 @@ class StableDiffusionScoreModel(ScoreModel):
         size = cfg.get("sample_size")
         hw = (size, size) if isinstance(size, int) else tuple(size)
         self._data_shape = (int(cfg["in_channels"]), *(int(s) for s in hw))
-        self._null: dict[tuple, Cond] = {}
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -93,11 +92,9 @@ class StableDiffusionScoreModel(ScoreModel):
         return None
 
     def null_condition(self, device: torch.device) -> Cond:
-        """The text encoder's unconditional condition (batch 1), computed once per device."""
-        key = (str(device),)
-        if key not in self._null:
-            self._null[key] = self.text_encoder.null(1).to(device)
-        return self._null[key]
+        """The text encoder's unconditional condition (batch 1) on `device` (computed at each call, so a change
+        of the encoder's settings, e.g. SDXL's sizes, always applies)."""
+        return self.text_encoder.null(1).to(device)
 
     def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
         cond = as_cond(cond)

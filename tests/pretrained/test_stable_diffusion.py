@@ -280,6 +280,8 @@ def test_errors(pipelines, tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(ValueError, match=r"unet.*holds no safetensors weights \(only pickled"):
         ss.from_diffusers(tmp_path / "pickled")
+    one_line_error(run("sample", "--checkpoint", str(tmp_path / "pickled"), "--out", str(tmp_path / "x.npy")),
+                   "holds no safetensors weights (only pickled diffusion_pytorch_model.bin")
     # a config that does not match the weights is refused before the network is read
     pipe.save_pretrained(tmp_path / "bad", safe_serialization=True)
     cfg = json.loads((tmp_path / "bad" / "text_encoder" / "config.json").read_text())
