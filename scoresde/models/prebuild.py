@@ -98,16 +98,18 @@ def read_diffusers_config(path: str, what: str) -> dict[str, Any]:
     return cfg
 
 
-def weights_shapes(model_dir: str, what: str) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes of a save_pretrained folder's safetensors weights, from the files' headers: one file
-    (diffusion_pytorch_model.safetensors or model.safetensors) or shards listed by its .safetensors.index.json.
-    Nothing is unpickled: a folder with only pickled .bin / .ckpt weights is one ValueError naming them."""
-    files = [os.path.join(model_dir, w) for w in _WEIGHTS if os.path.isfile(os.path.join(model_dir, w))]
+def weights_shapes(model_dir: str, what: str) -> tuple[dict[str, tuple[int, ...]], str]:
+    """(the tensor shapes, the file they were read from) of a save_pretrained folder's safetensors weights,
+    from the files' headers: one file (diffusion_pytorch_model.safetensors or model.safetensors) or the
+    shards its .safetensors.index.json lists (the index named). Nothing is unpickled: a folder with only
+    pickled .bin / .ckpt weights is one ValueError naming them."""
+    files = [os.path.join(model_dir, w) for w in _WEIGHTS if os.path.isfile(os.path.join(model_dir, w))][:1]
+    source = files[0] if files else None
     if not files:
-        index = next((os.path.join(model_dir, w + ".index.json") for w in _WEIGHTS
-                      if os.path.isfile(os.path.join(model_dir, w + ".index.json"))), None)
-        if index is not None:
-            files = _shards(index, model_dir, what)
+        source = next((os.path.join(model_dir, w + ".index.json") for w in _WEIGHTS
+                       if os.path.isfile(os.path.join(model_dir, w + ".index.json"))), None)
+        if source is not None:
+            files = _shards(source, model_dir, what)
     if not files:
         found = sorted(n for n in os.listdir(model_dir) if n.endswith((".bin", ".ckpt", ".pt", ".pth")))
         raise ValueError(f"{what}: {model_dir!r} holds no safetensors weights" + (
@@ -120,7 +122,7 @@ def weights_shapes(model_dir: str, what: str) -> dict[str, tuple[int, ...]]:
         except Exception as e:          # safetensors reports a damaged header with several exception types
             raise ValueError(f"{what}: {weights!r} is not a readable safetensors file "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return shapes
+    return shapes, source
 
 
 def _shards(index: str, model_dir: str, what: str) -> list[str]:
@@ -153,7 +155,8 @@ def check_pretrained_model(build: Callable[[dict[str, Any]], nn.Module], model_d
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as e:
         raise ValueError(f"{what}: {path!r} does not describe a {kind} "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    compare_shapes(net, weights_shapes(model_dir, what), f"{what}: {model_dir!r}")
+    shapes, source = weights_shapes(model_dir, what)
+    compare_shapes(net, shapes, f"{what}: {source!r}")
     check_footprint(net, f"{what}: {path!r}")
     return cfg
 

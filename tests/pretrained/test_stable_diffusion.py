@@ -234,17 +234,22 @@ def test_autoencoder_decodes_as_the_pipeline(pipelines, kind):
     assert img.shape == (1, 3, 16, 16) and model.data_shape == LATENT[1:]
 
 
-def test_loading_variants_and_the_unconditional_call(pipelines):
+def test_loading_variants_and_the_unconditional_call(pipelines, tmp_path):
     pipe, folder, model, sde = pipelines["sd2v"]
     assert isinstance(model, StableDiffusionScoreModel) and model.parameterization == "v" and model.net is not pipe.unet
     m2, sde2 = ss.from_diffusers(pipe)                           # a pipeline object
     m3, _ = ss.pretrained.load_any(str(folder))                  # the CLI's dispatcher
+    pipe.save_pretrained(tmp_path / "sharded")                   # a U-Net in shards with an index (SDXL's is)
+    (tmp_path / "sharded" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    pipe.unet.save_pretrained(tmp_path / "sharded" / "unet", max_shard_size="4KB")
+    assert (tmp_path / "sharded" / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    m4, _ = ss.from_diffusers(tmp_path / "sharded")
     x = torch.randn(2, *LATENT[1:], generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0.3, 0.8])
     cond = model.text_encoder.encode([PROMPT, NEGATIVE])
     with torch.no_grad():
         ref = model(x, t, cond)
-        for m in (m2, m3):
+        for m in (m2, m3, m4):
             torch.testing.assert_close(m(x, t, cond), ref)
         # no condition: the null condition (the empty prompt's encoding)
         torch.testing.assert_close(model(x, t), model(x, t, model.text_encoder.null(2)))
