@@ -170,6 +170,5 @@ def check_transformers_model(config_cls: Any, model_cls: Any, model_dir: str, wh
     """`check_pretrained_model` for a transformers model (`model_cls(config_cls(**config))`, e.g. CLIPTextModel
     and CLIPTextConfig), before `model_cls.from_pretrained`."""
     def build(cfg: dict[str, Any]) -> nn.Module:
-        keep = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "_name_or_path")}
-        return model_cls(config_cls(**keep))
+        return model_cls(config_cls.from_dict(cfg))
     return check_pretrained_model(build, model_dir, what, model_cls.__name__)

@@ -340,6 +340,35 @@ def test_errors(pipelines, tmp_path, monkeypatch):
         CLIPTextEncoder.from_pretrained(folder)
 
 
+SD15_UNET = {"attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768,
+             "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+             "in_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]}
+SDXL_UNET = {"addition_embed_type": "text_time", "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20],
+             "block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048,
+             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "in_channels": 4,
+             "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+             "sample_size": 128, "transformer_layers_per_block": [1, 2, 10],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True}
+CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+          "max_position_embeddings": 77, "projection_dim": 768, "vocab_size": 49408, "hidden_act": "quick_gelu"}
+
+
+def test_the_real_configs_pass_the_bounds_and_build_on_the_meta_device():
+    """The published SD 1.5 / SDXL U-Nets and CLIP ViT-L/14 text encoder are within the size bounds and build on
+    the meta device (no memory) with their published parameter counts: the checks refuse no real model."""
+    from scoresde._common.limits import check_sizes
+    from scoresde.models.prebuild import skeleton
+    for cfg, build, published in [
+            (SD15_UNET, lambda c: UNet2DConditionModel.from_config(c), 859_520_964),
+            (SDXL_UNET, lambda c: UNet2DConditionModel.from_config(c), 2_567_463_684),
+            (CLIP_L, lambda c: CLIPTextModel(CLIPTextConfig.from_dict(c)), 123_060_480)]:
+        check_sizes(cfg, "config ")
+        net = skeleton(lambda: build(cfg))
+        assert sum(p.numel() for p in net.parameters()) == published
+        assert next(net.parameters()).device.type == "meta"
+
+
 def test_clip_text_encoder_from_a_local_folder(pipelines, tmp_path):
     """A frozen CLIPTextModel folder (with its tokenizer files, or a pipeline's) as a text encoder for training."""
     pipe, folder, model, sde = pipelines["sd1"]
