@@ -96,9 +96,8 @@ class DiffusersFlowScoreModel(ScoreModel):
         return out
 
     def velocity(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
-        """The flow-matching velocity u = z - x_0 = eps - x0 (the network's own output on the flow path)."""
-        out, alpha, sigma = self._raw(x, t, as_cond(cond))
-        return self.precond.eps(out, x, alpha, sigma) - self.precond.x0(out, x, alpha, sigma)
+        """The flow-matching velocity u = z - x_0 (= eps - x0): the network's output itself, F of "flow"."""
+        return self._raw(x, t, as_cond(cond))[0]
 
 
 # --- which scheduler, and its path ----------------------------------------------------------------

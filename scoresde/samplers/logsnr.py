@@ -25,6 +25,7 @@ class LogSNRGrid:
             t = ts.double().cpu()                                 # one host read, before sampling
         else:
             t_start, t_end = ts[[0, -1]].double().tolist()        # one host read, before sampling
+            t_start = min(t_start, sde.T)     # T rounded to x's dtype may lie above it (the flow path's 0.999 in float32)
             if self.n == 0:
                 t = torch.tensor([t_start], dtype=torch.float64)
             else:
