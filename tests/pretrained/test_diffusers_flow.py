@@ -170,6 +170,29 @@ def test_grids_from_t_1_need_the_data_prediction():
     assert torch.isfinite(x).all()                                  # below t = 1 every sampler runs as before
 
 
+def test_loading_variants_agree(unet, tmp_path):
+    sched = FlowMatchEulerDiscreteScheduler(shift=2.5)
+    pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    pipe.save_pretrained(tmp_path)
+    x, t = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)), torch.tensor([0.3, 0.9])
+    ref = unet(x, t * 1000).sample.detach()
+    for source in [(tmp_path,), (tmp_path / "unet",), (pipe,), (unet, sched), (unet, dict(sched.config) | {
+            "_class_name": "FlowMatchEulerDiscreteScheduler"}), (unet, tmp_path / "scheduler"),
+            (unet, tmp_path / "scheduler" / "scheduler_config.json")]:
+        model, sde = ss.from_diffusers(*source)
+        assert isinstance(model, DiffusersFlowScoreModel) and sde.shift == 2.5, source
+        with torch.no_grad():
+            assert torch.allclose(model.velocity(x, t), ref, atol=1e-6), source
+
+
+def test_every_sampler_runs_on_the_flow_model(unet):
+    model, sde = ss.from_diffusers(unet, FlowMatchEulerDiscreteScheduler(shift=3.0))
+    for sampler in ss.list_samplers():                  # float32, each on its default grid from T = 0.999
+        options = dict(rtol=1e-3, atol=1e-3) if sampler == "ode" else {}
+        x = sde.sample(model, 2, sampler=sampler, steps=3, generator=torch.Generator().manual_seed(0), **options)
+        assert x.shape == SHAPE and torch.isfinite(x).all(), sampler
+
+
 def test_heun_scheduler_gives_the_same_path(unet):
     model, sde = ss.from_diffusers(unet, FlowMatchHeunDiscreteScheduler(shift=2.0))
     assert isinstance(model, DiffusersFlowScoreModel) and sde.shift == 2.0
