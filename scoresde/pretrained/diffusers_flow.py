@@ -16,7 +16,11 @@ Sampling reproduces the scheduler's loop: `ddim` with `times=scheduler.sigmas[:-
 t = 1, where ddim reads the data prediction) is `FlowMatchEulerDiscreteScheduler` given the same noise: on
 this path DDIM is Euler in t, x_s = (s / t) x_t + (1 - s / t) D = x_t + (s - t) u, and its final data
 prediction at the last sigma is the scheduler's last step to sigma = 0 (tests/pretrained/test_diffusers_flow.py).
-The scheduler's grid options (shift_terminal, karras / exponential / beta sigmas, stochastic_sampling) choose
+The multistep schedulers set up for flow models (DPMSolverMultistepScheduler, UniPC, DEIS ... with
+prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift) load the same way; `dpm_solver` on
+their sigmas is DPMSolverMultistepScheduler's 2M loop, except that diffusers feeds those schedulers' network
+the timestep truncated to an integer (int64 timesteps) while stepping with the exact sigma, and here the
+network sees the exact 1000 sigma. The scheduler's grid options (shift_terminal, karras / exponential / beta sigmas, stochastic_sampling) choose
 how it samples, not what the model is: they are not part of the model. A dynamic (resolution-dependent)
 shift and inverted sigmas are refused. diffusers is needed only here (`pip install diffusers`).
 """
@@ -34,7 +38,7 @@ from scoresde.models.score_model import ScoreModel
 from scoresde.sde.linear import FlowSDE
 
 
-__all__ = ["FLOW_SCHEDULERS", "flow_scheduler_name", "flow_sde", "from_diffusers_flow", "DiffusersFlowScoreModel"]
+__all__ = ["FLOW_SCHEDULERS", "is_flow_config", "flow_scheduler_name", "flow_sde", "from_diffusers_flow", "DiffusersFlowScoreModel"]
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 _WHAT = "path_or_module"
@@ -128,24 +132,31 @@ def _scheduler_config(scheduler: Any) -> dict[str, Any]:
     return {"_class_name": type(scheduler).__name__, **dict(cfg)}
 
 
+def is_flow_config(config: dict[str, Any]) -> bool:
+    """A FlowMatch scheduler, or a multistep one (DPMSolverMultistep, UniPC, DEIS, ...) set up for a flow model:
+    prediction_type "flow_prediction" with use_flow_sigmas (its shift is then `flow_shift`)."""
+    return config.get("_class_name") in FLOW_SCHEDULERS or bool(
+        config.get("use_flow_sigmas") and config.get("prediction_type") == "flow_prediction")
+
+
 def flow_scheduler_name(path_or_module: Any, scheduler: Any = None) -> str | None:
-    """The FlowMatch scheduler class that `from_diffusers(path_or_module, scheduler)` would use, or None (any
-    other scheduler, or none readable: the DDPM-type loader then reports). Never raises."""
+    """The class of the flow scheduler (`is_flow_config`) that `from_diffusers(path_or_module, scheduler)` would
+    use, or None (any other scheduler, or none readable: the DDPM-type loader then reports). Never raises."""
     try:
         if scheduler is not None:
-            name = _scheduler_config(scheduler).get("_class_name")
+            config = _scheduler_config(scheduler)
         elif isinstance(path_or_module, (str, os.PathLike)):
             path = os.fspath(path_or_module)
             found = _find_scheduler_config(os.path.join(path, "unet") if os.path.isfile(
                 os.path.join(path, "model_index.json")) else path) if os.path.isdir(path) else None
-            name = read_diffusers_config(found, "scheduler").get("_class_name") if found else None
+            config = read_diffusers_config(found, "scheduler") if found else {}
         elif hasattr(path_or_module, "scheduler"):
-            name = type(path_or_module.scheduler).__name__
+            config = _scheduler_config(path_or_module.scheduler)
         else:
-            name = None
+            config = {}
     except (ValueError, TypeError, OSError):
         return None
-    return name if name in FLOW_SCHEDULERS else None
+    return str(config.get("_class_name")) if is_flow_config(config) else None
 
 
 def _number(config: dict[str, Any], key: str, default: Any, integer: bool = False) -> Any:
@@ -158,9 +169,9 @@ def _number(config: dict[str, Any], key: str, default: Any, integer: bool = Fals
 
 def flow_sde(config: dict[str, Any]) -> tuple[FlowSDE, int]:
     """(the `FlowSDE` of a FlowMatch scheduler config, with its static shift; its num_train_timesteps)."""
-    name = config.get("_class_name")
-    if name not in FLOW_SCHEDULERS:
-        raise ValueError(f"scheduler: expected one of {', '.join(FLOW_SCHEDULERS)}, found {name!r}")
+    if not is_flow_config(config):
+        raise ValueError(f"scheduler: expected one of {', '.join(FLOW_SCHEDULERS)} or a scheduler with "
+                         f"prediction_type='flow_prediction' and use_flow_sigmas=True, found {config.get('_class_name')!r}")
     if config.get("use_dynamic_shifting"):
         raise ValueError("scheduler: use_dynamic_shifting=True (a resolution-dependent shift chosen per call through "
                          "mu, as Flux does) is not supported; save the scheduler with use_dynamic_shifting=False and "
@@ -168,7 +179,8 @@ def flow_sde(config: dict[str, Any]) -> tuple[FlowSDE, int]:
     if config.get("invert_sigmas"):
         raise ValueError("scheduler: invert_sigmas=True (Mochi's reversed time) is not supported")
     steps = _number(config, "num_train_timesteps", 1000, integer=True)
-    shift = float(_number(config, "shift", 1.0))
+    shift = float(_number(config, "shift", 1.0) if config.get("_class_name") in FLOW_SCHEDULERS
+                  else _number(config, "flow_shift", 1.0))
     return FlowSDE(shift=shift), steps
 
 

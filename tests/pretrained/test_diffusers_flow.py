@@ -77,6 +77,26 @@ def test_ddim_on_the_sigmas_is_the_flow_match_euler_loop(unet, tmp_path, shift, 
         assert rel_error(ours, x_T) > 0.1                       # the loop moved the samples
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_dpm_solver_on_the_sigmas_is_the_flow_dpm_solver_loop(unet, shift):
+    """DPMSolverMultistepScheduler set up for flow (its grid starts at 1 - 1/N): our dpm_solver on its sigmas is its
+    2M loop when its network sees the exact timestep 1000 sigma (diffusers passes it int64-truncated timesteps)."""
+    sched = diffusers.DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=shift)
+    model, sde = ss.from_diffusers(unet, sched)
+    assert isinstance(model, DiffusersFlowScoreModel) and sde.shift == shift
+    sched.set_timesteps(8)
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    ref = x_T.clone()
+    with torch.no_grad():
+        for timestep, sigma in zip(sched.timesteps, sched.sigmas):
+            ref = sched.step(unet(ref, sigma * 1000).sample, timestep, ref).prev_sample
+    ours, info = sde.sample(model, x_init=x_T, sampler="dpm_solver", times=sched.sigmas[:-1], return_info=True)
+    err = rel_error(ours, ref)
+    print(f"DPMSolverMultistep flow, shift {shift}, 8 steps: relative error {err:.2e}, NFE {info['nfe']}")
+    assert info["nfe"] == 8 and err <= TOL
+
+
 def test_the_network_sees_its_timesteps_and_its_output_is_the_velocity(unet):
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     model, sde = ss.from_diffusers(unet, sched)
