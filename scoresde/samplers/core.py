@@ -279,7 +279,8 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
             raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
         grid = check_times(sde, times)
         steps = len(grid) - 1
-        if info.schedule is None and float(sde.marginal_coefs(grid[:1])[0]) == 0:     # alpha(t_0) = 0: t = 1 of flow
+        if (info.schedule is None and float(grid[0]) > sde.T                  # beyond T: t = 1 of the flow path
+                and float(sde.marginal_coefs(grid[:1])[0]) == 0):
             raise ValueError(f"times: sampler {sampler!r} needs the score at t_0 = {float(grid[0])}, where alpha = 0 "
                              "and the score carries no information about the data; start below it (e.g. at "
                              f"T={sde.T}) or use sampler 'ddim', which reads the model's data prediction there")
