@@ -253,7 +253,10 @@ def from_diffusers_flow(path_or_module: Any, scheduler: Any = None, *, interpola
         if not os.path.isdir(path):
             raise ValueError(f"{_WHAT}: expected a diffusers save_pretrained folder, found {path!r} (not a directory)")
         net, sched_cfg = _load_dir(path)
-    elif hasattr(path_or_module, "unet") and hasattr(path_or_module, "scheduler"):      # a pipeline object
+    elif hasattr(path_or_module, "scheduler"):                                          # a pipeline object
+        if getattr(path_or_module, "unet", None) is None:
+            raise ValueError(f"{_WHAT}: the {type(path_or_module).__name__} has no unet (SD3 / Flux transformer "
+                             "pipelines are not supported, only UNet2DModel pipelines with a FlowMatch scheduler)")
         net, sched_cfg = path_or_module.unet, _scheduler_config(path_or_module.scheduler)
     elif callable(path_or_module):
         net = path_or_module

@@ -227,6 +227,10 @@ def test_bad_folders_and_schedulers_are_one_clear_error(unet, tmp_path):
         ss.from_diffusers(unet, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": -1})
     with pytest.raises(ValueError, match="interpolation / ancestral_variance: options of DDPM-type schedules"):
         ss.from_diffusers(unet, FlowMatchEulerDiscreteScheduler(), interpolation="cubic")
+    transformer_pipe = type("StableDiffusion3Pipeline", (), {"transformer": unet,
+                                                             "scheduler": FlowMatchEulerDiscreteScheduler()})()
+    with pytest.raises(ValueError, match="path_or_module: the StableDiffusion3Pipeline has no unet"):
+        ss.from_diffusers(transformer_pipe)
     pipe = DDPMPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.save_pretrained(tmp_path / "bin", safe_serialization=False)               # pickled weights only
     with pytest.raises(ValueError, match=r"holds no safetensors weights \(only pickled diffusion_pytorch_model.bin"):
