@@ -205,12 +205,20 @@ def test_loading_variants_agree(unet, tmp_path):
             assert torch.allclose(model.velocity(x, t), ref, atol=1e-6), source
 
 
-def test_every_sampler_runs_on_the_flow_model(unet):
+def test_every_sampler_the_likelihood_and_impute_run_on_the_flow_model(unet):
     model, sde = ss.from_diffusers(unet, FlowMatchEulerDiscreteScheduler(shift=3.0))
     for sampler in ss.list_samplers():                  # float32, each on its default grid from T = 0.999
         options = dict(rtol=1e-3, atol=1e-3) if sampler == "ode" else {}
         x = sde.sample(model, 2, sampler=sampler, steps=3, generator=torch.Generator().manual_seed(0), **options)
         assert x.shape == SHAPE and torch.isfinite(x).all(), sampler
+    with torch.no_grad():
+        logp = sde.log_likelihood(model, x, divergence="hutchinson", rtol=1e-3, atol=1e-3,
+                                  generator=torch.Generator().manual_seed(0))
+    assert logp.shape == (2,) and torch.isfinite(logp).all()
+    mask = torch.zeros_like(x)
+    mask[..., :4] = 1
+    y = ss.impute(sde, model, x, mask, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(y).all() and torch.equal(y[mask.bool()], x[mask.bool()])
 
 
 def test_heun_scheduler_gives_the_same_path(unet):
