@@ -52,8 +52,7 @@ def _edit_json(path, **changes):
     path.write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("shift", [1.0, 3.0])
-@pytest.mark.parametrize("folder", ["pipeline", "model"])
+@pytest.mark.parametrize("shift, folder", [(1.0, "pipeline"), (3.0, "model"), (3.0, "pipeline")])
 def test_ddim_on_the_sigmas_is_the_flow_match_euler_loop(unet, tmp_path, shift, folder):
     sched = FlowMatchEulerDiscreteScheduler(shift=shift)
     if folder == "pipeline":
