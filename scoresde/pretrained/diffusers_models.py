@@ -32,6 +32,7 @@ from scoresde._common.limits import check_sizes
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.score_model import ScoreModel
+from scoresde.pretrained.diffusers_flow import flow_scheduler_name, from_diffusers_flow
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 from scoresde.pretrained.stable_diffusion import (PIPELINES, StableDiffusionScoreModel, is_stable_diffusion,
                                                   load_parts, parts_of_pipeline)
@@ -254,10 +255,16 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
         `DiscreteVPSDE` (use
         `sde.t_from_timestep` to run samplers on diffusers' timesteps via `times=`).
 
+    A FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler makes it a flow-matching model:
+    (velocity model, `FlowSDE` with the scheduler's shift), see `scoresde.pretrained.diffusers_flow`.
+
     Raises:
         ImportError: diffusers is not installed. ValueError: not a supported model or schedule
-        (a VE / flow-matching / zero-terminal-SNR scheduler, an unknown class, a latent pipeline).
+        (a VE / zero-terminal-SNR / dynamically shifted scheduler, an unknown class, a latent pipeline).
     """
+    if flow_scheduler_name(path_or_module, scheduler):          # FlowMatch*: diffusers_flow.py
+        return from_diffusers_flow(path_or_module, scheduler, interpolation=interpolation,
+                                   ancestral_variance=ancestral_variance)
     sched_cfg = None
     if isinstance(path_or_module, (str, os.PathLike)):
         path = os.fspath(path_or_module)

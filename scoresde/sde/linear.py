@@ -181,7 +181,9 @@ class FlowSDE(SDE):
     data, and the drift and lambda = log(alpha / sigma) are infinite. Sampling and the likelihood
     therefore start at `T = t_max` (default 1 - 1e-3, the largest time of diffusers' flow DPM-Solver and
     UniPC sigmas) from the path's prior N(0, I); the mass that x_T still carries of x_0, alpha(T) x_0, is
-    below every sampler's error floor (its effect on the mean is alpha(T) E[x_0]).
+    below every sampler's error floor (its effect on the mean is alpha(T) E[x_0]). An explicit `times` grid
+    may start at `t_limit` = 1 itself (diffusers' flow loop does) for `ddim`, which reads the model's own
+    data prediction there (`x0(x, t)`), the only thing at t = 1 that carries information about x_0.
 
     `shift` is SD3's resolution shift (Esser et al. 2024, arXiv:2403.03206), t' = shift t / (1 + (shift - 1) t),
     a property of a trained model that the default sampling grid of this path honours (1: no shift).
@@ -189,6 +191,7 @@ class FlowSDE(SDE):
 
     default_eps = 1e-3
     default_conditioning = "t"
+    t_limit = 1.0          # an explicit grid may start at t = 1 (diffusers' flow loop): the data-prediction samplers
 
     def __init__(self, t_max: float = 1 - 1e-3, shift: float = 1.0, N: int = 1000):
         super().__init__(N)

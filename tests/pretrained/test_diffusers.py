@@ -248,7 +248,7 @@ def test_errors(unet, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown diffusers scheduler class 'MadeUpScheduler'"):
         ss.from_diffusers(unet, {"_class_name": "MadeUpScheduler"})
     with pytest.raises(ValueError, match="no discrete alpha-bar table"):
-        ss.from_diffusers(unet, diffusers.FlowMatchEulerDiscreteScheduler())
+        ss.from_diffusers(unet, diffusers.EDMEulerScheduler())
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         ss.from_diffusers(unet, DDIMScheduler(rescale_betas_zero_snr=True))
     with pytest.raises(ValueError, match="timestep_type 'continuous'"):
