@@ -27,7 +27,6 @@ import torch
 
 from scoresde._common.finite import CheckedScore, NonFiniteError, check_finite, nonfinite_count
 from scoresde._common.registry import Registry
-from scoresde.sde.base import SDES
 from scoresde._common.validation import check_int
 from scoresde._common.threads import thread_policy
 from scoresde.samplers.grids import schedule_for, time_grid
@@ -57,7 +56,7 @@ class SamplerInfo:
     takes_grid: steps through every time of an explicit `times` grid (ode, torchsde: its end points only).
     schedule: the default layout of its own grid (a `schedule=` option, "given" for an explicit grid),
         None for the samplers that step on the uniform grid. An SDE's `default_schedule` replaces it (or the
-        uniform grid) when the caller names none (FlowSDE, EDMSDE): `schedules()` lists them per path.
+        uniform grid) when the caller names none (FlowSDE, EDMSDE): `samplers.paths.path_schedules` lists them.
     fitted: what `optimize_steps` fits for it: "times", "times and weights" (bns), None: nothing.
     options: the defaults of the options a sampler taking `**options` accepts (None: a default the grid or
         another option sets); the others' options are their keyword-only parameters (`option_defaults`).
@@ -90,16 +89,6 @@ class SamplerInfo:
         params = inspect.signature(self.fn).parameters.values()
         own = {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name not in _SHARED}
         return {**own, **(self.options or {})}
-
-    def schedules(self) -> dict[str, str]:
-        """{"default": its own layout (absent for the samplers that step on the uniform grid), <registered SDE
-        name>: the layout `sample` gives it on that path where it differs (the SDE's `default_schedule`)}."""
-        out = {} if self.schedule is None else {"default": self.schedule}
-        for name in SDES:
-            path = schedule_for(SDES[name], self.name, self.schedule)
-            if path != self.schedule:
-                out[name] = path
-        return out
 
     def grid_nfe(self, intervals: int, denoise: bool = True, **options: Any) -> int | None:
         """Score evaluations on an explicit grid of `intervals` intervals, as `sample(..., times=...)` runs it."""

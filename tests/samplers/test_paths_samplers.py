@@ -13,7 +13,8 @@ import torch
 import scoresde as ss
 from scoresde.models.guidance import classifier_free_score
 from scoresde.samplers.core import SAMPLERS, sample, sampler_info
-from scoresde.samplers.grids import schedule_for, time_grid
+from scoresde.samplers.grids import SCHEDULES, schedule_for, time_grid
+from scoresde.samplers.paths import path_schedules
 from scoresde.samplers.logsnr import LogSNRGrid, denoised
 from problems import ExactConditional, Gaussian, K, class_rate, counting, four_mode_mixture
 
@@ -90,12 +91,12 @@ def test_step_samplers_on_edm_use_the_karras_grid_and_flow_keeps_uniform():
         assert fn.seen == pytest.approx(time_grid(sde, 8, sde.default_eps, sched).tolist()[:-1], rel=1e-6), sampler
 
 
-def test_sampler_records_list_the_path_grids():
-    assert sampler_info("ddim").schedules() == {"default": "logsnr", "flow": "quadratic"}
-    assert sampler_info("heun").schedules() == {"default": "karras", "flow": "logsnr"}
-    assert sampler_info("euler_maruyama").schedules() == {"edm": "karras"}
-    assert sampler_info("pc").schedules() == {}
-    assert "shifted" in ss.samplers.grids.SCHEDULES
+def test_path_schedules_list_the_path_grids():
+    assert path_schedules("ddim") == {"default": "logsnr", "flow": "quadratic"}
+    assert path_schedules("heun") == {"default": "karras", "flow": "logsnr"}
+    assert path_schedules("euler_maruyama") == {"edm": "karras"}
+    assert path_schedules("pc") == {}
+    assert "shifted" in SCHEDULES
 
 
 def test_a_float32_grid_starts_at_t_max():
