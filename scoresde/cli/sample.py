@@ -29,6 +29,7 @@ from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
 from scoresde.samplers.predictors import PREDICTORS
 from scoresde.samplers.masked import list_discrete_samplers
+from scoresde.samplers.paths import path_schedules
 from scoresde.training.config import parse_override
 
 
@@ -69,8 +70,10 @@ def _list_samplers(ctx, _param, value):
     for r in SAMPLERS.records():
         nfe = r.nfe(10)
         opts = ", ".join(f"{k}={'(set by the grid)' if v is None else v}" for k, v in r.option_defaults().items())
+        grids = ", ".join(f"{k} {v}" for k, v in path_schedules(r.name).items())
         click.echo(f"{r.name} ({r.kind}): {r.summary}\n    NFE at --steps 10: "
-                   f"{nfe if nfe is not None else 'chosen by the solver'}; options: {opts or 'none'}")
+                   f"{nfe if nfe is not None else 'chosen by the solver'}; options: {opts or 'none'}"
+                   + (f"; time grid: {grids}" if grids else ""))
     ctx.exit(0)
 
 

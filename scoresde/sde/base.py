@@ -71,6 +71,10 @@ class SDE(abc.ABC):
     # what a ScoreModel feeds its network by default: "t" (c = 999 t, DDPM's timestep scale)
     # for VP / sub-VP, "log_sigma" (c = log sigma(t), the NCSN++ convention) for VE
     default_conditioning: str = "t"
+    # the time grid the samplers lay out on this path when the caller passes no `schedule=`: a name of
+    # `samplers.grids.SCHEDULES` (for the fast samplers), or {sampler name: name, "*": the fast samplers' other};
+    # None: each sampler's own default (see `samplers.grids.schedule_for`)
+    default_schedule: Any = None
 
     def __init__(self, N: int = 1000):
         self.N = check_int("N", N)
