@@ -189,6 +189,8 @@ class ScoreModel(nn.Module):
         `Cond` broadcast to the batch of x; class labels become Cond(labels=...), see `as_cond`).
         Wrappers of other libraries' networks override this to adapt their call and output."""
         cond = as_cond(self.encode_prompts(cond))
+        if cond is None and self.text_encoder is not None:    # a text model's null condition: its encoder's
+            cond = self.text_encoder.null(x.shape[0])
         # an unconditional net(x, c) is called without a condition; a conditional one gets cond (None = null)
         if cond is None and self.num_classes is None:
             return self.net(x, c)
