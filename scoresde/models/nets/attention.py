@@ -161,7 +161,8 @@ class SpatialTransformer(nn.Module):
         self.proj_in = linear(channels, channels)
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, ff_mult, glu)
                                     for _ in range(check_int("transformer_depth", depth)))
-        self.proj_out = linear(channels, channels, init_scale=0.0)
+        self.proj_out = linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)                                     # LDM's zero_module(proj_out)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

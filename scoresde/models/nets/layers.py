@@ -127,8 +127,10 @@ def cond_labels(net: nn.Module, cond) -> tuple[torch.Tensor | None, str]:
         read = ("labels", "context", "context_mask") if getattr(net, "context_dim", None) is not None else ("labels",)
         extra = [k for k in cond.keys() if k not in read]
         if extra:
-            what = "class labels and a context" if len(read) > 1 else "class labels only (no context_dim)"
-            raise ValueError(f"cond: this {type(net).__name__} reads {what}, found fields {extra}")
+            what = "class labels and a context" if len(read) > 1 else "class labels only"
+            hint = ("; build it with context_dim=D for cross-attention to a token sequence"
+                    if "context" in extra and len(read) == 1 else "")
+            raise ValueError(f"cond: this {type(net).__name__} reads {what}, found fields {extra}{hint}")
         return cond.labels, "cond.labels"
     return cond, "y"
 
