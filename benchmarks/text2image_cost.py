@@ -1,0 +1,116 @@
+"""The cost of cross-attention in a training step of the digits U-Net (configs/digits.toml) against the same
+U-Net without it, side by side (issue 28's goal: at most 1.25x on CPU).
+
+    python benchmarks/text2image_cost.py [--batch 64] [--steps 10] [--rounds 5] [--shape 1,16,32]
+
+One step = the DSM loss of a batch (`ss.dsm_loss`), its backward pass and an Adam update, on the two-digit
+canvas (1 x 16 x 32) by default. The variants, timed in turn within each round (process CPU seconds, one
+thread), so that a loaded machine slows all of them alike:
+  - plain:        the digits U-Net, unconditional;
+  - xattn:        the same U-Net with `context_dim=64` (the default placement: an LDM spatial transformer in
+                  the middle block, feed-forward x2) attending to a fixed (B, 32, 64) context, padding masked;
+  - xattn+text:   the whole text-conditional step: the prompts (about 30 characters) encoded by the jointly
+                  trained `TransformerTextEncoder` (2 blocks, width 64, 32 tokens) inside the step;
+  - ldm-lowest:   LDM-like placement, what the default avoids: also after every block of the lowest resolution
+                  (context_resolutions = [H / 2]), feed-forward x4.
+Printed: the median ms per step of each, and its ratio to `plain`.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import scoresde as ss
+from scoresde._common.toml import load_toml
+from scoresde.models.conditioning import Cond
+from scoresde.models.text import TransformerTextEncoder
+
+try:
+    from common import ROOT
+except ImportError:                       # imported as benchmarks.text2image_cost
+    from benchmarks.common import ROOT
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def digits_unet() -> dict:
+    """The [model] keys of configs/digits.toml (its U-Net), without the name."""
+    model = dict(load_toml(str(ROOT / "configs" / "digits.toml"))["model"])
+    model.pop("name")
+    return model
+
+
+def variants(shape: tuple[int, ...], batch: int, dim: int = 64, length: int = 32) -> dict:
+    """name -> (model, score_fn(model) -> the callable dsm_loss trains)."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [f"a small {WORDS[i % 10]} right of a bold {WORDS[(3 * i) % 10]}"[:length - 1] for i in range(batch)]
+    ctx = torch.randn(batch, length, dim, generator=g)
+    mask = torch.arange(length)[None] < torch.randint(8, length + 1, (batch, 1), generator=g)
+    cond = Cond(context=ctx, context_mask=mask)
+    sde, kw = ss.VPSDE(), digits_unet()
+    out = {}
+    for name, extra, text in (("plain", {}, False), ("xattn", {"context_dim": dim}, False),
+                              ("xattn+text", {"context_dim": dim}, True),
+                              ("ldm-lowest", {"context_dim": dim, "context_resolutions": [shape[1] // 2],
+                                              "context_ff_mult": 4.0}, False)):
+        torch.manual_seed(0)
+        net = ss.get_model("ddpm_unet", data_shape=shape, **kw, **extra)
+        enc = TransformerTextEncoder(dim, max_len=length, depth=2, heads=4) if text else None
+        model = ss.ScoreModel(net, sde, text_encoder=enc)
+        if text:
+            fn = (lambda m: lambda x, t: m(x, t, prompts))
+        elif extra:
+            fn = (lambda m: lambda x, t: m(x, t, cond))
+        else:
+            fn = (lambda m: m)
+        out[name] = (model, fn)
+    return out
+
+
+def time_steps(model, fn, x: torch.Tensor, steps: int, seed: int) -> float:
+    """CPU ms per training step (loss, backward, Adam) over `steps` steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    score = fn(model)
+    t0 = time.process_time()
+    for _ in range(steps):
+        loss = ss.dsm_loss(score, model.sde, x, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return 1000 * (time.process_time() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10, help="steps timed per variant and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shape", default="1,16,32", help="C,H,W of the images (the two-digit canvas)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    shape = tuple(int(s) for s in a.shape.split(","))
+    x = torch.rand(a.batch, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    runs = variants(shape, a.batch)
+    for model, fn in runs.values():                       # warm-up
+        time_steps(model, fn, x, 2, 0)
+    ms: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(a.rounds):
+        for name, (model, fn) in runs.items():
+            ms[name].append(time_steps(model, fn, x, a.steps, r))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in ms.items()) + " ms", flush=True)
+    base = statistics.median(ms["plain"])
+    print(f"\nbatch {a.batch}, images {'x'.join(map(str, shape))}, digits U-Net (configs/digits.toml), 1 thread, "
+          f"median of {a.rounds} rounds of {a.steps} steps\n")
+    print("| variant | parameters | ms per step | ratio to plain |\n|---|---:|---:|---:|")
+    for name, (model, _) in runs.items():
+        m = statistics.median(ms[name])
+        n = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {n:,} | {m:.1f} | {m / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
