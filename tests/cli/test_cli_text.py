@@ -70,7 +70,7 @@ def test_prompt_errors_are_one_line(runs, tmp_path):
     one_line_error(run("sample", "--checkpoint", text, "--negative-prompt", "a", "--out", out),
                    "--negative-prompt: expected --prompt too")
     one_line_error(run("sample", "--checkpoint", text, "--guidance", "3", "--out", out),
-                   "--guidance: expected --label or --prompt too")
+                   "--guidance: expected --label too (the class to guide towards), or --prompt")
     one_line_error(run("sample", "--checkpoint", text, "--prompt", "a", "--label", "1", "--out", out),
                    "--prompt: a model is guided by --label or by --prompt, found both")
     one_line_error(run("sample", "--checkpoint", text, "--prompt", "a", "--known", "digits", "--mask", "top",
