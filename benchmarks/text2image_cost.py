@@ -4,8 +4,8 @@ U-Net without it, side by side (issue 28's goal: at most 1.25x on CPU).
     python benchmarks/text2image_cost.py [--batch 64] [--steps 10] [--rounds 5] [--shape 1,16,32]
 
 One step = the DSM loss of a batch (`ss.dsm_loss`), its backward pass and an Adam update, on the two-digit
-canvas (1 x 16 x 32) by default. The variants, timed in turn within each round (process CPU seconds, one
-thread), so that a loaded machine slows all of them alike:
+canvas (1 x 16 x 32) by default. The variants alternate step by step (process CPU seconds, one thread), so
+that a loaded machine slows all of them alike; each round's ratio is paired, the table gives their median:
   - plain:        the digits U-Net, unconditional;
   - xattn:        the same U-Net with `context_dim=64` (the default placement: an LDM spatial transformer in
                   the middle block, feed-forward x2) attending to a fixed (B, 32, 64) context, padding masked;
@@ -13,7 +13,7 @@ thread), so that a loaded machine slows all of them alike:
                   trained `TransformerTextEncoder` (2 blocks, width 64, 32 tokens) inside the step;
   - ldm-lowest:   LDM-like placement, what the default avoids: also after every block of the lowest resolution
                   (context_resolutions = [H / 2]), feed-forward x4.
-Printed: the median ms per step of each, and its ratio to `plain`.
+Printed: the median ms per step of each, and the median of its per-round ratio to `plain`.
 """
 from __future__ import annotations
 
@@ -70,18 +70,22 @@ def variants(shape: tuple[int, ...], batch: int, dim: int = 64, length: int = 32
     return out
 
 
-def time_steps(model, fn, x: torch.Tensor, steps: int, seed: int) -> float:
-    """CPU ms per training step (loss, backward, Adam) over `steps` steps."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    score = fn(model)
-    t0 = time.process_time()
-    for _ in range(steps):
-        loss = ss.dsm_loss(score, model.sde, x, generator=g)
-        opt.zero_grad(set_to_none=True)
+class Stepper:
+    """One variant's training steps (loss, backward, Adam), each timed in process CPU seconds."""
+
+    def __init__(self, model, fn, x: torch.Tensor, seed: int = 0):
+        self.model, self.score, self.x = model, fn(model), x
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.g = torch.Generator().manual_seed(seed)
+
+    def step(self) -> float:
+        """CPU ms of one step."""
+        t0 = time.process_time()
+        loss = ss.dsm_loss(self.score, self.model.sde, self.x, generator=self.g)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-    return 1000 * (time.process_time() - t0) / steps
+        self.opt.step()
+        return 1000 * (time.process_time() - t0)
 
 
 def main() -> None:
@@ -94,23 +98,26 @@ def main() -> None:
     torch.set_num_threads(1)
     shape = tuple(int(s) for s in a.shape.split(","))
     x = torch.rand(a.batch, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    runs = variants(shape, a.batch)
-    for model, fn in runs.values():                       # warm-up
-        time_steps(model, fn, x, 2, 0)
+    runs = {name: Stepper(model, fn, x) for name, (model, fn) in variants(shape, a.batch).items()}
+    for st in runs.values():                              # warm-up
+        st.step()
     ms: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(a.rounds):
-        for name, (model, fn) in runs.items():
-            ms[name].append(time_steps(model, fn, x, a.steps, r))
+    for r in range(a.rounds):                             # the variants alternate step by step
+        spent = dict.fromkeys(runs, 0.0)
+        for _ in range(a.steps):
+            for name, st in runs.items():
+                spent[name] += st.step()
+        for name in runs:
+            ms[name].append(spent[name] / a.steps)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in ms.items()) + " ms", flush=True)
-    base = statistics.median(ms["plain"])
     print(f"\nbatch {a.batch}, images {'x'.join(map(str, shape))}, digits U-Net (configs/digits.toml), 1 thread, "
-          f"median of {a.rounds} rounds of {a.steps} steps\n")
-    print("| variant | parameters | ms per step | ratio to plain |\n|---|---:|---:|---:|")
-    for name, (model, _) in runs.items():
-        m = statistics.median(ms[name])
-        n = sum(p.numel() for p in model.parameters())
-        print(f"| {name} | {n:,} | {m:.1f} | {m / base:.3f} |")
-
+          f"{a.rounds} rounds of {a.steps} steps, the variants alternating step by step\n")
+    print("| variant | parameters | ms per step (median) | ratio to plain (median of the rounds' ratios) |\n"
+          "|---|---:|---:|---:|")
+    for name, st in runs.items():
+        ratio = statistics.median(m / b for m, b in zip(ms[name], ms["plain"]))
+        n = sum(p.numel() for p in st.model.parameters())
+        print(f"| {name} | {n:,} | {statistics.median(ms[name]):.1f} | {ratio:.3f} |")
 
 if __name__ == "__main__":
     main()
