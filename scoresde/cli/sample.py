@@ -25,7 +25,7 @@ from scoresde.data.masks import load_mask, make_mask
 from scoresde.cli.guidance import Guidance
 from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
-from scoresde.runs.plots import plot_samples, save_samples
+from scoresde.runs.plots import save_samples
 from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
 from scoresde.samplers.predictors import PREDICTORS
@@ -228,13 +228,12 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
                     "not available with --known (inpainting runs the predictor-corrector steps of scoresde.impute)")
         source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
         if source.pretrained:
-            if label is not None or known is not None or prompts:
-                flag = "label" if label is not None else "known" if known is not None else "prompt"
-                raise ValueError(f"--{flag}: not available for a pretrained model on the command line (use "
-                                 "scoresde.impute / guidance in Python)")
-            n = n or 64
-            _sample_pretrained(source, n, out, sampler, steps, options, steps_file, seed, device, raw)
-            click.echo(f"wrote {n} samples in [0, 1] to {out}")
+            if label is not None or known is not None:
+                raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
+                                 "model on the command line (use scoresde.impute / guidance in Python)")
+            n = _sample_pretrained(source, n, out, sampler, steps, options, steps_file, guidance, seed, device, raw)
+            click.echo(f"wrote {n} samples in [0, 1] to {out}"
+                       + (f" ({len(prompts)} prompts x {n // len(prompts)})" if prompts else ""))
             return
         n = _sample_run(source, n, out, sampler, steps, options, steps_file, guidance, known, mask, seed, device,
                         raw, autoencoder)
@@ -258,23 +257,35 @@ def _check_out(out: str | None) -> None:
         raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
 
 
-def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
-                       steps_file: str | None, seed: int, device: str, raw: bool) -> None:
-    """n samples of a pretrained model to `out`: .npy in [0, 1] (score_sde's inverse scaler; [-1, 1] data
-    otherwise), or a figure."""
+def _sample_pretrained(source: ModelSource, n: int | None, out: str, sampler: str | None, steps: int | None,
+                       options: dict, steps_file: str | None, guidance: Guidance, seed: int, device: str,
+                       raw: bool) -> int:
+    """n samples (default 64; with prompts n of each, default 8) of a pretrained model to `out`: .npy in [0, 1]
+    (score_sde's inverse scaler; [-1, 1] data otherwise; a latent model's decoded images), or a figure.
+    Returns the number of samples written."""
     dev = resolve_device(device)
     model, sde = source.open(dev, ema=not raw)[:2]
     sampler, kw = _plan(sampler, steps, options, steps_file, _PRETRAINED_DEFAULTS, source.path)
     g = torch.Generator(dev).manual_seed(seed)
+    rows, per_prompt = len(guidance.prompts), n or 8
+    n = rows * per_prompt if rows else n or 64
+    score, guided = guidance.score(model, {}, per_prompt)
+    ae = getattr(model, "autoencoder", None)                   # a latent model (Stable Diffusion): decode
 
     def draw(b: int) -> torch.Tensor:
         with torch.no_grad(), user_errors(_option_flags(options)):
-            x = sde.sample(model, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            x = sde.sample(score(b), b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            if ae is not None:
+                x = ae.decode_all(x)
         return model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
-    x = write_chunked(out, n, tuple(model.data_shape), draw)
+    shape = tuple(model.data_shape) if ae is None else (
+        ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
+    x = write_chunked(out, n, shape, draw)
     if x is not None:
         steps = kw["steps"] if "steps" in kw else len(kw["times"]) - 1
-        plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
+        save_samples(x * 2 - 1, out, f"{n} samples{guided}, {sampler}, {steps} steps"
+                     + (", latent, decoded" if ae is not None else ""), nrow=per_prompt if rows else None)
+    return n
 
 
 def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
