@@ -104,9 +104,12 @@ class ClassifierFreeScore:
 
     def _encoder_state(self) -> tuple:
         """What the cached encodings depend on besides the batch: the encoder's weights (their in-place
-        version counters, bumped by every optimiser step and load) and its training mode."""
+        version counters, bumped by every optimiser step and load), its training mode and its plain settings
+        (e.g. SDXL's sizes and crop)."""
         enc = self.score_model.text_encoder
-        return (enc.training, tuple(p._version for p in enc.parameters()))
+        settings = tuple(sorted((k, repr(v)) for k, v in vars(enc).items()
+                                if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, list))))
+        return (settings, tuple(p._version for p in enc.parameters()))
 
     def _prompt_conditions(self, batch: int, device: Any) -> tuple[Cond, Cond]:
         """(the prompts' Cond, the null branch's) for `batch` rows, encoded once and cached: a sampler calls

@@ -145,7 +145,12 @@ def test_prompts_are_encoded_once_per_sampler_call():
         for p in model.text_encoder.parameters():                    # new weights: encoded anew
             p.add_(0.1)
         f(torch.randn(2, 1, 8, 8), 0.5)
-    assert _Counted.calls == 4
+        assert _Counted.calls == 4
+        model.text_encoder.image_size = (16, 16)                      # a setting changed (as SDXL's sizes)
+        f(torch.randn(2, 1, 8, 8), 0.5)
+        assert _Counted.calls == 6
+        f(torch.randn(3, 1, 8, 8), 0.5)                                # another batch size
+    assert _Counted.calls == 8
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver", "euler_maruyama", "pc"])
