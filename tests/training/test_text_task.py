@@ -85,6 +85,9 @@ def test_text_config_errors_name_the_key(tmp_path):
                  out=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="config model.text_depth: expected an integer"):
         ss.train({**cfg(1), "model": {**UNET, "text_depth": 1.5}}, data=captioned(), out=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="config model.text_encoder = 'transformer': model 'mlp' has no cross-attention"):
+        ss.train({**cfg(1), "model": {"name": "mlp", "text_encoder": "transformer"}}, data=captioned(),
+                 out=str(tmp_path / "d"))
     with pytest.raises(KeyError, match="text encoder"):
         ss.train({**cfg(1), "model": {**UNET, "text_encoder": "bert"}}, data=captioned(), out=str(tmp_path / "c"))
 
