@@ -55,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "sde": {"name": "vp"},   # plus constructor arguments: beta_min, beta_max, sigma_min, sigma_max, N
     "model": {"name": "mlp", "parameterization": "eps"},  # plus get_model keyword arguments, and
-                             # num_classes: 0 (unconditional), K, or "auto" (K from the data's labels)
+                             # num_classes: 0 (unconditional), K, or "auto" (K from the data's labels);
+                             # on captioned data text_encoder ("transformer" by default, "" for none),
+                             # text_len, text_depth, text_heads, text_tokenizer (scoresde.models.text)
     "train": {
         "steps": 6000,       # optimisation steps
         "batch_size": 512,   # per process
@@ -72,8 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "phema_every": 0,    # post-hoc EMA snapshot interval (steps; 0: train.ckpt_every)
         "likelihood_weighting": False,
         "loss_eps": 1e-5,    # smallest diffusion time in the loss
-        "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes): the
-                             # null-label rate that trains the unconditional score (Ho & Salimans 2022)
+        "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes), prompt dropout
+                             # (caption -> "") of a text model: the rate that trains the unconditional
+                             # score (Ho & Salimans 2022)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
