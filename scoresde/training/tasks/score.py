@@ -166,12 +166,12 @@ class ScoreTask(Task):
             name = "transformer" if texts is not None and takes and not self.K else ""
         if not name:
             return None
-        if not takes:
-            raise ValueError(f"config model.text_encoder = {name!r}: model {model['name']!r} has no cross-attention "
-                             "(no context_dim); use ddpm_unet or dit")
         if texts is None:
             raise ValueError(f"config model.text_encoder = {name!r}: needs captioned data (texts aligned with the "
                              f"examples), but data {self.ds.name!r} has none; set model.text_encoder = \"\"")
+        if not takes:
+            raise ValueError(f"config model.text_encoder = {name!r}: model {model['name']!r} has no cross-attention "
+                             "(no context_dim); use ddpm_unet or dit")
         if self.K:
             raise ValueError("config model.num_classes and model.text_encoder: a model is conditioned on labels or "
                              "on text, found both; set model.num_classes = 0 or model.text_encoder = \"\"")
