@@ -192,7 +192,7 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
       scoresde sample --checkpoint runs/digits --sampler deis --steps 10 --set sample.order=3 \\
                       --set sample.corrector=true --n 64 --out deis.png
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
-      scoresde sample --checkpoint runs/captions --prompt "three left of eight" \
+      scoresde sample --checkpoint runs/captions --prompt "three left of eight" \\
                       --prompt "one left of two" --guidance 4 --n 8 --out grid.png
       scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
