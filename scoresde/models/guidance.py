@@ -43,9 +43,6 @@ from scoresde.models.text import check_prompts
 __all__ = ["classifier_free_score", "ClassifierFreeScore", "classifier_guided_score", "ClassifierGuidedScore",
            "rescale_guidance", "RESCALE_SPACES"]
 
-
-
-
 RESCALE_SPACES = ("eps", "x0", "v")
 
 
