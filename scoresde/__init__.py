@@ -13,6 +13,7 @@ from .evaluation.likelihood import bits_per_dim, dataset_likelihood
 from .training.losses import dsm_loss, ddpm_loss, smld_loss, conditional_dsm_loss, classifier_loss, label_dropout
 from .models.score_model import ScoreModel, score_from_eps, eps_from_score
 from .models.conditioning import Cond
+from .models.text import TextEncoder, TransformerTextEncoder
 from .models.guidance import classifier_free_score, classifier_guided_score
 from .models.classifier import NoiseConditionalClassifier
 from .samplers.inpainting import impute
@@ -52,7 +53,8 @@ __all__ = [
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA", "PowerFunctionEMA",
-    "Cond", "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
+    "Cond", "TextEncoder", "TransformerTextEncoder", "classifier_free_score", "classifier_guided_score", "impute",
+    "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout",
     "list_samplers", "optimize_steps",
     "Registry", "append_dims", "NonFiniteError",

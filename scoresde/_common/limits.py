@@ -86,6 +86,10 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     "seq_len": ("seq", None), "max_len": ("seq", None), "max_position_embeddings": ("seq", None),
     "model_max_length": ("seq", None), "max_depth": ("seq", None), "vocab_size": ("vocab", None),
     "num_classes": ("classes", None), "num_class_embeds": ("classes", None), "digits": ("digits", None),
+    # cross-attention and text encoders (models/nets/attention.py, models/text.py)
+    "context_dim": ("width", None), "context_resolutions": ("list", "side"), "transformer_depth": ("depth", None),
+    "context_heads": ("heads", None), "context_ff_mult": ("mult", None), "text_len": ("seq", None),
+    "text_depth": ("depth", None), "text_heads": ("heads", None),
 }
 SIZE_BOUNDS.update({k: _B[kind] for k, (kind, _) in _FIELDS.items()})
 

@@ -26,29 +26,12 @@ from torch import nn
 from scoresde._common.limits import check_sizes
 from scoresde.models.conditioning import Cond
 from scoresde.models.prebuild import check_transformers_model, read_diffusers_config
+from scoresde.models.text import TextEncoder
 
 
 __all__ = ["TextEncoder", "CLIPTextEncoder", "SDXLTextEncoder", "load_clip_tokenizer", "load_clip_text_model"]
 
 TOKENIZER_FILE_BYTES = 64 << 20     # CLIP's tokenizer.json is ~2 MiB, vocab.json ~1 MiB, merges.txt ~0.5 MiB
-
-
-class TextEncoder(nn.Module):
-    """Prompts -> the condition of a text-conditional score model.
-
-    MERGE NOTE: the same base class as `scoresde.models.text.TextEncoder` (helper `text`); at merge this
-    local copy is replaced by an import of that one.
-    """
-
-    context_dim: int
-
-    def encode(self, prompts: Sequence[str]) -> Cond:
-        """The condition of each prompt, a batch of len(prompts)."""
-        raise NotImplementedError
-
-    def null(self, batch: int) -> Cond:
-        """The unconditional condition (classifier-free guidance's null branch) for `batch` rows."""
-        raise NotImplementedError
 
 
 def _transformers():

@@ -8,7 +8,6 @@ scheduler's timesteps reproduce the pipeline's call with DDIMScheduler / DPMSolv
 guidance_scale=w, output_type="latent", from the same initial latents; at every step the pipeline takes, our
 guided score is its guided noise prediction; the prompts are encoded as the pipeline encodes them.
 """
-import inspect
 import json
 import sys
 
@@ -183,17 +182,14 @@ def test_guided_sampling_reproduces_the_pipeline(pipelines, kind, solver):
 def test_prompt_guidance_reproduces_the_pipeline(pipelines, kind, rescale):
     """`ss.classifier_free_score(model, w=w, prompt=..., negative_prompt=..., guidance_rescale=phi)` (helper
     `text`'s prompt API) against the pipeline's call with the same prompt, negative prompt and guidance_rescale
-    (diffusers rescales the prediction the U-Net makes: eps, or v for SD 2.x-v). Skipped until that API is merged."""
-    params = inspect.signature(ss.classifier_free_score).parameters
-    if "prompt" not in params:
-        pytest.skip("classifier_free_score(model, w, prompt=...) is not merged yet (helper `text`)")
+    (diffusers rescales the prediction the U-Net makes: eps, or v for SD 2.x-v)."""
     pipe, folder, model, sde = pipelines[kind]
     cfg = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
     sched = DDIMScheduler.from_config(cfg)
     negative = NEGATIVE if kind != "sd2v" else None
     z_T, ref, calls = pipeline_call(pipe, sched, 4.0, negative, guidance_rescale=rescale)
     opts = {"guidance_rescale": rescale}
-    if rescale and "rescale_on" in params:
+    if rescale:                                  # diffusers rescales the U-Net's own prediction (eps or v)
         opts["rescale_on"] = model.parameterization
     score = ss.classifier_free_score(model, w=4.0, prompt=PROMPT, negative_prompt=negative, **opts)
     times = sde.t_from_timestep(sched.timesteps)
@@ -382,16 +378,11 @@ def test_clip_text_encoder_from_a_local_folder(pipelines, tmp_path):
 
 
 def test_cli_samples_and_decodes_a_stable_diffusion_folder(pipelines, tmp_path):
-    """`scoresde sample --checkpoint SD_DIR --prompt ... --sampler bns --steps 8 --out img.png` decodes.
-
-    LEAD: enable after the merge with helper `text` (--prompt for score models, and decoding of a pretrained
-    latent model in cli/sample.py's _sample_pretrained); remove the skip below then."""
+    """`scoresde sample --checkpoint SD_DIR --prompt ... --sampler bns --steps 8 --out img.png` decodes."""
     folder = pipelines["sd1"][1]
     out = tmp_path / "img.npy"
     r = run("sample", "--checkpoint", str(folder), "--prompt", PROMPT, "--sampler", "bns", "--steps", "8",
             "--n", "2", "--out", str(out), "--device", "cpu")
-    if r.exit_code != 0 and "--prompt" in r.stderr:
-        pytest.skip("scoresde sample --prompt for score models is not there yet (helper `text`): " + r.stderr.strip())
     assert r.exit_code == 0, r.output + r.stderr
     import numpy as np
     x = np.load(out)
