@@ -94,8 +94,9 @@ class BlockMaskedProcess(MaskedProcess):
         xt, w = self._draw(x0, estimator, antithetic, eps, generator)
         t = (xt == self.mask_id).double().mean(1)                # the masked fraction (block networks ignore t)
         logits = denoiser(xt, t.float(), x0)
-        ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")   # (B, L)
-        return (w * ce.double() * (xt == self.mask_id)).sum(1) / x0.shape[1]
+        logits = logits if logits.dtype == torch.float64 else logits.float()        # float32 at least
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="none")   # (B, L)
+        return ((w * ce.double() * (xt == self.mask_id)).sum(1) / x0.shape[1]).to(ce.dtype)   # float64 logits: float64
 
     def loss(self, denoiser: Callable, x0: torch.Tensor, *, t: torch.Tensor | None = None, antithetic: bool = True,
              estimator: str = "count", generator: torch.Generator | None = None, reduce: bool = True,
@@ -109,7 +110,7 @@ class BlockMaskedProcess(MaskedProcess):
             raise ValueError(f"estimator: expected 'time' or 'count', found {estimator!r}")
         if t is not None:
             raise ValueError("t: block diffusion draws one time per block; pass t = None")
-        out = self._estimate(denoiser, x0, estimator, antithetic, self.eps, generator).float()
+        out = self._estimate(denoiser, x0, estimator, antithetic, self.eps, generator)
         return out.mean() if reduce else out
 
     def nelbo(self, denoiser: Callable, x0: torch.Tensor, *, draws: int = 1, estimator: str = "count",
@@ -120,4 +121,4 @@ class BlockMaskedProcess(MaskedProcess):
         if estimator not in ("count", "time"):
             raise ValueError(f"estimator: expected 'count' or 'time', found {estimator!r}")
         total = sum(self._estimate(denoiser, x0, estimator, False, 0.0, generator) for _ in range(draws))
-        return (total / draws).float()
+        return total / draws
