@@ -113,6 +113,10 @@ DEFAULTS: dict[str, Any] = {
         "remasking": "entropy",  # llada sampler: entropy (the most certain position first; keeps the data's
                              # law) | low_confidence (LLaDA's: collapses to the shortest strings) | random
         "block_length": 0,   # llada sampler: semi-autoregressive block length (0: one block)
+        "order_temperature": 0.0,  # llada sampler: Gumbel noise on the reveal order (0: sorted by the score)
+        "eta": 0.1,          # remdm sampler: remasking strength (cap: sigma_t = min(eta, sigma_max))
+        "remdm_schedule": "cap",  # remdm sampler: cap | rescale (eta sigma_max) | conf (least confident first)
+        "block_size": 0,     # task masked: block diffusion (BD3-LM) with blocks of this many tokens (0: none)
         "temperature": 1.0,  # sampling temperature (0: argmax)
         "eval_draws": 4,     # mask draws per held-out sequence for the bound
     },
@@ -137,7 +141,8 @@ _FREE_SECTIONS = ("sde", "model")
 _TASK_SECTIONS = ("discrete", "vae")   # kept only for the tasks that list them in `Task.sections`
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
-            "discrete.remasking": ("entropy", "low_confidence", "random"), "discrete.loss": ("time", "count"),
+            "discrete.remasking": ("entropy", "low_confidence", "margin", "random"),
+            "discrete.remdm_schedule": ("cap", "rescale", "conf"), "discrete.loss": ("time", "count"),
             "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
@@ -153,7 +158,8 @@ _BOUNDS = {
     "discrete.seq_len": (0, False), "discrete.eps": (0.0, False), "discrete.vocab_size": (0, False),
     "discrete.eos_id": (-1, False), "discrete.max_depth": (1, False), "discrete.digits": (1, False),
     "discrete.holdout": (0.0, False), "discrete.block_length": (0, False), "discrete.temperature": (0.0, False),
-    "discrete.eval_draws": (1, False),
+    "discrete.eval_draws": (1, False), "discrete.order_temperature": (0.0, False), "discrete.eta": (0.0, False),
+    "discrete.block_size": (0, False),
     "vae.ch": (1, False), "vae.num_res_blocks": (1, False), "vae.z_channels": (1, False), "vae.num_groups": (1, False),
     "vae.dropout": (0.0, False), "vae.kl_weight": (0.0, False), "vae.disc_weight": (0.0, False),
     "vae.disc_start": (0, False), "vae.disc_ch": (1, False), "vae.disc_layers": (1, False),
@@ -165,7 +171,7 @@ _MAXIMA = {
     "sample.n": L.MAX_SAMPLES, "eval.n": L.MAX_SAMPLES, "sample.steps": L.MAX_STEPS,
     "discrete.seq_len": L.MAX_SEQ_LEN, "discrete.vocab_size": L.MAX_VOCAB, "discrete.eos_id": L.MAX_VOCAB,
     "discrete.max_depth": L.MAX_SEQ_LEN, "discrete.digits": L.MAX_DIGITS, "discrete.block_length": L.MAX_SEQ_LEN,
-    "discrete.eval_draws": L.MAX_SAMPLES,
+    "discrete.eval_draws": L.MAX_SAMPLES, "discrete.block_size": L.MAX_SEQ_LEN,
 }
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 
