@@ -21,8 +21,7 @@ from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
 from scoresde.training.tasks.score import ScoreTask, fast_draw
 from scoresde.runs.load import load_autoencoder
-from scoresde.training import losses
-from scoresde.training.losses import conditional_dsm_loss
+from scoresde.training.recipes import recipe_defaults, recipe_loss
 from scoresde.runs.plots import plot_samples
 
 
@@ -37,8 +36,9 @@ class LatentScoreTask(ScoreTask):
 
     @classmethod
     def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
-        """The final draw of the decoded images: a fast sampler and the plot's 64 samples (scoresde.tasks.score)."""
-        return {"sample": fast_draw(view, 64)}
+        """The final draw of the decoded images: a fast sampler and the plot's 64 samples (scoresde.tasks.score);
+        the recipe's SDE and preconditioner (scoresde.training.recipes)."""
+        return recipe_defaults(view, {"sample": fast_draw(view, 64)})
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -78,11 +78,8 @@ class LatentScoreTask(ScoreTask):
         mean = self.x_all[idx]
         # z = mean + std * n ~ q(z | x), scaled: a fresh posterior draw each time an image is used
         z = mean + self.z_std[idx] * torch.randn(mean.shape, generator=noise_gen, device=mean.device)
-        kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
-        if self.K:
-            return conditional_dsm_loss(model, self.sde, z, self.y_all[idx], p_uncond=T["p_uncond"],
-                                        num_classes=self.K, **kw)
-        return losses.dsm_loss(model, self.sde, z, **kw)
+        return recipe_loss(model, self.sde, z, T, labels=self.y_all[idx] if self.K else None, num_classes=self.K,
+                           generator=noise_gen)
 
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
         """Latents from the score model, decoded to images (n, C, H, W)."""

@@ -1,8 +1,8 @@
-"""The score-model task: continuous-time denoising score matching of a `ScoreModel` over an SDE.
+"""The score-model task: a `ScoreModel` over an SDE trained by the config's recipe (scoresde.training.recipes).
 
-Loss: Song et al. (2021), "Score-Based Generative Modeling through SDEs", arXiv:2011.13456, eq. 7
-(`dsm_loss`), or its class-conditional form with label dropout for classifier-free guidance
-(Ho & Salimans 2022, arXiv:2207.12598; `conditional_dsm_loss`). Samples come from the config's
+Loss: by default (`train.recipe = "dsm"`) Song et al. (2021), "Score-Based Generative Modeling through SDEs",
+arXiv:2011.13456, eq. 7 (`dsm_loss`); EDM's (`edm`) or flow matching's (`flow`) otherwise; with labels, the
+class-conditional form with label dropout for classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598). Samples come from the config's
 [sample] sampler; evaluation is the exact mode statistics for mixture data.
 """
 from __future__ import annotations
@@ -19,8 +19,7 @@ from scoresde.samplers.core import SAMPLERS, describe_estimate, estimate_samplin
 from scoresde.sde.base import SDES
 from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
 from scoresde.runs.load import build_model
-from scoresde.training.losses import conditional_dsm_loss
-from scoresde.training import losses
+from scoresde.training.recipes import recipe_defaults, recipe_loss, recipe_meta
 from scoresde.runs.plots import is_image_shape, plot_samples
 
 
@@ -87,7 +86,12 @@ class ScoreTask(Task):
     def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
         """Images: a fast final draw of as many samples as the plot and the run's metric need; for (C, H, W) images
         also a U-Net unless a network is named (or keys of the default network are set), batch 64, and a
-        network sized to small images (the table above)."""
+        network sized to small images (the table above). Any data: the SDE, preconditioner and noise input of
+        the `train.recipe` (scoresde.training.recipes) where the user set none."""
+        return recipe_defaults(view, cls._image_defaults(view, data))
+
+    @classmethod
+    def _image_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
         shape, name = _data_shape(view, data)
         if shape is None or not is_image_shape(shape):
             return {}
@@ -155,7 +159,7 @@ class ScoreTask(Task):
                     and not (k == "num_classes" and not v)}           # num_classes = 0: unconditional
         meta = {"sde": {"name": cfg["sde"]["name"], "config": {k: v for k, v in cfg["sde"].items() if k != "name"}},
                 "model": {"name": cfg["model"]["name"], "config": {**model_kw, "data_shape": shape},
-                          "score_config": {k: v for k, v in cfg["model"].items() if k in _SCORE_KEYS}},
+                          "score_config": self._score_config()},
                 "data_shape": shape}
         model, self.sde = build_model(meta)
         self.model = model.to(device)
@@ -163,22 +167,29 @@ class ScoreTask(Task):
         self.y_all = self.ds.labels.to(device) if self.K else None
         return self.model
 
+    def _score_config(self) -> dict[str, Any]:
+        """The ScoreModel's settings of the config: the [model] keys of `_SCORE_KEYS`, and EDM's
+        `train.sigma_data` for its preconditioner."""
+        out = {k: v for k, v in self.cfg["model"].items() if k in _SCORE_KEYS}
+        if out.get("parameterization") == "edm":
+            out["sigma_data"] = self.cfg["train"]["sigma_data"]
+        return out
+
     def meta(self) -> dict[str, Any]:
         ds = self.ds
         return {"model": {"name": self.cfg["model"]["name"], "config": self.model.net.config,
                           "score_config": self.model.config()},
                 "sde": {"name": self.cfg["sde"]["name"], "config": self.sde.config()},
+                "recipe": recipe_meta(self.cfg["train"]),
                 "data_shape": list(ds.shape), "data": {"name": ds.name, "kind": ds.kind, "classes": ds.classes}}
 
     # --- one step --------------------------------------------------------------------------------------
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
         T = self.cfg["train"]
         idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
-        kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
-        if self.K:           # label dropout draws from noise_gen first, so resume stays exact
-            return conditional_dsm_loss(model, self.sde, self.x_all[idx], self.y_all[idx], p_uncond=T["p_uncond"],
-                                        num_classes=self.K, **kw)
-        return losses.dsm_loss(model, self.sde, self.x_all[idx], **kw)
+        # the recipe's loss (label dropout draws from noise_gen first, so resume stays exact)
+        return recipe_loss(model, self.sde, self.x_all[idx], T, labels=self.y_all[idx] if self.K else None,
+                           num_classes=self.K, generator=noise_gen)
 
     # --- hooks -----------------------------------------------------------------------------------------
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
