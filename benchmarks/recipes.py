@@ -1,8 +1,11 @@
 """Training recipes at an equal CPU budget: DSM on VP against EDM and flow matching (uniform and logit-normal t).
 
-    OMP_NUM_THREADS=1 python benchmarks/recipes.py --only digits --budget 240       # ~25 CPU minutes
-    OMP_NUM_THREADS=1 python benchmarks/recipes.py --only mixtures --mix-budget 60  # ~12 CPU minutes
-    OMP_NUM_THREADS=1 python benchmarks/recipes.py --quick                          # a minute: the script runs
+    OMP_NUM_THREADS=1 python benchmarks/recipes.py --problem digits --recipes edm --json-dir J   # one recipe
+    OMP_NUM_THREADS=1 python benchmarks/recipes.py --problem four --json-dir J                   # all four
+    python benchmarks/recipes.py --combine J/*.json          # the tables (writes benchmarks/results/recipes.md)
+    OMP_NUM_THREADS=1 python benchmarks/recipes.py --quick   # a minute: the script runs
+
+One process per (problem, recipe) can run side by side: each measures its own process CPU time.
 
 Recipes (`train.recipe`, scoresde.training.recipes), each with its default SDE and preconditioner:
     dsm (VP)            today's default: eps-prediction, ||sigma s + z||^2, t ~ U(1e-5, 1), the VP SDE
@@ -23,11 +26,12 @@ Every recipe trains for the same CPU-time budget of this process (time.process_t
 included): half the steps a timed probe allows, then, resuming exactly, as many as the cost measured so far
 leaves (benchmarks/latent.py's scheme); the steps and actual CPU seconds are reported. Samples are drawn with
 each of `SAMPLERS` at 10 and 35 score evaluations (the same noise, the final time at the noise level
-sigma / alpha = 0.002 for every path), and the best is reported. Writes benchmarks/results/recipes_<part>.md.
+sigma / alpha = 0.002 for every path), and the best is reported.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -46,13 +50,13 @@ from scoresde.sde.analytic import four_mode_mixture
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import OUT, DigitsFID, metric, sharp_mixture, sigma_min_eps  # noqa: E402
 
-RECIPES = {   # label -> [train] keys
-    "dsm (VP)": {"recipe": "dsm"},
-    "edm": {"recipe": "edm"},
-    "flow (uniform)": {"recipe": "flow", "t_dist": "uniform"},
-    "flow (logit-normal)": {"recipe": "flow", "t_dist": "logit_normal"},
+RECIPES = {   # key -> (label, [train] keys)
+    "dsm": ("dsm (VP)", {"recipe": "dsm"}),
+    "edm": ("edm", {"recipe": "edm"}),
+    "flow": ("flow (uniform)", {"recipe": "flow", "t_dist": "uniform"}),
+    "flow_logit": ("flow (logit-normal)", {"recipe": "flow", "t_dist": "logit_normal"}),
 }
-SAMPLERS = {"ddim": {}, "heun": {}, "dpm_solver 2": {"order": 2}, "unipc": {}, "deis 3": {"order": 3}}
+SAMPLERS = {"heun": {}, "dpm_solver 2": {"order": 2}, "unipc": {}, "deis 3": {"order": 3}}
 NFES = (10, 35)
 FLOW_NFES = (5, 10, 20)
 FLOW_SAMPLERS = {"ddim": {}, "heun": {}, "dpm_solver": {}, "unipc": {}}
@@ -136,117 +140,151 @@ def nll(sde, model, x: torch.Tensor, divergence: str, tol: float, seed: int) -> 
 
 
 # --- digits --------------------------------------------------------------------------------------------------
-def digits(a, tmp: str) -> str:
+def digits(a, key: str, tmp: str) -> dict:
+    label, rec = RECIPES[key]
     train, _, test, _ = digits_split()
     data = Dataset(train, "digits")
     fid = DigitsFID(test)
     x_T = torch.randn((a.n, 1, 8, 8), generator=torch.Generator().manual_seed(a.seed + 1))
-    g = torch.Generator().manual_seed(a.seed + 2)
-    xq = dequantize(test[: a.nll_n], levels=17, data_range=(-1.0, 1.0), generator=g)
+    xq = dequantize(test[: a.nll_n], levels=17, data_range=(-1.0, 1.0), generator=torch.Generator().manual_seed(a.seed + 2))
     floor = fid(train[torch.randperm(len(train), generator=torch.Generator().manual_seed(a.seed))[: a.n]])
-    rows, flow_rows = {}, {}
-    for label, rec in RECIPES.items():
-        print(f"\n== digits, {label}", flush=True)
-        out = os.path.join(tmp, "digits-" + rec["recipe"] + "-" + rec.get("t_dist", ""))
-        steps, t, step_ms = train_for(config(DIGITS, rec, a.seed), a.budget, data, out, a.probe)
-        model, sde = ss.load(out)
-        sde = sampling_sde(sde)
-        print(f"  trained {steps} steps in {t:.0f} CPU s ({step_ms:.0f} ms/step probe); {type(sde).__name__}",
-              flush=True)
-        (best, t_eval) = cpu(lambda: best_of(sde, model, fid, x_T))
-        (loss, t_nll) = cpu(lambda: nll(sde, model, xq, "hutchinson", a.tol, a.seed))
-        bpd = float(ss.bits_per_dim(torch.tensor([-loss]), 64, levels=17, data_range=(-1.0, 1.0))[0])
-        print(f"  bits/dim {bpd:.3f} ({t_nll:.0f} CPU s); sampling + FID {t_eval:.0f} CPU s", flush=True)
-        rows[label] = (steps, t, best, bpd)
-        if rec["recipe"] == "flow":
-            print(f"  flow model vs NFE ({', '.join(FLOW_SAMPLERS)})", flush=True)
-            flow_rows[label] = {name: best_of(sde, model, fid, x_T, FLOW_NFES, {name: opts})
-                                for name, opts in FLOW_SAMPLERS.items()}
-    return digits_markdown(a, rows, flow_rows, floor)
+    print(f"== digits, {label}", flush=True)
+    out = os.path.join(tmp, "digits-" + key)
+    steps, t, step_ms = train_for(config(DIGITS, rec, a.seed), a.budget, data, out, a.probe)
+    model, sde = ss.load(out)
+    sde = sampling_sde(sde)
+    print(f"  trained {steps} steps in {t:.0f} CPU s ({step_ms:.0f} ms/step probe); {type(sde).__name__}", flush=True)
+    best, t_eval = cpu(lambda: best_of(sde, model, fid, x_T))
+    loss, t_nll = cpu(lambda: nll(sde, model, xq, "hutchinson", a.tol, a.seed))
+    bpd = float(ss.bits_per_dim(torch.tensor([-loss]), 64, levels=17, data_range=(-1.0, 1.0))[0])
+    print(f"  bits/dim {bpd:.3f} ({t_nll:.0f} CPU s); sampling + FID {t_eval:.0f} CPU s", flush=True)
+    res = {"problem": "digits", "key": key, "label": label, "steps": steps, "cpu": t, "best": best, "bpd": bpd,
+           "floor": floor, "budget": a.budget, "n": a.n, "nll_n": a.nll_n}
+    if rec["recipe"] == "flow":
+        print(f"  flow model vs NFE ({', '.join(FLOW_SAMPLERS)})", flush=True)
+        res["by_nfe"] = {name: best_of(sde, model, fid, x_T, FLOW_NFES, {name: opts})
+                         for name, opts in FLOW_SAMPLERS.items()}
+    return res
 
 
-def digits_markdown(a, rows, flow_rows, floor) -> str:
-    base = rows["dsm (VP)"][2]
-    lines = [f"### digits (8x8): equal CPU budget {a.budget:.0f} s per recipe, FID of {a.n} samples "
-             f"(floor: {a.n} training images vs held-out, {floor:.2f})", "",
-             "| recipe | steps | train CPU s | FID @10 (sampler) | FID @35 (sampler) | vs DSM @35 | bits/dim |",
-             "|---|---:|---:|---|---|---:|---:|"]
-    for label, (steps, t, best, bpd) in rows.items():
-        cells = [f"{best[b][0]:.2f} ({best[b][1]}, {best[b][2]})" for b in NFES]
-        rel = best[35][0] / base[35][0] - 1
-        lines.append(f"| {label} | {steps} | {t:.0f} | {cells[0]} | {cells[1]} | {rel:+.0%} | {bpd:.3f} |")
-    edm = rows["edm"][2]
-    lines += ["", f"EDM's FID vs DSM/VP at equal budget: {edm[10][0] / base[10][0] - 1:+.0%} at 10 NFE, "
-              f"{edm[35][0] / base[35][0] - 1:+.0%} at 35 NFE (goal: -20%)."]
-    for label, table in flow_rows.items():
-        lines += ["", f"#### the digits flow model ({label}): FID vs NFE", "",
+def digits_markdown(results: dict) -> str:
+    base, any_ = results.get("dsm"), next(iter(results.values()))
+    lines = [f"### digits (8x8): equal CPU budget {any_['budget']:.0f} s per recipe, FID of {any_['n']} samples "
+             f"(floor: {any_['n']} training images vs held-out, {any_['floor']:.2f}); bits/dim of {any_['nll_n']} "
+             "held-out images", "",
+             "| recipe | steps | train CPU s | FID @10 (sampler, NFE) | FID @35 (sampler, NFE) | vs DSM @10 | vs DSM @35 "
+             "| bits/dim |", "|---|---:|---:|---|---|---:|---:|---:|"]
+    for key in RECIPES:
+        if key not in results:
+            continue
+        r = results[key]
+        best = r["best"]
+        cells = [f"{best[str(b)][0]:.2f} ({best[str(b)][1]}, {best[str(b)][2]})" for b in NFES]
+        rel = [f"{best[str(b)][0] / base['best'][str(b)][0] - 1:+.0%}" if base else "-" for b in NFES]
+        lines.append(f"| {r['label']} | {r['steps']} | {r['cpu']:.0f} | {cells[0]} | {cells[1]} | {rel[0]} | {rel[1]} "
+                     f"| {r['bpd']:.3f} |")
+    for key in RECIPES:
+        if key not in results or "by_nfe" not in results[key]:
+            continue
+        lines += ["", f"#### the digits flow model ({results[key]['label']}): FID vs NFE", "",
                   "| sampler | " + " | ".join(f"NFE {b}" for b in FLOW_NFES) + " |", "|---|" + "---:|" * len(FLOW_NFES)]
-        for name, best in table.items():
-            lines.append(f"| {name} | " + " | ".join(f"{best[b][0]:.2f} ({best[b][2]})" for b in FLOW_NFES) + " |")
+        for name, best in results[key]["by_nfe"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{best[str(b)][0]:.2f} ({best[str(b)][2]})" for b in FLOW_NFES)
+                         + " |")
     return "\n".join(lines)
 
 
 # --- the 2-D mixtures ----------------------------------------------------------------------------------------
-def mixtures(a, tmp: str) -> str:
-    lines = []
-    for mname, mix in (("four-mode (std 0.1)", four_mode_mixture(0.1)), ("sharp (std 0.01-0.03)", sharp_mixture())):
-        data = mix.sample(50000, generator=torch.Generator().manual_seed(a.seed)).float()
-        held = mix.sample(a.mix_nll_n, generator=torch.Generator().manual_seed(a.seed + 3))
-        true_nll = float(-mix.log_prob(held).mean())
-        held = held.float()
-        x_T = torch.randn((a.mix_n, 2), generator=torch.Generator().manual_seed(a.seed + 1))
-        score = lambda x, mix=mix: metric(mix, x)                                  # noqa: E731
-        rows = {}
-        for label, rec in RECIPES.items():
-            print(f"\n== {mname}, {label}", flush=True)
-            out = os.path.join(tmp, f"mix{len(lines)}-" + rec["recipe"] + "-" + rec.get("t_dist", ""))
-            cfg = config(MIXTURE, rec, a.seed)
-            steps, t, step_ms = train_for(cfg, a.mix_budget, data, out, a.probe)
-            model, sde = ss.load(out)
-            sde = sampling_sde(sde)
-            print(f"  trained {steps} steps in {t:.0f} CPU s; {type(sde).__name__}", flush=True)
-            best = best_of(sde, model, score, x_T)
-            loss = nll(sde, model, held, "exact", 1e-5, a.seed)
-            print(f"  NLL {loss:.4f} nats (true {true_nll:.4f})", flush=True)
-            rows[label] = (steps, t, best, loss)
-        lines += [f"### {mname}: equal CPU budget {a.mix_budget:.0f} s per recipe, metric of {a.mix_n} samples; "
-                  f"NLL of {a.mix_nll_n} held-out points (true mixture: {true_nll:.4f} nats)", "",
-                  "| recipe | steps | train CPU s | metric @10 (sampler) | metric @35 (sampler) | NLL (nats) | "
-                  "bits/dim |", "|---|---:|---:|---|---|---:|---:|"]
-        for label, (steps, t, best, loss) in rows.items():
-            cells = [f"{best[b][0]:.3g} ({best[b][1]}, {best[b][2]})" for b in NFES]
-            lines.append(f"| {label} | {steps} | {t:.0f} | {cells[0]} | {cells[1]} | {loss:.4f} | "
-                         f"{loss / (2 * math.log(2)):.4f} |")
-        lines.append("")
+MIXTURES = {"four": ("four-mode (std 0.1)", lambda: four_mode_mixture(0.1)),
+            "sharp": ("sharp (std 0.01-0.03)", sharp_mixture)}
+
+
+def mixture(a, name: str, key: str, tmp: str) -> dict:
+    mname, make = MIXTURES[name]
+    label, rec = RECIPES[key]
+    mix = make()
+    data = mix.sample(50000, generator=torch.Generator().manual_seed(a.seed)).float()
+    held = mix.sample(a.mix_nll_n, generator=torch.Generator().manual_seed(a.seed + 3))
+    true_nll = float(-mix.log_prob(held).mean())
+    x_T = torch.randn((a.mix_n, 2), generator=torch.Generator().manual_seed(a.seed + 1))
+    print(f"== {mname}, {label}", flush=True)
+    out = os.path.join(tmp, f"{name}-{key}")
+    steps, t, _ = train_for(config(MIXTURE, rec, a.seed), a.mix_budget, data, out, a.probe)
+    model, sde = ss.load(out)
+    sde = sampling_sde(sde)
+    print(f"  trained {steps} steps in {t:.0f} CPU s; {type(sde).__name__}", flush=True)
+    best = best_of(sde, model, lambda x: metric(mix, x), x_T)
+    loss = nll(sde, model, held.float(), "exact", 1e-5, a.seed)
+    print(f"  NLL {loss:.4f} nats (true {true_nll:.4f})", flush=True)
+    return {"problem": name, "key": key, "label": label, "mixture": mname, "steps": steps, "cpu": t, "best": best,
+            "nll": loss, "true_nll": true_nll, "budget": a.mix_budget, "n": a.mix_n, "nll_n": a.mix_nll_n}
+
+
+def mixture_markdown(results: dict) -> str:
+    r0 = next(iter(results.values()))
+    lines = [f"### {r0['mixture']}: equal CPU budget {r0['budget']:.0f} s per recipe, metric of {r0['n']} samples; "
+             f"NLL of {r0['nll_n']} held-out points (true mixture: {r0['true_nll']:.4f} nats)", "",
+             "| recipe | steps | train CPU s | metric @10 (sampler, NFE) | metric @35 (sampler, NFE) | NLL (nats) | "
+             "bits/dim |", "|---|---:|---:|---|---|---:|---:|"]
+    for key in RECIPES:
+        if key in results:
+            r = results[key]
+            cells = [f"{r['best'][str(b)][0]:.3g} ({r['best'][str(b)][1]}, {r['best'][str(b)][2]})" for b in NFES]
+            lines.append(f"| {r['label']} | {r['steps']} | {r['cpu']:.0f} | {cells[0]} | {cells[1]} | {r['nll']:.4f} | "
+                         f"{r['nll'] / (2 * math.log(2)):.4f} |")
     return "\n".join(lines)
+
+
+def combine(files: list[str]) -> str:
+    """The tables of the JSON results of separate runs (one per problem and recipe)."""
+    by: dict[str, dict] = {}
+    for f in files:
+        r = json.loads(open(f).read())
+        by.setdefault(r["problem"], {})[r["key"]] = r
+    parts = [digits_markdown(by.pop("digits"))] if "digits" in by else []
+    parts += [mixture_markdown(by[name]) for name in MIXTURES if name in by]
+    return "\n\n".join(parts) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", choices=["digits", "mixtures"], default=["digits", "mixtures"])
-    ap.add_argument("--budget", type=float, default=240.0, help="CPU seconds of training per digits model")
-    ap.add_argument("--mix-budget", type=float, default=60.0, help="CPU seconds of training per mixture model")
-    ap.add_argument("--probe", type=int, default=30, help="steps of the timed probe run")
-    ap.add_argument("--n", type=int, default=512, help="digits samples per FID (> 64 features)")
-    ap.add_argument("--nll-n", type=int, default=128, help="held-out digits for bits/dim")
+    ap.add_argument("--problem", choices=["digits", *MIXTURES], default="digits")
+    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    ap.add_argument("--budget", type=float, default=120.0, help="CPU seconds of training per digits model")
+    ap.add_argument("--mix-budget", type=float, default=30.0, help="CPU seconds of training per mixture model")
+    ap.add_argument("--probe", type=int, default=20, help="steps of the timed probe run")
+    ap.add_argument("--n", type=int, default=256, help="digits samples per FID (> 64 features)")
+    ap.add_argument("--nll-n", type=int, default=64, help="held-out digits for bits/dim")
     ap.add_argument("--tol", type=float, default=1e-3, help="rtol = atol of the digits likelihood ODE")
     ap.add_argument("--mix-n", type=int, default=20000, help="mixture samples per metric")
-    ap.add_argument("--mix-nll-n", type=int, default=2000, help="held-out mixture points for the NLL")
+    ap.add_argument("--mix-nll-n", type=int, default=1000, help="held-out mixture points for the NLL")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-dir", default="", help="write one JSON result per recipe here (for --combine)")
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="only print and write the tables of these results")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
     a = ap.parse_args()
+    if a.combine:
+        text = combine(a.combine)
+        print(text)
+        OUT.mkdir(exist_ok=True)
+        (OUT / "recipes.md").write_text(text)
+        return
     if a.quick:
         a.budget, a.mix_budget, a.probe, a.n, a.nll_n, a.mix_n, a.mix_nll_n = 3.0, 2.0, 3, 80, 8, 2000, 50
     torch.set_num_threads(1)
-    start = time.process_time()
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for part in a.only:
-            text = (digits if part == "digits" else mixtures)(a, tmp)
-            text += f"\n\n(process CPU so far: {time.process_time() - start:.0f} s)\n"
-            print("\n" + text, flush=True)
-            if not a.quick:
-                OUT.mkdir(exist_ok=True)
-                (OUT / f"recipes_{part}.md").write_text(text)
+        for key in a.recipes:
+            start = time.process_time()
+            r = digits(a, key, tmp) if a.problem == "digits" else mixture(a, a.problem, key, tmp)
+            r = json.loads(json.dumps(r))                          # int NFE keys -> str, as --combine reads them
+            r["total_cpu"] = time.process_time() - start
+            results[key] = r
+            if a.json_dir:
+                os.makedirs(a.json_dir, exist_ok=True)
+                with open(os.path.join(a.json_dir, f"{a.problem}-{key}.json"), "w") as f:
+                    json.dump(r, f)
+    print("\n" + (digits_markdown(results) if a.problem == "digits" else mixture_markdown(results)), flush=True)
 
 
 if __name__ == "__main__":
