@@ -56,7 +56,7 @@ RECIPES = {   # key -> (label, [train] keys)
     "flow": ("flow (uniform)", {"recipe": "flow", "t_dist": "uniform"}),
     "flow_logit": ("flow (logit-normal)", {"recipe": "flow", "t_dist": "logit_normal"}),
 }
-SAMPLERS = {"heun": {}, "dpm_solver 2": {"order": 2}, "unipc": {}, "deis 3": {"order": 3}}
+SAMPLERS = {"heun": {}, "dpm_solver 2": {"order": 2}, "unipc": {}}
 NFES = (10, 35)
 FLOW_NFES = (5, 10, 20)
 FLOW_SAMPLERS = {"ddim": {}, "heun": {}, "dpm_solver": {}, "unipc": {}}
