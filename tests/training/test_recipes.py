@@ -14,6 +14,7 @@ from scoresde.training.config import resolve
 from scoresde.training.losses import (conditional_dsm_loss, dsm_loss, edm_loss, edm_times, flow_matching_loss,
                                       flow_times)
 from scoresde.training.recipes import RECIPES, recipe_loss
+from scoresde.training.resolve import config_changes
 
 D = torch.float64
 
@@ -251,3 +252,15 @@ def test_class_conditional_edm_run_trains(tmp_path):
     r = ss.train(cfg, out=str(tmp_path / "cond"))
     model, sde = ss.load(r.run_dir)
     assert model.num_classes == 4 and isinstance(sde, ss.EDMSDE)
+
+
+def test_resuming_a_checkpoint_from_before_recipes_reports_no_change():
+    """A checkpoint's config without the recipe keys resumes as dsm, and the new keys at their defaults are not
+    reported as changes (a changed one is)."""
+    new = resolve({})
+    old = {**new, "train": {k: v for k, v in new["train"].items()
+                            if k not in ("recipe", "p_mean", "p_std", "sigma_data", "t_dist", "logit_mean",
+                                         "logit_std", "shift")}}
+    assert config_changes(old, new) == []
+    assert config_changes(old, resolve({"train": {"p_std": 2.0}})) == ["train.p_std '(unset)' -> 2.0"]
+    assert resolve({}, base=old)["train"]["recipe"] == "dsm"
