@@ -169,7 +169,8 @@ def digits(a, key: str, tmp: str) -> dict:
 
 def digits_markdown(results: dict) -> str:
     base, any_ = results.get("dsm"), next(iter(results.values()))
-    lines = [f"### digits (8x8): equal CPU budget {any_['budget']:.0f} s per recipe, FID of {any_['n']} samples "
+    lines = [f"### digits (8x8): CPU budget {any_['budget']:.0f} s per recipe (the actual training CPU seconds, setup and "
+             f"resumed phases included, in the table), FID of {any_['n']} samples "
              f"(floor: {any_['n']} training images vs held-out, {any_['floor']:.2f}); bits/dim of {any_['nll_n']} "
              "held-out images", "",
              "| recipe | steps | train CPU s | FID @10 (sampler, NFE) | FID @35 (sampler, NFE) | vs DSM @10 | vs DSM @35 "
@@ -222,7 +223,8 @@ def mixture(a, name: str, key: str, tmp: str) -> dict:
 
 def mixture_markdown(results: dict) -> str:
     r0 = next(iter(results.values()))
-    lines = [f"### {r0['mixture']}: equal CPU budget {r0['budget']:.0f} s per recipe, metric of {r0['n']} samples; "
+    lines = [f"### {r0['mixture']}: CPU budget {r0['budget']:.0f} s per recipe (actual in the table), metric of "
+             f"{r0['n']} samples; "
              f"NLL of {r0['nll_n']} held-out points (true mixture: {r0['true_nll']:.4f} nats)", "",
              "| recipe | steps | train CPU s | metric @10 (sampler, NFE) | metric @35 (sampler, NFE) | NLL (nats) | "
              "bits/dim |", "|---|---:|---:|---|---|---:|---:|"]
