@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from scoresde._common import limits as L
 from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
+from scoresde.training.recipes import RECIPES
 from scoresde.models.nets import MODELS, check_model_config, model_parameters
 from scoresde.models.phema import check_sigma_rel
 from scoresde.models.score_model import ScoreModel
@@ -77,6 +78,16 @@ DEFAULTS: dict[str, Any] = {
         "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes), prompt dropout
                              # (caption -> "") of a text model: the rate that trains the unconditional
                              # score (Ho & Salimans 2022)
+        "recipe": "dsm",     # dsm | edm | flow (scoresde.training.recipes): the loss, its time distribution, and
+                             # (new runs) the default preconditioner and SDE: edm -> model.parameterization edm, sde
+                             # edm; flow -> parameterization flow, sde flow; keys set by the user win
+        "p_mean": -1.2,      # edm: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)
+        "p_std": 1.2,
+        "sigma_data": 0.5,   # edm: sigma_data of the loss weight and of the EDM preconditioner
+        "t_dist": "uniform", # flow: uniform | logit_normal (logit t ~ N(logit_mean, logit_std^2); SD3: 0, 1)
+        "logit_mean": 0.0,
+        "logit_std": 1.0,
+        "shift": 1.0,        # flow: SD3's shift of the drawn t, shift t / (1 + (shift - 1) t) (1: none)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
@@ -143,6 +154,7 @@ _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none"
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
             "discrete.remasking": ("entropy", "low_confidence", "margin", "random"),
             "discrete.remdm_schedule": ("cap", "rescale", "conf"), "discrete.loss": ("time", "count"),
+            "train.t_dist": ("uniform", "logit_normal"),
             "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
@@ -150,7 +162,9 @@ _BOUNDS = {
     "train.steps": (1, False), "train.batch_size": (1, False), "train.lr": (0.0, True),
     "train.beta1": (0.0, False), "train.beta2": (0.0, False), "train.adam_eps": (0.0, True),
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
-    "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False), "train.log_every": (1, False), "train.ckpt_every": (1, False),
+    "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False),
+    "train.p_std": (0.0, True), "train.sigma_data": (0.0, True), "train.logit_std": (0.0, True), "train.shift": (0.0, True),
+    "train.log_every": (1, False), "train.ckpt_every": (1, False),
     "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
     "train.phema_every": (0, False),
     "train.keep": (1, False), "train.max_nonfinite": (1, False),
@@ -200,6 +214,8 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
         raise ValueError(f"config {key}: expected {_type_name(default)}, found {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"config {key}: expected a finite number, found {value!r}")
+    if key == "train.recipe" and value not in RECIPES:
+        raise ValueError(f"config {key}: expected one of {', '.join(RECIPES)}, found {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"config {key}: expected one of {', '.join(_CHOICES[key])}, found {value!r}")
     if key in _BOUNDS:
