@@ -258,8 +258,8 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True, text_
     """Every image under `path` (recursively) as (N, C, H, W) in [-1, 1]; C = 1 if all are grey, else 3.
 
     With a `metadata.jsonl` / `metadata.csv` (Hugging Face imagefolder: columns `file_name`, `text`;
-    `captions.py`) every image gets its caption in `texts`, and sub-folders give labels only when there
-    are two or more; without one, images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
+    `captions.py`) every image gets its caption in `texts`, and sub-folders give labels only when every
+    image lies in one and there are two or more; without one, images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
     `image_size` resizes all to image_size x image_size. The headers are read first: an image over the
     pixel budget (`PIXEL_BUDGET`, 8192^2) or a folder that would not fit the memory budget is refused,
     naming the file, before anything is decoded; images are then decoded one at a time.
@@ -295,7 +295,7 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True, text_
     rel = [os.path.relpath(os.path.dirname(f), path) for f in files]
     classes = sorted(set(rel))
     y = None
-    if labels and classes != ["."] and (texts is None or len(classes) > 1):
+    if labels and classes != ["."] and (texts is None or (len(classes) > 1 and "." not in classes)):
         y = torch.tensor([classes.index(r) for r in rel])
     return Dataset(x.contiguous(), path, labels=y, kind="images", classes=classes if y is not None else [],
                    levels=256, texts=texts)
