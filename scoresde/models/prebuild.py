@@ -26,7 +26,8 @@ def check_meta_sizes(meta: dict[str, Any], where: str = "metadata ", error: type
     """Every field of a checkpoint's metadata that sizes memory or time (the SDE's N, the network's depth,
     widths, levels, heads, patch and image sizes, sequence length, vocabulary, classes; the autoencoder's)
     within the bounds of `scoresde._common.limits`, before anything is built: `error` names the field."""
-    for section, sub in (("sde", "config"), ("model", "config"), ("model", "score_config"), ("tokens", None),
+    for section, sub in (("sde", "config"), ("model", "config"), ("model", "score_config"), ("model", "text_encoder"),
+                         ("tokens", None),
                          ("process", None), ("autoencoder", None)):
         part = meta.get(section)
         part = part.get(sub) if isinstance(part, dict) and sub else part

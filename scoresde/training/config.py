@@ -26,6 +26,7 @@ from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
 from scoresde.models.nets import MODELS, check_model_config, model_parameters
 from scoresde.models.score_model import ScoreModel
+from scoresde.models.text import TEXT_ENCODERS, TEXT_KEYS
 
 
 __all__ = ["default_config", "resolve", "validate", "check_model_keys", "check_sizes_of", "check_run_memory",
@@ -319,14 +320,22 @@ def check_model_keys(model: Mapping[str, Any]) -> None:
     name = model.get("name")
     if not isinstance(name, str) or name not in MODELS:
         return
-    score_params = {k: p for k, p in inspect.signature(ScoreModel).parameters.items() if k not in ("net", "sde")}
+    score_params = {k: p for k, p in inspect.signature(ScoreModel).parameters.items()
+                    if k not in ("net", "sde", "text_encoder")}
     keys = {k: v for k, v in model.items() if k != "name"}
+    for key, kind in TEXT_KEYS.items():          # the text encoder's keys (scoresde.models.text)
+        if key in keys and (not isinstance(keys[key], kind) or isinstance(keys[key], bool)):
+            raise ValueError(f"config model.{key}: expected {_type_name(kind())}, found {keys[key]!r}")
+    if keys.get("text_encoder"):
+        TEXT_ENCODERS[keys["text_encoder"]]
+    score_params.update({k: None for k in TEXT_KEYS})
     if "data_shape" in keys:
         raise ValueError("config model.data_shape: set from the data (each example's shape), not a config key")
     check_model_config(name, keys, extra=tuple(score_params), exclude=("data_shape",), prefix="model.")
     params = {**score_params, **(model_parameters(name) or {})}
     for key, value in keys.items():
-        allowed = _annotated_types(params[key].annotation) if key in params and key != "num_classes" else None
+        allowed = (_annotated_types(params[key].annotation) if params.get(key) is not None and key != "num_classes"
+                   else None)
         ok = allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed))
         if not ok:
             raise ValueError(f"config model.{key}: expected {_annotation_words(params[key].annotation)}, "
