@@ -26,7 +26,7 @@ from scoresde._common.headers import ArrayHeader, check_header, load_checked
 from scoresde._common.limits import check_memory
 
 __all__ = ["METADATA_FILES", "TEXT_KEY", "find_metadata", "read_metadata", "captioned_images", "check_text_header",
-           "load_texts", "text_array"]
+           "load_texts", "text_array", "check_texts"]
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 TEXT_KEY = "text"              # the caption array of an .npz, the caption column of a metadata file
@@ -167,6 +167,21 @@ def captioned_images(path: str, images: list[str], text_column: str = TEXT_KEY,
                          f"{', '.join(os.path.relpath(m, path) for m in files)}, e.g. "
                          f"{os.path.relpath(missing[0], path)!r}; caption every image or move it out")
     return [captions[os.path.abspath(f)][1] for f in images]
+
+
+def check_texts(texts, n: int, name: str = "data") -> list[str]:
+    """Captions as a list of N strings (a list/tuple of str or a numpy string array), one per example."""
+    if isinstance(texts, np.ndarray) and texts.dtype.kind == "U" and texts.ndim == 1:
+        texts = texts.tolist()
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"data {name}: texts must be a list of strings (one caption per example), found "
+                        f"{type(texts).__name__}")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"data {name}: texts[{bad}] must be a string, found {type(texts[bad]).__name__}")
+    if len(texts) != n:
+        raise ValueError(f"data {name}: {len(texts)} captions for {n} examples")
+    return list(texts)
 
 
 # --- .npz text arrays -------------------------------------------------------------------------------------------

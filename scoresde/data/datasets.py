@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
-from scoresde.data.captions import TEXT_KEY, captioned_images, check_text_header, find_metadata, load_texts, read_metadata
+from scoresde.data.captions import (TEXT_KEY, captioned_images, check_text_header, check_texts, find_metadata,
+                                    load_texts, read_metadata)
 from scoresde._common.headers import array_headers, check_header, load_checked
 from scoresde._common.limits import MAX_CLASSES, PIXEL_BUDGET, check_memory
 from scoresde._common.registry import Registry
@@ -184,21 +185,6 @@ def from_array(array, name: str = "array", labels=None, normalize: str = "auto",
     y = None if labels is None else _check_labels(labels, len(x), name)
     return Dataset(x, name, labels=y, kind="array", levels=256 if is_uint8 and normalize == "auto" else None,
                    texts=None if texts is None else check_texts(texts, len(x), name))
-
-
-def check_texts(texts, n: int, name: str = "data") -> list[str]:
-    """Captions as a list of N strings (a list/tuple of str or a numpy string array), one per example."""
-    if isinstance(texts, np.ndarray) and texts.dtype.kind == "U" and texts.ndim == 1:
-        texts = texts.tolist()
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-        raise TypeError(f"data {name}: texts must be a list of strings (one caption per example), found "
-                        f"{type(texts).__name__}")
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"data {name}: texts[{bad}] must be a string, found {type(texts[bad]).__name__}")
-    if len(texts) != n:
-        raise ValueError(f"data {name}: {len(texts)} captions for {n} examples")
-    return list(texts)
 
 
 def _check_labels(labels, n: int, name: str) -> torch.Tensor:
