@@ -72,7 +72,7 @@ def _no_duplicate_keys(pairs):
 
 def _jsonl_rows(path: str, text: str):
     """(line number, row dict) of each non-blank line of a JSON Lines file."""
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):          # not splitlines: U+2028 may sit inside a JSON string
         if not line.strip():
             continue
         try:

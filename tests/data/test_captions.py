@@ -26,18 +26,18 @@ def _images(folder, names, size=4):
 
 
 def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 # --- image folders ---------------------------------------------------------------------------------------------
 def test_jsonl_folder_aligns_captions_with_images(tmp_path):
     _images(tmp_path, ["b.png", "a.png", "sub/c.png"])
     _jsonl(tmp_path / "metadata.jsonl", [{"file_name": "sub/c.png", "text": "third", "extra": [1, 2]},
-                                         {"file_name": "a.png", "text": "ünïcode ✓"},
+                                         {"file_name": "a.png", "text": "ünïcode ✓ \u2028 line"},
                                          {"file_name": "b.png", "text": "first"}])
     ds = load_dataset(str(tmp_path))
     # files sorted by path: a.png (value 10), b.png (0), sub/c.png (20); texts follow their image
-    assert ds.texts == ["ünïcode ✓", "first", "third"]
+    assert ds.texts == ["ünïcode ✓ \u2028 line", "first", "third"]
     assert ds.x[:, 0, 0, 0].tolist() == pytest.approx([10 / 127.5 - 1, -1.0, 20 / 127.5 - 1])
     assert ds.labels is None and ds.shape == (1, 4, 4)
     assert check_data_source(str(tmp_path)) == "images"
