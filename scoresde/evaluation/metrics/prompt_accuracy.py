@@ -51,9 +51,11 @@ def pair_glyphs(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def prompt_matches(samples: torch.Tensor, prompts, *, classifier=None, batch_size: int = 1024) -> dict[str, torch.Tensor]:
-    """Per sample: "left", "right", "digits" (both), "size" and "weight" (True/False where the prompt names the
+    """Per sample: "left", "right", "digits" (both), "size" and "weight" (1.0 / 0.0 where the prompt names the
     attribute of a half, per half: (N, 2) with NaN where not named), "full"; plus "read" (N, 2) the digits
-    the classifier reads. `prompts`: one caption per sample, or one for all."""
+    the classifier reads. `prompts`: one caption per sample, or one for all. A half's weight is measured
+    against the tertiles of the digit its prompt names. `classifier`: a `DigitsClassifier` (default: the
+    shipped one)."""
     x = _check_samples(samples)
     parsed = [parse_caption(p) for p in _prompts(prompts, len(x))]
     net = classifier if classifier is not None else load_digits_classifier()
