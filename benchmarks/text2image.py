@@ -65,7 +65,7 @@ TEXT = {"text_encoder": "transformer", "context_dim": 64}
 TRAIN = {"batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999, "log_every": 100, "p_uncond": 0.1}
 OURS = {"ddim": ("ddim", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}), "unipc": ("unipc", {}),
         "deis": ("deis", {})}
-PEERS = {"diffusers DDIM (trailing)": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+PEERS = {"diffusers DDIM (trailing)": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
          "diffusers DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"solver_order": 2, "use_karras_sigmas": True}),
          "diffusers UniPC": ("UniPCMultistepScheduler", {}),
          "diffusers Euler (Karras)": ("EulerDiscreteScheduler", {"use_karras_sigmas": True})}
