@@ -22,7 +22,7 @@ accuracy and digits FID, against a class-conditional model of single digits at e
    - ours: ddim, dpm_solver (order 2), unipc, deis (default grids) and bns fitted to the guided score
      (`ss.optimize_steps(..., sampler="bns")`, `--calib` calibration draws with their own test prompts);
    - diffusers on the same model through its scheduler API (as benchmarks/fast_samplers.py drives them):
-     DDIMScheduler (trailing spacing), DPMSolverMultistepScheduler (order 2, use_karras_sigmas: "DPM++ 2M
+     DDIMScheduler (trailing spacing, no x0 clipping, as ours and SD's config), DPMSolverMultistepScheduler (order 2, use_karras_sigmas: "DPM++ 2M
      Karras"), UniPCMultistepScheduler, EulerDiscreteScheduler (Karras sigmas), all built on the model's
      discrete betas (`trained_betas` = VPSDE's DDPM betas, 1000 steps); at each scheduler step the eps
      prediction is -sigma * score at the continuous time whose noise level the scheduler's own
@@ -33,7 +33,8 @@ accuracy and digits FID, against a class-conditional model of single digits at e
    baseline's FID: its 8x8 samples (guided, same weight, dpm_solver 20) against the 359 held-out digits
    (floor: as many training digits).
 
-Writes benchmarks/results/text2image.md and text2image_prompts.png (prompts x samples).
+Writes benchmarks/results/text2image.md and text2image_prompts.png (prompts x samples); --quick writes
+text2image_quick.md / text2image_quick_prompts.png instead (its numbers mean nothing).
 """
 from __future__ import annotations
 
@@ -287,14 +288,14 @@ def main():
     OUT.mkdir(exist_ok=True)
     best20 = min((k for k in table if k.startswith("ours")), key=lambda k: table[k][-1][0]["fid"])
     shown = min(8, args.prompts)
-    save_prompt_grid(str(OUT / "text2image_prompts.png"),
+    save_prompt_grid(str(OUT / f"text2image{'_quick' if args.quick else ''}_prompts.png"),
                      last[best20][: shown * args.per_prompt].reshape(shown, args.per_prompt, *test.x.shape[1:]),
                      test.texts[:shown], title=f"{best20}, 20 guided evaluations, w = {w}")
 
     md = report(args, table, sweep, w, floor, budget, base_cpu, base_steps, base_fid, base_floor, costs,
                 time.time() - wall0, time.process_time() - cpu0)
     print("\n" + md)
-    (OUT / "text2image.md").write_text(md + "\n")
+    (OUT / f"text2image{'_quick' if args.quick else ''}.md").write_text(md + "\n")
 
 
 def report(args, table, sweep, w, floor, budget, base_cpu, base_steps, base_fid, base_floor, costs, wall, cpu):
