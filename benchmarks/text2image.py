@@ -152,6 +152,7 @@ class Counted:
         return self.fn(x, t)
 
 
+@torch.no_grad()
 def ours(sde, score_fn, z, sampler, opts, budget):
     steps = sampler_info(sampler).steps_for(budget, **opts)
     c = Counted(score_fn)
@@ -159,6 +160,7 @@ def ours(sde, score_fn, z, sampler, opts, budget):
     return x, c.calls
 
 
+@torch.no_grad()                 # the network's parameters require grad: no graph through the scheduler's loop
 def diffusers_run(sde, score_fn, z, cls, cfg, budget):
     """A diffusers scheduler's loop on our guided score: eps = -sigma score at the scheduler's noise level."""
     import diffusers
