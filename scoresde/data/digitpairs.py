@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from scoresde._common.limits import check_memory
 from scoresde.data.datasets import DATASETS, Dataset, _SHAPES, digits
 
 __all__ = ["WORDS", "SIZES", "WEIGHTS", "CANVAS", "Glyph", "PairCaption", "render_half", "make_canvas", "halves",
@@ -205,6 +206,8 @@ def digitpairs(n: int = 20000, generator: torch.Generator | None = None, split: 
         raise ValueError(f"split: expected 'train' or 'test', found {split!r}")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n: expected a positive number of canvases, found {n!r}")
+    # the canvases and the measuring's temporaries (float64 halves, crops): about 8 float32 copies, bounded first
+    check_memory(8 * 4 * n * CANVAS[0] * CANVAS[1] * CANVAS[2], f"data digitpairs: {n} canvases")
     src, n_test = digits(), digits_test_count()
     pool = torch.arange(n_test) if split == "test" else torch.arange(n_test, len(src))
     g = generator

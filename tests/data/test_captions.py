@@ -283,6 +283,12 @@ def test_digitpairs_splits_use_the_classifier_split():
         dp.digitpairs(2, split="val")
 
 
+def test_digitpairs_size_is_bounded_before_drawing(monkeypatch):
+    monkeypatch.setenv("SCORESDE_MEMORY_BUDGET", "64M")
+    with pytest.raises(ValueError, match="data digitpairs: 10000000 canvases needs about .* over the memory budget"):
+        load_dataset("digitpairs", size=10_000_000)
+
+
 @pytest.mark.parametrize("caption, left, right", [
     ("three left of eight", (3, None, None), (8, None, None)),
     ("eight right of three", (3, None, None), (8, None, None)),
