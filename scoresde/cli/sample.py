@@ -22,10 +22,10 @@ from scoresde.cli.steps import fitted_from_file, stored_steps
 from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import load_mask, make_mask
-from scoresde.models.guidance import classifier_free_score
+from scoresde.cli.guidance import Guidance
 from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
-from scoresde.runs.plots import plot_samples, save_samples
+from scoresde.runs.plots import save_samples
 from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
 from scoresde.samplers.predictors import PREDICTORS
@@ -220,7 +220,7 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
                  "--remasking": remasking, "--block-length": block_length},
                 "an option of sequence runs (task masked / autoregressive)")
         _check_out(out)
-        guidance = _Guidance(label, list(prompts), w, negative_prompt, guidance_rescale)
+        guidance = Guidance(label, list(prompts), w, negative_prompt, guidance_rescale)
         if (known is None) != (mask is None):
             raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
         if known is not None:
@@ -228,13 +228,12 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
                     "not available with --known (inpainting runs the predictor-corrector steps of scoresde.impute)")
         source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
         if source.pretrained:
-            if label is not None or known is not None or prompts:
-                flag = "label" if label is not None else "known" if known is not None else "prompt"
-                raise ValueError(f"--{flag}: not available for a pretrained model on the command line (use "
-                                 "scoresde.impute / guidance in Python)")
-            n = n or 64
-            _sample_pretrained(source, n, out, sampler, steps, options, steps_file, seed, device, raw)
-            click.echo(f"wrote {n} samples in [0, 1] to {out}")
+            if label is not None or known is not None:
+                raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
+                                 "model on the command line (use scoresde.impute / guidance in Python)")
+            n = _sample_pretrained(source, n, out, sampler, steps, options, steps_file, guidance, seed, device, raw)
+            click.echo(f"wrote {n} samples in [0, 1] to {out}"
+                       + (f" ({len(prompts)} prompts x {n // len(prompts)})" if prompts else ""))
             return
         n = _sample_run(source, n, out, sampler, steps, options, steps_file, guidance, known, mask, seed, device,
                         raw, autoencoder)
@@ -258,44 +257,53 @@ def _check_out(out: str | None) -> None:
         raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
 
 
-def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
-                       steps_file: str | None, seed: int, device: str, raw: bool) -> None:
-    """n samples of a pretrained model to `out`: .npy in [0, 1] (score_sde's inverse scaler; [-1, 1] data
-    otherwise), or a figure."""
+def _sample_pretrained(source: ModelSource, n: int | None, out: str, sampler: str | None, steps: int | None,
+                       options: dict, steps_file: str | None, guidance: Guidance, seed: int, device: str,
+                       raw: bool) -> int:
+    """n samples (default 64; with prompts n of each, default 8) of a pretrained model to `out`: .npy in [0, 1]
+    (score_sde's inverse scaler; [-1, 1] data otherwise; a latent model's decoded images), or a figure.
+    Returns the number of samples written."""
     dev = resolve_device(device)
     model, sde = source.open(dev, ema=not raw)[:2]
     sampler, kw = _plan(sampler, steps, options, steps_file, _PRETRAINED_DEFAULTS, source.path)
     g = torch.Generator(dev).manual_seed(seed)
+    rows, per_prompt = len(guidance.prompts), n or 8
+    n = rows * per_prompt if rows else n or 64
+    score, guided = guidance.score(model, {}, per_prompt)
+    ae = getattr(model, "autoencoder", None)                   # a latent model (Stable Diffusion): decode
 
     def draw(b: int) -> torch.Tensor:
         with torch.no_grad(), user_errors(_option_flags(options)):
-            x = sde.sample(model, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            x = sde.sample(score(b), b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            if ae is not None:
+                x = ae.decode_all(x)
         return model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
-    x = write_chunked(out, n, tuple(model.data_shape), draw)
+    shape = tuple(model.data_shape) if ae is None else (
+        ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
+    x = write_chunked(out, n, shape, draw)
     if x is not None:
         steps = kw["steps"] if "steps" in kw else len(kw["times"]) - 1
-        plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
+        save_samples(x * 2 - 1, out, f"{n} samples{guided}, {sampler}, {steps} steps"
+                     + (", latent, decoded" if ae is not None else ""), nrow=per_prompt if rows else None)
+    return n
 
 
 def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
-                steps_file: str | None, guidance: "_Guidance", known: str | None, mask: str | None,
+                steps_file: str | None, guidance: Guidance, known: str | None, mask: str | None,
                 seed: int, device: str, raw: bool, autoencoder: str | None) -> int:
     """n samples (default: the run's sample.n) of a scoresde run to `out`: of one class or, n of each, of the
     prompts (`guidance`), completing `known` with `mask`. Returns the number of samples written."""
     dev = resolve_device(device)
     model, sde, file, meta = source.open(dev, ema=not raw, autoencoder=autoencoder)
     cfg = meta["config"]
-    rows = len(guidance.prompts)
-    if rows:                                   # n samples of each prompt (default 8), a row per prompt
-        guidance.per_prompt(n or 8)
-        n = rows * (n or 8)
-    n = n or cfg["sample"]["n"]                                 # the run's draw size (fitted to its data)
+    rows, per_prompt = len(guidance.prompts), n or 8           # with prompts: n of each (default 8), a row each
+    n = rows * per_prompt if rows else n or cfg["sample"]["n"]  # the run's draw size (fitted to its data)
     ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
     if ae is not None and known is not None:
         raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
                          "pixels, the model works on its autoencoder's latents); sample without them")
     g = torch.Generator(dev).manual_seed(seed)
-    score, guided = guidance.score(model, meta)
+    score, guided = guidance.score(model, meta, per_prompt)
     title = f"{n} samples{guided}"
     inputs = {}
     with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
@@ -338,68 +346,6 @@ def write_chunked(out: str, n: int, shape: tuple[int, ...], draw) -> torch.Tenso
     check_memory(n * math.prod(shape) * 4, f"--n {n}: a figure of {n} samples of shape {shape} (a .npy --out is "
                  "streamed in batches)")
     return torch.cat([draw(min(b, n - i)) for i in range(0, n, b)])
-
-
-class _Guidance:
-    """What --label / --prompt / --guidance / --negative-prompt / --guidance-rescale ask, checked together."""
-
-    def __init__(self, label: str | None, prompts: list[str], w: float | None, negative: str | None,
-                 rescale: float | None):
-        if label is not None and prompts:
-            raise ValueError("--prompt: a model is guided by --label or by --prompt, found both")
-        if w is not None and label is None and not prompts:
-            raise ValueError("--guidance: expected --label or --prompt too (what to guide towards), found neither")
-        if negative is not None and not prompts:
-            raise ValueError("--negative-prompt: expected --prompt too, found none")
-        if rescale is not None and label is None and not prompts:
-            raise ValueError("--guidance-rescale: expected --label or --prompt too (it rescales guidance), found neither")
-        self.label, self.prompts, self.negative, self.rescale = label, prompts, negative, rescale or 0.0
-        self.w = 1.0 if w is None else w
-        self._n = 1
-
-    def score(self, model, meta: dict):
-        """(score(b): the score function to sample a batch of b with, its words for the title): the model's, the
-        guided score of a class (--label), or of the prompts' rows in turn (each prompt n times, as drawn)."""
-        if self.prompts:
-            if getattr(model, "text_encoder", None) is None:
-                raise ValueError("--prompt: expected a text-conditional model (trained on captioned data), found one "
-                                 "without a text encoder")
-            words = f", prompts (rows) {' | '.join(repr(p) for p in self.prompts)}, w = {self.w:g}"
-            return self._prompt_score(model), words + (f", rescale {self.rescale:g}" if self.rescale else "")
-        if self.label is None:
-            return (lambda b: model), ""
-        y, name = _parse_label(self.label, model, meta)
-        f = classifier_free_score(model, y, self.w, guidance_rescale=self.rescale)
-        return (lambda b: f), f", class {name}, w = {self.w:g}"
-
-    def _prompt_score(self, model):
-        rows = []
-
-        def score(b: int):               # the next b rows of the grid: prompt i repeated n times, in order
-            if not rows:
-                rows.extend(p for p in self.prompts for _ in range(self._n))
-            batch, rows[:] = rows[:b], rows[b:]
-            return classifier_free_score(model, w=self.w, prompt=batch, negative_prompt=self.negative,
-                                         guidance_rescale=self.rescale)
-        return score
-
-    def per_prompt(self, n: int) -> None:
-        self._n = n
-
-
-def _parse_label(label: str, model, meta: dict) -> tuple[int, str]:
-    """--label as a class index (or a class name of the training data) of a class-conditional model."""
-    K = model.num_classes
-    if K is None:
-        raise ValueError("--label: expected a class-conditional model, found an unconditional one (train it with "
-                         "--set model.num_classes=auto on labelled data)")
-    classes = list(meta.get("data", {}).get("classes") or [])
-    if label in classes:
-        return classes.index(label), label
-    if label.lstrip("-").isdigit() and 0 <= int(label) < K:
-        return int(label), classes[int(label)] if int(label) < len(classes) else label
-    hint = f" or a class name ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})" if classes else ""
-    raise ValueError(f"--label: expected a class index in [0, {K}){hint}, found {label!r}")
 
 
 def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: int):

@@ -58,6 +58,24 @@ def _prompt_batch(prompts: list[str] | None, batch: int, name: str) -> list[str]
     raise ValueError(f"{name}: expected 1 prompt or {batch} (one per row of x), found {len(prompts)}")
 
 
+def _same_length(a: Cond, b: Cond) -> tuple[Cond, Cond]:
+    """Two text conditions with contexts of one length L: the shorter padded with masked-out zeros (an encoder
+    that pads to the longest prompt of a batch gives the prompt and the null branch different lengths)."""
+    La, Lb = a.context.shape[1], b.context.shape[1]
+    if La == Lb:
+        return a, b
+
+    def pad(c: Cond, L: int) -> Cond:
+        B, n, D = c.context.shape
+        mask = c.context_mask if c.context_mask is not None else torch.ones(B, n, dtype=torch.bool,
+                                                                             device=c.context.device)
+        fields = dict(c.items())
+        fields["context"] = torch.cat([c.context, c.context.new_zeros(B, L - n, D)], 1)
+        fields["context_mask"] = torch.cat([mask, mask.new_zeros(B, L - n)], 1)
+        return Cond(**fields)
+    return (pad(a, Lb), b) if La < Lb else (a, pad(b, La))
+
+
 def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, phi: float) -> torch.Tensor:
     """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
     arXiv:2305.08891, Sec. 3.4, eqs. 15-17): the guided prediction rescaled to the per-sample standard
@@ -86,9 +104,12 @@ class ClassifierFreeScore:
 
     def _encoder_state(self) -> tuple:
         """What the cached encodings depend on besides the batch: the encoder's weights (their in-place
-        version counters, bumped by every optimiser step and load) and its training mode."""
+        version counters, bumped by every optimiser step and load), its training mode and its plain settings
+        (e.g. SDXL's sizes and crop)."""
         enc = self.score_model.text_encoder
-        return (enc.training, tuple(p._version for p in enc.parameters()))
+        settings = tuple(sorted((k, repr(v)) for k, v in vars(enc).items()
+                                if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, list))))
+        return (settings, tuple(p._version for p in enc.parameters()))
 
     def _prompt_conditions(self, batch: int, device: Any) -> tuple[Cond, Cond]:
         """(the prompts' Cond, the null branch's) for `batch` rows, encoded once and cached: a sampler calls
@@ -100,7 +121,7 @@ class ClassifierFreeScore:
                 cond = enc.encode(_prompt_batch(self.prompt, batch, "prompt"))
                 neg = _prompt_batch(self.negative_prompt, batch, "negative_prompt")
                 null = enc.encode(neg) if neg is not None else enc.null(batch)
-            self._encoded = (key, (cond.to(device), null.to(device)))
+            self._encoded = (key, _same_length(cond.to(device), null.to(device)))
         return self._encoded[1]
 
     def conditions(self, batch: int, device: Any) -> tuple[Cond, Cond]:

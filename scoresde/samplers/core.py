@@ -206,7 +206,8 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 
 
 def check_times(sde, times: Any) -> torch.Tensor:
-    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, T]."""
+    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, sde.t_limit] (T, or 1
+    for the flow path, whose kernel is defined up to t = 1 although sampling starts at T < 1)."""
     try:
         t = (times.detach().double().cpu() if isinstance(times, torch.Tensor)
              else torch.tensor([float(v) for v in times], dtype=torch.float64))
@@ -216,8 +217,10 @@ def check_times(sde, times: Any) -> torch.Tensor:
         raise ValueError(f"times: expected at least 2 finite times in a 1-D sequence, found shape {tuple(t.shape)}")
     if not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"times: expected strictly decreasing times, found {t.tolist()[:8]}...")
-    if float(t[0]) > sde.T or float(t[-1]) < 0:
-        raise ValueError(f"times: expected times in [0, T={sde.T}], found {float(t[0])} ... {float(t[-1])}")
+    limit = getattr(sde, "t_limit", sde.T)
+    if float(t[0]) > limit or float(t[-1]) < 0:
+        raise ValueError(f"times: expected times in [0, {'T=' if limit == sde.T else 't_limit='}{limit}], "
+                         f"found {float(t[0])} ... {float(t[-1])}")
     return t
 
 
@@ -276,6 +279,11 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
             raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
         grid = check_times(sde, times)
         steps = len(grid) - 1
+        if (info.schedule is None and float(grid[0]) > sde.T                  # beyond T: t = 1 of the flow path
+                and float(sde.marginal_coefs(grid[:1])[0]) == 0):
+            raise ValueError(f"times: sampler {sampler!r} needs the score at t_0 = {float(grid[0])}, where alpha = 0 "
+                             "and the score carries no information about the data; start below it (e.g. at "
+                             f"T={sde.T}) or use sampler 'ddim', which reads the model's data prediction there")
         if info.schedule is not None:          # a sampler with its own grid layout steps on this one
             if options.setdefault("schedule", "given") != "given":
                 raise ValueError(f"schedule: an explicit `times` grid is stepped as given; found "

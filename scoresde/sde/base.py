@@ -75,6 +75,12 @@ class SDE(abc.ABC):
     def __init__(self, N: int = 1000):
         self.N = check_int("N", N)
 
+    @property
+    def t_limit(self) -> float:
+        """The last time of the kernel: an explicit `times` grid may start there. T, except for a path that
+        samples from T below its end (the flow path: T = t_max < t_limit = 1, where alpha = 0)."""
+        return self.T
+
     # --- the interface of score_sde's sde_lib ---------------------------------------------
     @abc.abstractmethod
     def sde(self, x: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,5 +229,5 @@ class ReverseSDE:
 
 
 def get_sde(name: str, **kwargs: Any) -> SDE:
-    """Build a registered SDE by name ("vp", "subvp", "ve", and "discrete_vp", "cosine_vp" of `sde_discrete`)."""
+    """Build a registered SDE by name: "vp", "subvp", "ve", "flow", "edm", and the discrete "discrete_vp", "cosine_vp"."""
     return SDES[name](**kwargs)

@@ -1,4 +1,4 @@
-"""Continuous-time diffusion SDEs: VP (DDPM), sub-VP and VE (SMLD).
+"""Continuous-time diffusion SDEs: VP (DDPM), sub-VP and VE (SMLD), rectified flow and EDM's path.
 
 Formulas follow Song et al. (2021), "Score-Based Generative Modeling through Stochastic
 Differential Equations", arXiv:2011.13456, Appendix B. Every SDE here is linear in x, so its
@@ -162,6 +162,110 @@ class VESDE(SDE):
         sigma = sigmas[i]
         prev = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp_min(0)])
         return torch.zeros_like(x), (sigma.square() - prev.square()).sqrt().to(x.dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}
+
+
+@SDES.register("flow")
+class FlowSDE(SDE):
+    """Rectified flow / flow matching as a linear SDE: x_t = (1 - t) x_0 + t z, alpha = 1 - t, sigma = t.
+
+    The straight path of Liu et al. (2022, arXiv:2209.03003) and Lipman et al. (2022, arXiv:2210.02747)
+    is the kernel of dx = f x dt + g dw with f(t) = d ln alpha / dt = -1 / (1 - t) and
+    g(t)^2 = d sigma^2 / dt - 2 f sigma^2 = 2 t / (1 - t); its probability-flow drift
+    f x - 1/2 g^2 score is the velocity u = z - x_0 (in expectation given x_t), so the samplers here,
+    driven by the score, integrate the same ODE a velocity model defines.
+
+    At t = 1 alpha vanishes: x_1 = z carries no information about x_0, the score there is -x for any
+    data, and the drift and lambda = log(alpha / sigma) are infinite. Sampling and the likelihood
+    therefore start at `T = t_max` (default 1 - 1e-3, the largest time of diffusers' flow DPM-Solver and
+    UniPC sigmas) from the path's prior N(0, I); the mass that x_T still carries of x_0, alpha(T) x_0, is
+    below every sampler's error floor (its effect on the mean is alpha(T) E[x_0]). An explicit `times` grid
+    may start at `t_limit` = 1 itself (diffusers' flow loop does) for `ddim`, which reads the model's own
+    data prediction there (`x0(x, t)`), the only thing at t = 1 that carries information about x_0.
+
+    `shift` is SD3's resolution shift (Esser et al. 2024, arXiv:2403.03206), t' = shift t / (1 + (shift - 1) t),
+    a property of a trained model that the default sampling grid of this path honours (1: no shift).
+    """
+
+    default_eps = 1e-3
+    default_conditioning = "t"
+    t_limit = 1.0          # an explicit grid may start at t = 1 (diffusers' flow loop): the data-prediction samplers
+
+    def __init__(self, t_max: float = 1 - 1e-3, shift: float = 1.0, N: int = 1000):
+        super().__init__(N)
+        t_max = check_positive("t_max", t_max)
+        if not t_max < 1:
+            raise ValueError(f"t_max: expected a last time in (0, 1) (alpha(1) = 0), found {t_max!r}")
+        self.t_max = self.T = float(t_max)
+        self.shift = check_positive("shift", shift)
+
+    def sde(self, x, t):
+        x = check_x(x)
+        t = as_time(t, x)
+        rest = 1 - t
+        return -x / append_dims(rest, x.ndim), (2 * t / rest).sqrt()
+
+    def marginal_coefs(self, t):
+        return 1 - t, t
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def half_log_snr(self, t):
+        return torch.log1p(-t) - torch.log(t)
+
+    def t_from_half_log_snr(self, lam):
+        return torch.sigmoid(-lam)                   # (1 - t) / t = e^lam
+
+    def shifted(self, t: torch.Tensor) -> torch.Tensor:
+        """SD3's shift t' = shift t / (1 + (shift - 1) t) (maps [0, 1] onto itself; identity at shift 1)."""
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def config(self) -> dict[str, Any]:
+        return {"t_max": self.t_max, "shift": self.shift, "N": self.N}
+
+
+@SDES.register("edm")
+class EDMSDE(SDE):
+    """EDM's path (Karras et al. 2022, arXiv:2206.00364, Table 1): VE with sigma(t) = t, alpha = 1.
+
+    dx = sqrt(2 t) dw (g^2 = d sigma^2 / dt = 2 t), so the probability-flow ODE is dx/dt = -t score =
+    (x - D(x; t)) / t, EDM's eq. 3 with time equal to the noise level. Time runs over
+    [sigma_min, sigma_max] = [0.002, 80] by default: T = sigma_max, the final time `default_eps` =
+    sigma_min, the prior N(0, sigma_max^2 I). The networks' noise input defaults to EDM's ln(sigma) / 4.
+    """
+
+    default_eps = 0.002
+    default_conditioning = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
+        super().__init__(N)
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max: expected > sigma_min={sigma_min}, found {sigma_max}")
+        self.T = self.sigma_max
+        self.default_eps = self.sigma_min
+
+    def sde(self, x, t):
+        x = check_x(x)
+        return torch.zeros_like(x), (2 * as_time(t, x)).sqrt()
+
+    def marginal_coefs(self, t):
+        return torch.ones_like(t), t
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def half_log_snr(self, t):
+        return -torch.log(t)
+
+    def t_from_half_log_snr(self, lam):
+        return torch.exp(-lam)
 
     def config(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}

@@ -145,7 +145,12 @@ def test_prompts_are_encoded_once_per_sampler_call():
         for p in model.text_encoder.parameters():                    # new weights: encoded anew
             p.add_(0.1)
         f(torch.randn(2, 1, 8, 8), 0.5)
-    assert _Counted.calls == 4
+        assert _Counted.calls == 4
+        model.text_encoder.image_size = (16, 16)                      # a setting changed (as SDXL's sizes)
+        f(torch.randn(2, 1, 8, 8), 0.5)
+        assert _Counted.calls == 6
+        f(torch.randn(3, 1, 8, 8), 0.5)                                # another batch size
+    assert _Counted.calls == 8
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver", "euler_maruyama", "pc"])
@@ -175,3 +180,22 @@ def test_impute_and_optimize_steps_take_the_guided_text_score():
         assert torch.isfinite(grid).all() and (grid.diff() < 0).all() and grid[0] == model.sde.T
         x = model.sde.sample(f, 2, sampler="ddim", times=grid, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
+
+
+class _Shortest(TransformerTextEncoder):
+    """An encoder that pads to the longest prompt of its batch (as a tokenizer with padding="longest")."""
+
+    def encode(self, prompts):
+        c = super().encode(prompts)
+        L = int(c.context_mask.sum(1).max())
+        return ss.Cond(context=c.context[:, :L], context_mask=c.context_mask[:, :L])
+
+
+def test_prompt_and_null_of_different_lengths_are_padded_with_masked_zeros(model, xt):
+    x, t = xt
+    short = _Shortest(8, max_len=16, depth=1, heads=2).double()
+    short.load_state_dict(model.text_encoder.state_dict())
+    other = ss.ScoreModel(model.net, model.sde, text_encoder=short).eval()
+    with torch.no_grad():
+        want = ss.classifier_free_score(model, w=3.0, prompt="three left of one")(x, t)
+        torch.testing.assert_close(ss.classifier_free_score(other, w=3.0, prompt="three left of one")(x, t), want)

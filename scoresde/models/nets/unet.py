@@ -7,9 +7,12 @@ dropout 0.1) has 35.7M parameters, the figure the paper reports. With `num_class
 class embedding (null label K; Ho & Salimans 2022, arXiv:2207.12598) is added to the time embedding.
 With `context_dim=D` the network is conditioned on a token sequence (cond.context (B, L, D) with its
 padding mask) by LDM's spatial transformers (Rombach et al. 2022, arXiv:2112.10752, Sec. 3.3;
-`models/nets/attention.py`): one after every residual block at the heights in `context_resolutions`
-(there it replaces the self-attention block, which it contains) and one in the middle block in place of
-its self-attention. A condition without a context (the null condition) skips the cross-attention.
+`models/nets/attention.py`): one in the middle block in place of its self-attention, and one after every
+residual block at the heights in `context_resolutions` (there it replaces the self-attention block, which
+it contains). A condition without a context (the null condition) skips the cross-attention. The default
+(the middle block alone, feed-forward x2) keeps a training step of the digits U-Net within 1.25x of the
+same U-Net without a context (benchmarks/text2image_cost.py); LDM's placement (three resolutions,
+feed-forward x4) is `context_resolutions=[...]`, `context_ff_mult=4`.
 
 score_sde's PyTorch port of this network (Song et al. 2021, arXiv:2011.13456, `models/ddpm.py`) puts
 one self-attention block per up-sampling level, after all of its residual blocks, where DDPM puts one
@@ -58,8 +61,8 @@ class DDPMUNet(nn.Module):
         num_scales: size of the float64 buffer `sigmas` (score_sde's discrete noise levels), or None.
     Cross-attention (keyword-only; none by default):
         context_dim: the width D of the context tokens cond.context (B, L, D), or None (no cross-attention).
-        context_resolutions: heights at which a spatial transformer follows each residual block; None: the
-            lowest resolution (the middle block always has one).
+        context_resolutions: heights at which a spatial transformer follows each residual block (the middle
+            block always has one); default none besides it.
         transformer_depth: transformer blocks per spatial transformer.
         context_heads: attention heads of the spatial transformers (each width divisible by it).
         context_ff_mult: feed-forward (GEGLU) width / channels (LDM: 4).
@@ -70,8 +73,8 @@ class DDPMUNet(nn.Module):
                  embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32,
                  num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
                  scale_by_sigma: bool = False, num_scales: int | None = None, context_dim: int | None = None,
-                 context_resolutions: Sequence[int] | None = None, transformer_depth: int = 1,
-                 context_heads: int = 4, context_ff_mult: float = 4.0):
+                 context_resolutions: Sequence[int] = (), transformer_depth: int = 1,
+                 context_heads: int = 4, context_ff_mult: float = 2.0):
         super().__init__()
         for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
                            ("scale_by_sigma", scale_by_sigma)):
@@ -100,8 +103,7 @@ class DDPMUNet(nn.Module):
         self.context_dim = None if context_dim is None else check_int("context_dim", context_dim)
         xres: tuple[int, ...] = ()
         if self.context_dim is not None:
-            xres = ((H // 2 ** (len(ch_mult) - 1),) if context_resolutions is None
-                    else check_sequence("context_resolutions", context_resolutions) if context_resolutions else ())
+            xres = check_sequence("context_resolutions", context_resolutions) if context_resolutions else ()
             self.config.update(context_dim=self.context_dim, context_resolutions=list(xres),
                                transformer_depth=check_int("transformer_depth", transformer_depth),
                                context_heads=check_int("context_heads", context_heads),

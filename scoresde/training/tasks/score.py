@@ -161,14 +161,17 @@ class ScoreTask(Task):
         to 64, model.text_len to the longest caption + BOS (both written to the run's config)."""
         model, texts = self.cfg["model"], self.ds.texts
         name = model.get("text_encoder")
+        takes = "context_dim" in (model_arguments(model["name"]) or [])
         if name is None:
-            takes = "context_dim" in (model_arguments(model["name"]) or [])
             name = "transformer" if texts is not None and takes and not self.K else ""
         if not name:
             return None
         if texts is None:
             raise ValueError(f"config model.text_encoder = {name!r}: needs captioned data (texts aligned with the "
                              f"examples), but data {self.ds.name!r} has none; set model.text_encoder = \"\"")
+        if not takes:
+            raise ValueError(f"config model.text_encoder = {name!r}: model {model['name']!r} has no cross-attention "
+                             "(no context_dim); use ddpm_unet or dit")
         if self.K:
             raise ValueError("config model.num_classes and model.text_encoder: a model is conditioned on labels or "
                              "on text, found both; set model.num_classes = 0 or model.text_encoder = \"\"")
