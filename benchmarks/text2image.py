@@ -30,8 +30,8 @@ accuracy and digits FID, against a class-conditional model of single digits at e
 5. Metrics: prompt accuracy (`scoresde.metrics.prompt_accuracy`: the shipped digits classifier on each
    half, both digits in place) and the digits FID of both halves' 8x8 glyphs (`pair_glyphs`) against the
    glyphs of 2000 test-split canvases; floors: as many train-split canvases scored the same way. The
-   baseline's FID: its 8x8 samples (guided, same weight, dpm_solver 20) against the 359 held-out digits
-   (floor: as many training digits).
+   baseline's FID: as many 8x8 samples as the pairs give glyphs (two per canvas; guided, same weight,
+   dpm_solver 20, labels 0-9 in turn) against the 359 held-out digits (floor: as many training digits).
 
 Writes benchmarks/results/text2image.md and text2image_prompts.png (prompts x samples); --quick writes
 text2image_quick.md / text2image_quick_prompts.png instead (its numbers mean nothing).
@@ -279,12 +279,13 @@ def main():
     # the class-conditional baseline on single digits
     base, base_sde = ss.load(base_run)
     _, _, x_test, _ = digits_split()
-    labels = torch.arange(len(prompts)) % 10
+    n8 = 2 * len(prompts)                             # as many 8x8 digits as the pairs' FID scores (two per canvas)
+    labels = torch.arange(n8) % 10
     fid8 = DigitsFID(x_test)
     xb, _ = ours(base_sde, ss.classifier_free_score(base, y=labels, w=w), torch.randn(
-        len(prompts), 1, 8, 8, generator=torch.Generator().manual_seed(3)), "dpm_solver", {"order": 2}, 20)
+        n8, 1, 8, 8, generator=torch.Generator().manual_seed(3)), "dpm_solver", {"order": 2}, 20)
     train8, _, _, _ = digits_split()
-    base_fid, base_floor = fid8(xb), fid8(train8[:len(prompts)])
+    base_fid, base_floor = fid8(xb), fid8(train8[:n8])
 
     # the prompts x samples figure (the best 20-evaluation run of ours)
     OUT.mkdir(exist_ok=True)
