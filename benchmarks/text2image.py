@@ -2,7 +2,7 @@
 accuracy and digits FID, against a class-conditional model of single digits at equal training budget.
 
     OMP_NUM_THREADS=1 python benchmarks/text2image.py                 # the table (about 2.5 CPU hours, 1 thread)
-    OMP_NUM_THREADS=1 python benchmarks/text2image.py --quick         # a few minutes: checks the script runs
+    OMP_NUM_THREADS=1 python benchmarks/text2image.py --quick         # about 5 CPU minutes: checks the script runs
 
 1. Model: a text-conditional DDPM U-Net (configs/digits.toml's widths, ch 32, ch_mult [1, 2]; LDM spatial
    transformers at the lowest resolution and in the middle block, context 64) with the jointly trained
