@@ -198,7 +198,7 @@ class FlowSDE(SDE):
     default_eps = 1e-3
     default_conditioning = "t"
     t_limit = 1.0          # an explicit grid may start at t = 1 (diffusers' flow loop): the data-prediction samplers
-    default_schedule: Any = {"heun": "logsnr", "*": "quadratic"}
+    default_schedule: Any = {"heun": "logsnr", "edm": "logsnr", "*": "quadratic"}   # edm: heun's steps
 
     def __init__(self, t_max: float = 1 - 1e-3, shift: float = 1.0, N: int = 1000):
         super().__init__(N)
