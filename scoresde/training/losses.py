@@ -10,7 +10,7 @@
   Distribution", arXiv:1907.05600, eqs. 5-6, on the VE SDE's geometric noise levels.
 
 All three are the same objective, E ||sigma s(x_t, t) + z||^2 with x_t = alpha x0 + sigma z: for
-s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/ddpm_is_dsm.md).
+s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/concepts/ddpm-is-dsm.md).
 
 Per-sample reduction over the data dimensions follows score_sde's losses: `reduce_mean=True`
 takes the mean over the data dimensions, `reduce_mean=False` half the sum. The returned loss is
