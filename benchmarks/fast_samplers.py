@@ -32,13 +32,21 @@ images, with 32 calibration draws and at most 80 sampler runs per fit.
 fitted as above, then its times and all its step weights by Adam on the mean per-sample RMSE
 (1500 steps on the mixtures, `--digits-iterations` 200 on digits); same calibration draws.
 
+Flow ("--only flow"): the same two mixtures on the rectified-flow path (`ss.FlowSDE()`, x_t = (1 - t) x0 + t z),
+ours from T = 0.999 to t(sigma~_min = 0.002) + the final data prediction, each sampler on the path's default grid
+(`FlowSDE.default_schedule`; first a table of every schedule, which chose it), fitted grids and bns fitted on the
+flow path; against diffusers' FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler and
+DPMSolverMultistep / UniPCMultistep with `prediction_type="flow_prediction", use_flow_sigmas=True`, at shift 1 and
+SD3's 3, given the exact velocity E[z - x0 | x_t] (noise - sample) at the sigma = t each evaluation is at (their
+grids start at t = 1 (Euler, Heun) or 0.999 and end at t = 0). A trained flow model is benchmarks/recipes.py's.
+
 Peers: `pip install -e .[bench]` (diffusers, k-diffusion). k-diffusion's package `__init__` pulls
 torchvision, clip, wandb, kornia... (a CUDA torch of several GB), so here it is installed with
 `pip install --no-deps k-diffusion torchdiffeq` and only `k_diffusion/sampling.py` is loaded, with
 a stub `k_diffusion.utils` that provides the one helper it uses (`append_dims`); its samplers run
 unmodified.
 
-Run: `python benchmarks/fast_samplers.py [--n 40000] [--no-peers] [--only mixtures digits noise]` (about 25 min on 2
+Run: `python benchmarks/fast_samplers.py [--n 40000] [--no-peers] [--only mixtures flow digits noise]` (about 25 min on 2
 shared CPU cores); writes benchmarks/results/fast_samplers.{md,png}.
 """
 from __future__ import annotations
@@ -57,6 +65,7 @@ import torch
 
 import scoresde as ss
 from scoresde.samplers.core import sampler_info
+from scoresde.samplers.grids import schedule_for
 from scoresde.sde.analytic import four_mode_mixture
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -302,6 +311,118 @@ def costs_markdown(costs: dict, budgets=BUDGETS) -> str:
     return "\n".join(lines)
 
 
+# --- the flow path (rectified flow / flow matching) -------------------------------------------------
+FLOW_FIXED = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}),
+              "dpm_solver 3": ("dpm_solver", {"order": 3}), "deis 2": ("deis", {"order": 2}),
+              "deis 3 + UniC": ("deis", {"order": 3, "corrector": True}), "unipc": ("unipc", {}),
+              "unipc 3": ("unipc", {"order": 3}),
+              "ddim (uniform)": ("ddim", {"schedule": "uniform"})}        # = diffusers' FlowMatchEuler, shift 1
+FLOW_OPT = {"unipc": ("unipc", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}), "deis 2": ("deis", {"order": 2}),
+            "ddim": ("ddim", {}), "bns": ("bns", {})}
+FLOW_SCHEDULES = ("logsnr", "uniform", "karras", "quadratic", "shifted 3", "shifted 0.25")
+FLOW_GRID_BUDGETS = (5, 10, 20)
+
+
+def flow_velocity(mix, x, sigma: float) -> torch.Tensor:
+    """The exact velocity E[z - x0 | x_t = x] of the mixture on the flow path at t = sigma (diffusers'
+    `flow_prediction`: noise - sample): x0 = (x + t^2 score) / (1 - t), z = -t score; at t = 1, x - E[x0]."""
+    if sigma >= 1.0:
+        return x - (mix.weights[:, None] * mix.means).sum(0).to(x.dtype)
+    s = mix.score(x, torch.zeros(len(x)), _Coefs(1.0 - sigma, sigma))
+    return -sigma * s - (x + sigma * sigma * s) / (1.0 - sigma)
+
+
+def diffusers_flow_runs(mix, z):
+    """diffusers' flow schedulers driven by the exact velocity, each at the sigma it states for the call."""
+    import diffusers
+
+    def run(cls, **cfg):
+        def go(budget):
+            sch = getattr(diffusers, cls)(**cfg)
+            heun = "Heun" in cls
+            sch.set_timesteps((budget + 1) // 2 if heun else budget)        # Heun: 2 evaluations a step but the last
+            c = Counter(lambda x, sig: flow_velocity(mix, x, sig))
+            x = z * getattr(sch, "init_noise_sigma", 1.0)
+            for t in sch.timesteps:
+                sig = float(sch.sigmas[sch.step_index or 0])             # the sigma this evaluation is at
+                x = sch.step(c(x, sig), t, x).prev_sample
+            return x, c.nfe
+        return go
+
+    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True)
+    runs = {}
+    for shift in (1.0, 3.0):
+        runs[f"diffusers FlowMatchEuler (shift {shift:g})"] = run("FlowMatchEulerDiscreteScheduler", shift=shift)
+        runs[f"diffusers FlowMatchHeun (shift {shift:g})"] = run("FlowMatchHeunDiscreteScheduler", shift=shift)
+        runs[f"diffusers dpm++2m flow (shift {shift:g})"] = run("DPMSolverMultistepScheduler", solver_order=2,
+                                                               flow_shift=shift, **flow)
+        runs[f"diffusers unipc flow (shift {shift:g})"] = run("UniPCMultistepScheduler", flow_shift=shift, **flow)
+    return runs
+
+
+def flow_grid_markdown(mname, mix, z) -> str:
+    """Which grid suits the flow path: each fast sampler on each schedule (shifted s: SD3's shift s on a uniform
+    grid; s < 1 moves the steps towards the data) at 5 / 10 / 20 evaluations; * = the path's default."""
+    budgets = FLOW_GRID_BUDGETS
+    head = " | ".join(f"{s} @{b}" for b in budgets for s in FLOW_SCHEDULES)
+    lines = [f"**{mname}, flow: the grid choice** (metric at NFE {', '.join(map(str, budgets))}; * = default)", "",
+             f"| sampler | {head} |", "|---|" + "---:|" * (len(budgets) * len(FLOW_SCHEDULES))]
+    for key, (name, opts) in FLOW_FIXED.items():
+        if "schedule" in opts:
+            continue
+        default = schedule_for(ss.FlowSDE(), name, sampler_info(name).schedule)
+        cells = []
+        for b in budgets:
+            steps = sampler_info(name).steps_for(b, **opts)
+            for sched in FLOW_SCHEDULES:
+                word, _, shift = sched.partition(" ")
+                sde = ss.FlowSDE(shift=float(shift or 1))
+                x = sde.sample(mix.score_fn(sde), None, sampler=name, steps=steps, x_init=z, eps=sigma_min_eps(sde),
+                               schedule=word, **opts)
+                cells.append(f"{metric(mix, x):.3g}" + (" *" if word == default else ""))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def flow_tables(args, z, z_cal, costs: dict):
+    """The flow section: the grid choice, then ours (fixed, fitted, bns) against diffusers' flow schedulers."""
+    md, curves = [], {}
+    sde = ss.FlowSDE()
+    eps = sigma_min_eps(sde)
+    for mname, mix in (("four-mode (std 0.1)", four_mode_mixture(0.1)), ("sharp (std 0.01-0.03)", sharp_mixture())):
+        print(f"\n== {mname}, flow: grid choice", flush=True)
+        md.append(flow_grid_markdown(mname, mix, z[: args.n_grid]))
+        print(f"\n== {mname}, flow: metric (NFE) at budgets {BUDGETS}", flush=True)
+        runs = dict(ours_runs(sde, mix, z, FLOW_FIXED))
+        runs.update(optimised_runs(sde, mix.score_fn(sde), z, z_cal, eps, costs, f"{mname}, flow", FLOW_OPT))
+        x_ref = ours_runs(sde, mix, z, {"x": ("dpm_solver", {"order": 3, "schedule": "logsnr"})})["ours x"](1000)[0]
+        runs["exact flow (dpm_solver 3, 1000 NFE)"] = lambda b, x_ref=x_ref: (x_ref, b)
+        if not args.no_peers:
+            runs.update(diffusers_flow_runs(mix, z))
+        table = evaluate(runs, lambda x, mix=mix: metric(mix, x))
+        curves[f"{mname}, flow"] = table
+        md.append(to_markdown(f"{mname}, flow (exact velocity)", table) + flow_goals(table))
+    return md, curves
+
+
+def flow_goals(table, budgets=BUDGETS) -> str:
+    """The issue's flow goals: at 10 NFE our best fixed grid <= half diffusers' best; bns at 5 <= diffusers' best at 20."""
+    col = {b: j for j, b in enumerate(budgets)}
+    peers = [k for k in table if k.startswith("diffusers")]
+    if not peers:
+        return ""
+    fixed = [k for k in table if k.startswith("ours") and "[opt]" not in k]
+    p10 = min((table[k][col[10]][0], k) for k in peers)
+    o10 = min((table[k][col[10]][0], k) for k in fixed)
+    p20 = min((table[k][col[20]][0], k) for k in peers)
+    b5 = table["ours bns [opt]"][col[5]][0]
+    return (f"\n\nFlow goal 1 (10 NFE, best fixed grid <= 1/2 diffusers' best = {p10[0]:.4g}, {p10[1]}): "
+            f"{o10[0]:.4g} ({o10[1]}), {o10[0] / p10[0]:.2f}x: {'reached' if o10[0] <= 0.5 * p10[0] else 'NOT reached'}. "
+            f"Flow goal 2 (bns at 5 NFE <= diffusers' best at 20 = {p20[0]:.4g}, {p20[1]}): {b5:.4g}: "
+            f"{'reached' if b5 <= p20[0] else 'NOT reached'}.")
+
+
 # --- the trained digits U-Net -----------------------------------------------------------------------
 DIGITS_FIXED = {"ddim": ("ddim", {}), "heun": ("heun", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}),
                 "deis 2 (karras)": ("deis", {"order": 2}),
@@ -345,10 +466,11 @@ def main():
     ap.add_argument("--digits-calib", type=int, default=32, help="calibration draws (digits)")
     ap.add_argument("--digits-iterations", type=int, default=200, help="Adam steps of each bns fit (digits)")
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / "runs" / "bench_samplers"))
-    ap.add_argument("--only", nargs="+", choices=["mixtures", "digits", "noise"],
-                    default=["mixtures", "digits", "noise"])
+    ap.add_argument("--only", nargs="+", choices=["mixtures", "flow", "digits", "noise"],
+                    default=["mixtures", "flow", "digits", "noise"])
+    ap.add_argument("--n-grid", type=int, default=10000, help="samples per run of the flow grid-choice table")
     ap.add_argument("--combine", action="store_true",
-                    help="only join results/fast_samplers_{mixtures,digits,noise}.md (three parallel runs of "
+                    help="only join results/fast_samplers_{mixtures,flow,digits,noise}.md (four parallel runs of "
                          "--only X) into results/fast_samplers.md")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peers", action="store_true")
@@ -386,6 +508,10 @@ def main():
                                        sigma_min_eps(sde), costs, f"{mname}, {sname}",
                                        {"unipc": ("unipc", {}), "bns": ("bns", {})}))
             md.append(to_markdown(f"{mname}, {sname} (ours only)", evaluate(runs, score)))
+    if "flow" in args.only:
+        flow_md, flow_curves = flow_tables(args, z, z_cal, costs)
+        md += flow_md
+        curves.update(flow_curves)
     if "digits" in args.only:
         print("\n== digits U-Net: digits FID (NFE)", flush=True)
         p, table = digits_table(args, costs)
@@ -404,7 +530,7 @@ def main():
             f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores)")
     print("\n" + text)
     OUT.mkdir(exist_ok=True)
-    name = "fast_samplers" if len(args.only) == 3 else f"fast_samplers_{'_'.join(args.only)}"
+    name = "fast_samplers" if len(args.only) == 4 else f"fast_samplers_{'_'.join(args.only)}"
     (OUT / f"{name}.md").write_text(
         "# Fast samplers at equal NFE: fixed and optimised time grids\n\nMixtures (exact scores): TV of mode weights "
         "+ weight-averaged KL(fitted Gaussian || true mode); digits: digits FID; lower is better; ✓ = at least as "
@@ -416,10 +542,10 @@ def main():
 
 def combine() -> None:
     """results/fast_samplers.md from the parts' files (their headers dropped but the first)."""
-    parts = [OUT / f"fast_samplers_{p}.md" for p in ("mixtures", "digits", "noise")]
+    parts = [OUT / f"fast_samplers_{p}.md" for p in ("mixtures", "flow", "digits", "noise")]
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
-        raise SystemExit(f"--combine: missing {', '.join(missing)}; run --only mixtures / digits / noise first")
+        raise SystemExit(f"--combine: missing {', '.join(missing)}; run --only mixtures / flow / digits / noise first")
     texts = [p.read_text() for p in parts]
     body = [texts[0]] + [t.split("\n\n", 2)[2] for t in texts[1:]]                 # drop title + legend
     (OUT / "fast_samplers.md").write_text("\n".join(body))

@@ -13,11 +13,13 @@ from .evaluation.likelihood import bits_per_dim, dataset_likelihood
 from .training.losses import dsm_loss, ddpm_loss, smld_loss, conditional_dsm_loss, classifier_loss, label_dropout
 from .models.score_model import ScoreModel, score_from_eps, eps_from_score
 from .models.conditioning import Cond
+from .models.text import TextEncoder, TransformerTextEncoder
 from .models.guidance import classifier_free_score, classifier_guided_score
 from .models.classifier import NoiseConditionalClassifier
 from .samplers.inpainting import impute
 from .models.nets import get_model, list_models
 from .models.ema import EMA
+from .models.phema import PowerFunctionEMA
 from .samplers import list_samplers
 from .samplers.optimize import optimize_steps
 from ._common.registry import Registry
@@ -28,6 +30,7 @@ from .runs.load import load, load_autoencoder
 from .runs.checkpoint import CheckpointError
 from .data.datasets import load_dataset, list_datasets
 from .models.autoencoders import Autoencoder
+from .models.clip_text import CLIPTextEncoder, SDXLTextEncoder
 from . import pretrained
 from . import metrics
 from . import discrete                      # masked diffusion for token sequences (MDLM / LLaDA)
@@ -49,8 +52,9 @@ __all__ = [
     "Gaussian", "GaussianMixture",
     "bits_per_dim", "dataset_likelihood",
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
-    "get_model", "list_models", "EMA",
-    "Cond", "classifier_free_score", "classifier_guided_score", "impute", "NoiseConditionalClassifier",
+    "get_model", "list_models", "EMA", "PowerFunctionEMA",
+    "Cond", "TextEncoder", "TransformerTextEncoder", "classifier_free_score", "classifier_guided_score", "impute",
+    "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout",
     "list_samplers", "optimize_steps",
     "Registry", "append_dims", "NonFiniteError",
@@ -58,4 +62,5 @@ __all__ = [
     "load_score_sde", "from_diffusers", "load_dit",
     "discrete", "metrics", "pretrained",
     "Autoencoder", "load_autoencoder",
+    "CLIPTextEncoder", "SDXLTextEncoder",
 ]

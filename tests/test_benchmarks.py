@@ -134,3 +134,12 @@ def test_samplers_quick(samplers_bench, tmp_path):
         assert float(r[-1].split(" / ")[0]) < 0.1
     for r in _rows(md, "*floor: 2000 exact draws*"):
         assert all(math.isfinite(float(c)) for c in r[2:])
+
+
+def test_edm_phema_benchmark_quick():
+    """benchmarks/edm_phema.py --quick: both tables complete, their numbers finite; a stored length exact."""
+    text = _load("edm_phema").main(["--quick", "--out", ""])
+    rows = _rows(text, "50")
+    assert len(rows) == 8 and all(math.isfinite(float(c)) for r in rows for c in (r[3], r[5]))
+    assert [r for r in rows if r[2] == "0.050"][0][3] == "0.00e+00"
+    assert _rows(text, "NFE") == [["NFE", "9", "19"]] and len(_rows(text, "10")) == 1

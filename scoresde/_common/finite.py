@@ -76,14 +76,19 @@ class CheckedScore:
             raise TypeError(f"score_fn: expected a callable score_fn(x, t), found {type(score_fn).__name__}")
         self.score_fn, self.where, self.check_every, self.nfe = score_fn, where, check_every, 0
         self._pending: list[tuple[int, Any, torch.Tensor]] = []      # (evaluation, t, extremes (4,))
+        if callable(getattr(score_fn, "x0", None)):     # a model's data prediction, counted and checked alike
+            self.x0 = lambda x, t: self._evaluate(score_fn.x0, x, t)
 
     @property
     def data_shape(self):
         return getattr(self.score_fn, "data_shape", None)
 
     def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        return self._evaluate(self.score_fn, x, t)
+
+    def _evaluate(self, fn: Callable, x: torch.Tensor, t: Any) -> torch.Tensor:
         self.nfe += 1
-        out = self.score_fn(x, t)
+        out = fn(x, t)
         if self.nfe == 1:
             self._check_first(x, t, out)
             return out

@@ -63,6 +63,7 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     # depth
     "depth": ("depth", None), "n_layers": ("depth", None), "disc_layers": ("depth", None),
     "num_layers": ("depth", None), "transformer_layers_per_block": ("depth", None),
+    "num_hidden_layers": ("depth", None),
     "num_res_blocks": ("blocks", None), "layers_per_block": ("blocks", None),
     # widths
     "width": ("width", None), "ch": ("width", None), "nf": ("width", None), "num_channels": ("width", None), "hidden_size": ("width", None), "embed_dim": ("width", None),
@@ -70,6 +71,8 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     "in_channels": ("width", None), "out_channels": ("width", None), "num_groups": ("width", None),
     "norm_num_groups": ("width", None), "disc_ch": ("width", None), "time_embedding_dim": ("width", None),
     "cross_attention_dim": ("width", None), "attention_head_dim": ("width", None), "num_outputs": ("vocab", None),
+    "intermediate_size": ("width", None), "projection_dim": ("width", None), "addition_time_embed_dim": ("width", None),
+    "projection_class_embeddings_input_dim": ("width", None),
     "block_out_channels": ("levels", "width"), "ch_mult": ("levels", "mult"),
     "down_block_types": ("levels", None), "up_block_types": ("levels", None),
     # heads, ratios
@@ -80,8 +83,13 @@ _FIELDS: dict[str, tuple[str, str | None]] = {
     "image_size": ("side", "side"), "data_shape": ("list", "side"), "attn_resolutions": ("list", "side"),
     "fir_kernel": ("list", None),
     # sequences, vocabularies, classes
-    "seq_len": ("seq", None), "max_len": ("seq", None), "max_depth": ("seq", None), "vocab_size": ("vocab", None),
+    "seq_len": ("seq", None), "max_len": ("seq", None), "max_position_embeddings": ("seq", None),
+    "model_max_length": ("seq", None), "max_depth": ("seq", None), "vocab_size": ("vocab", None),
     "num_classes": ("classes", None), "num_class_embeds": ("classes", None), "digits": ("digits", None),
+    # cross-attention and text encoders (models/nets/attention.py, models/text.py)
+    "context_dim": ("width", None), "context_resolutions": ("list", "side"), "transformer_depth": ("depth", None),
+    "context_heads": ("heads", None), "context_ff_mult": ("mult", None), "text_len": ("seq", None),
+    "text_depth": ("depth", None), "text_heads": ("heads", None),
 }
 SIZE_BOUNDS.update({k: _B[kind] for k, (kind, _) in _FIELDS.items()})
 

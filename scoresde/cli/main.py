@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from scoresde.cli.ema import ema
 from scoresde.cli.measure import evaluate, likelihood
 from scoresde.cli.sample import sample
 from scoresde.cli.steps import optimize_steps_command
@@ -49,6 +50,7 @@ def cli():
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out class3.png
       scoresde likelihood --checkpoint runs/moons --data moons
       scoresde evaluate runs/digits --json quality.json
+      scoresde ema runs/moons --sigma-rel 0.08        # post-hoc EMA (a run trained with train.phema_std)
       scoresde train --task masked --data brackets --out runs/brackets    # masked diffusion on tokens
       scoresde sample --checkpoint runs/brackets --sampler llada --steps 64 --n 8
       scoresde train-autoencoder --data digits32 --out runs/ae     # latent diffusion: the autoencoder,
@@ -56,7 +58,7 @@ def cli():
     """
 
 
-for _command in (train, sample, likelihood, evaluate, train_autoencoder, optimize_steps_command):
+for _command in (train, sample, likelihood, evaluate, train_autoencoder, optimize_steps_command, ema):
     cli.add_command(_command)
 
 

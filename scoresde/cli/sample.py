@@ -1,5 +1,6 @@
-"""`scoresde sample`: samples of a trained or pretrained model to a file, optionally of one class
-(classifier-free guidance, Ho & Salimans 2022, arXiv:2207.12598) or completing known data (inpainting,
+"""`scoresde sample`: samples of a trained or pretrained model to a file, optionally of one class or of
+text prompts (classifier-free guidance, Ho & Salimans 2022, arXiv:2207.12598; a grid of prompts x samples)
+or completing known data (inpainting,
 Song et al. 2021, arXiv:2011.13456, App. I.2); a sequence run's texts (`scoresde.cli.tokens`).
 """
 from __future__ import annotations
@@ -21,14 +22,15 @@ from scoresde.cli.steps import fitted_from_file, stored_steps
 from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import load_mask, make_mask
-from scoresde.models.guidance import classifier_free_score
+from scoresde.cli.guidance import Guidance
 from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
-from scoresde.runs.plots import plot_samples, save_samples
+from scoresde.runs.plots import save_samples
 from scoresde.samplers.core import SAMPLERS, check_sampler_options
 from scoresde.samplers.inpainting import impute
 from scoresde.samplers.predictors import PREDICTORS
 from scoresde.samplers.masked import list_discrete_samplers
+from scoresde.samplers.paths import path_schedules
 from scoresde.training.config import parse_override
 
 
@@ -69,8 +71,10 @@ def _list_samplers(ctx, _param, value):
     for r in SAMPLERS.records():
         nfe = r.nfe(10)
         opts = ", ".join(f"{k}={'(set by the grid)' if v is None else v}" for k, v in r.option_defaults().items())
+        grids = ", ".join(f"{k} {v}" for k, v in path_schedules(r.name).items())
         click.echo(f"{r.name} ({r.kind}): {r.summary}\n    NFE at --steps 10: "
-                   f"{nfe if nfe is not None else 'chosen by the solver'}; options: {opts or 'none'}")
+                   f"{nfe if nfe is not None else 'chosen by the solver'}; options: {opts or 'none'}"
+                   + (f"; time grid: {grids}" if grids else ""))
     ctx.exit(0)
 
 
@@ -149,8 +153,13 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
                    "grid); a sequence run prints its samples, or writes .txt (one per line) or .npy (token ids).")
 @click.option("--label", metavar="CLASS",
               help="Class to generate, an index or a class name (a model trained with model.num_classes).")
-@click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label",
+@click.option("--guidance", "w", type=click.FloatRange(min=0), show_default="1 (conditional) with --label or --prompt",
               help="Classifier-free guidance weight w: (1 - w) unconditional + w conditional score.")
+@click.option("--negative-prompt", metavar="TEXT",
+              help="Text models: the unconditional branch of guidance (default: the empty prompt).")
+@click.option("--guidance-rescale", type=click.FloatRange(0, 1), show_default="0 (off)",
+              help="Guidance rescale phi (Lin et al. 2024, arXiv:2305.08891): the guided prediction's std rescaled "
+                   "to the conditional one's, mixed by phi (0.7 suggested).")
 @click.option("--known", metavar="NAME|PATH",
               help="Inpainting: data whose known entries are kept (dataset name or path, as for train --data).")
 @click.option("--mask", metavar="SPEC|FILE",
@@ -159,7 +168,10 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @click.option("--raw", is_flag=True, help="Use the raw weights instead of the EMA weights.")
-@click.option("--prompt", help="Sequence runs: text the samples start with (fixed; the rest is generated).")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="Text models (trained on captions): the prompt to draw --n samples of; repeat it for a grid "
+                   "of prompts (rows) x samples, guided by --guidance. Sequence runs: text the samples start "
+                   "with (fixed; the rest is generated).")
 @click.option("--mask-char", metavar="C", help="Sequence runs: positions of --prompt marked C are filled in.")
 @click.option("--temperature", type=click.FloatRange(min=0), show_default="the run's discrete.temperature",
               help="Sequence runs: sampling temperature (0: argmax).")
@@ -170,8 +182,9 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
 @allow_unverified_option
-def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, known, mask, seed, device, raw, prompt,
-           mask_char, temperature, remasking, block_length, autoencoder, allow_unverified):
+def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, negative_prompt, guidance_rescale,
+           known, mask, seed, device, raw, prompts, mask_char, temperature, remasking, block_length, autoencoder,
+           allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
 
@@ -182,6 +195,8 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
       scoresde sample --checkpoint runs/digits --sampler deis --steps 10 --set sample.order=3 \\
                       --set sample.corrector=true --n 64 --out deis.png
       scoresde sample --checkpoint runs/cond --label 3 --guidance 2 --out threes.png
+      scoresde sample --checkpoint runs/captions --prompt "three left of eight" \\
+                      --prompt "one left of two" --guidance 4 --n 8 --out grid.png
       scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
                       --sampler deis --steps 20 --n 64 --out grid.png
@@ -192,37 +207,40 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         options = sampler_options(sets)
         if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
             _refuse({"--label": label, "--guidance": w, "--known": known, "--mask": mask, "--set": sets or None,
-                     "--steps-file": steps_file},
+                     "--steps-file": steps_file, "--negative-prompt": negative_prompt,
+                     "--guidance-rescale": guidance_rescale},
                     "an option of score models; this checkpoint is a sequence model")
+            if len(prompts) > 1:
+                raise ValueError(f"--prompt: a sequence run takes one prompt, found {len(prompts)}")
+            prompt = prompts[0] if prompts else None
             for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
                                       device=device, raw=raw, prompt=prompt, mask_char=mask_char,
                                       temperature=temperature, remasking=remasking, block_length=block_length,
                                       verify=not allow_unverified):
                 click.echo(line)
             return
-        _refuse({"--prompt": prompt, "--mask-char": mask_char, "--temperature": temperature,
+        _refuse({"--mask-char": mask_char, "--temperature": temperature,
                  "--remasking": remasking, "--block-length": block_length},
                 "an option of sequence runs (task masked / autoregressive)")
         _check_out(out)
-        if w is not None and label is None:
-            raise ValueError("--guidance: expected --label too (the class to guide towards), found none")
+        guidance = Guidance(label, list(prompts), w, negative_prompt, guidance_rescale)
         if (known is None) != (mask is None):
             raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
         if known is not None:
-            _refuse({"--set": sets or None, "--steps-file": steps_file}, "not available with --known (inpainting "
-                    "runs the predictor-corrector steps of scoresde.impute)")
+            _refuse({"--set": sets or None, "--steps-file": steps_file, "--prompt": prompts or None},
+                    "not available with --known (inpainting runs the predictor-corrector steps of scoresde.impute)")
         source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
         if source.pretrained:
             if label is not None or known is not None:
                 raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "
                                  "model on the command line (use scoresde.impute / guidance in Python)")
-            n = n or 64
-            _sample_pretrained(source, n, out, sampler, steps, options, steps_file, seed, device, raw)
-            click.echo(f"wrote {n} samples in [0, 1] to {out}")
+            n = _sample_pretrained(source, n, out, sampler, steps, options, steps_file, guidance, seed, device, raw)
+            click.echo(f"wrote {n} samples in [0, 1] to {out}"
+                       + (f" ({len(prompts)} prompts x {n // len(prompts)})" if prompts else ""))
             return
-        n = _sample_run(source, n, out, sampler, steps, options, steps_file, label, w, known, mask, seed, device,
+        n = _sample_run(source, n, out, sampler, steps, options, steps_file, guidance, known, mask, seed, device,
                         raw, autoencoder)
-    click.echo(f"wrote {n} samples to {out}")
+    click.echo(f"wrote {n} samples to {out}" + (f" ({len(prompts)} prompts x {n // len(prompts)})" if prompts else ""))
 
 
 def _refuse(flags: dict[str, object], why: str) -> None:
@@ -242,40 +260,53 @@ def _check_out(out: str | None) -> None:
         raise FileNotFoundError(f"--out {out!r}: the directory does not exist")
 
 
-def _sample_pretrained(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
-                       steps_file: str | None, seed: int, device: str, raw: bool) -> None:
-    """n samples of a pretrained model to `out`: .npy in [0, 1] (score_sde's inverse scaler; [-1, 1] data
-    otherwise), or a figure."""
+def _sample_pretrained(source: ModelSource, n: int | None, out: str, sampler: str | None, steps: int | None,
+                       options: dict, steps_file: str | None, guidance: Guidance, seed: int, device: str,
+                       raw: bool) -> int:
+    """n samples (default 64; with prompts n of each, default 8) of a pretrained model to `out`: .npy in [0, 1]
+    (score_sde's inverse scaler; [-1, 1] data otherwise; a latent model's decoded images), or a figure.
+    Returns the number of samples written."""
     dev = resolve_device(device)
     model, sde = source.open(dev, ema=not raw)[:2]
     sampler, kw = _plan(sampler, steps, options, steps_file, _PRETRAINED_DEFAULTS, source.path)
     g = torch.Generator(dev).manual_seed(seed)
+    rows, per_prompt = len(guidance.prompts), n or 8
+    n = rows * per_prompt if rows else n or 64
+    score, guided = guidance.score(model, {}, per_prompt)
+    ae = getattr(model, "autoencoder", None)                   # a latent model (Stable Diffusion): decode
 
     def draw(b: int) -> torch.Tensor:
         with torch.no_grad(), user_errors(_option_flags(options)):
-            x = sde.sample(model, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            x = sde.sample(score(b), b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+            if ae is not None:
+                x = ae.decode_all(x)
         return model.to_unit(x.cpu()) if hasattr(model, "to_unit") else (x.cpu() + 1) / 2
-    x = write_chunked(out, n, tuple(model.data_shape), draw)
+    shape = tuple(model.data_shape) if ae is None else (
+        ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
+    x = write_chunked(out, n, shape, draw)
     if x is not None:
         steps = kw["steps"] if "steps" in kw else len(kw["times"]) - 1
-        plot_samples(x * 2 - 1, out, title=f"{n} samples, {sampler}, {steps} steps")
+        save_samples(x * 2 - 1, out, f"{n} samples{guided}, {sampler}, {steps} steps"
+                     + (", latent, decoded" if ae is not None else ""), nrow=per_prompt if rows else None)
+    return n
 
 
 def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, steps: int | None, options: dict,
-                steps_file: str | None, label: str | None, w: float | None, known: str | None, mask: str | None,
+                steps_file: str | None, guidance: Guidance, known: str | None, mask: str | None,
                 seed: int, device: str, raw: bool, autoencoder: str | None) -> int:
-    """n samples (default: the run's sample.n) of a scoresde run to `out`: of one class with `label`, completing
-    `known` with `mask`. Returns n."""
+    """n samples (default: the run's sample.n) of a scoresde run to `out`: of one class or, n of each, of the
+    prompts (`guidance`), completing `known` with `mask`. Returns the number of samples written."""
     dev = resolve_device(device)
     model, sde, file, meta = source.open(dev, ema=not raw, autoencoder=autoencoder)
     cfg = meta["config"]
-    n = n or cfg["sample"]["n"]                                 # the run's draw size (fitted to its data)
+    rows, per_prompt = len(guidance.prompts), n or 8           # with prompts: n of each (default 8), a row each
+    n = rows * per_prompt if rows else n or cfg["sample"]["n"]  # the run's draw size (fitted to its data)
     ae = getattr(model, "autoencoder", None)                   # a latent model: sample latents, decode
     if ae is not None and known is not None:
         raise ValueError("--known/--mask: inpainting is not supported for a latent model (the mask is on "
                          "pixels, the model works on its autoencoder's latents); sample without them")
     g = torch.Generator(dev).manual_seed(seed)
-    score, guided = _guided_score(model, meta, label, w)
+    score, guided = guidance.score(model, meta, per_prompt)
     title = f"{n} samples{guided}"
     inputs = {}
     with thread_policy(model.data_shape, dev, cfg.get("threads", 0)):
@@ -284,7 +315,7 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
 
             def draw(b: int) -> torch.Tensor:
                 with user_errors(_option_flags(options)):     # a bad value: "--set sample.order: expected ..."
-                    x = sde.sample(score, b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
+                    x = sde.sample(score(b), b, sampler=sampler, generator=g, device=dev, progress=True, **kw)
                 return (ae.decode_all(x) if ae is not None else x).cpu()
             shape = tuple(model.data_shape) if ae is None else (
                 ae.image_channels, *(d * ae.downsample for d in model.data_shape[1:]))
@@ -297,10 +328,10 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
             sampler = sampler or (run_sampler if run_sampler in ("pc", *PREDICTORS) else "euler_maruyama")
             steps = steps or cfg["sample"]["steps"]
             x_known, m = _inpainting_inputs(known, mask, n, model, cfg, seed)
-            x = _impute(sde, score, x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
+            x = _impute(sde, score(n), x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
             inputs = {"known": x_known, "mask": m}
             title += f", inpainted ({mask}), {sampler}"
-    save_samples(x, out, title, **inputs)
+    save_samples(x, out, title, nrow=n // rows if rows else None, **inputs)
     return n
 
 
@@ -318,31 +349,6 @@ def write_chunked(out: str, n: int, shape: tuple[int, ...], draw) -> torch.Tenso
     check_memory(n * math.prod(shape) * 4, f"--n {n}: a figure of {n} samples of shape {shape} (a .npy --out is "
                  "streamed in batches)")
     return torch.cat([draw(min(b, n - i)) for i in range(0, n, b)])
-
-
-def _guided_score(model, meta: dict, label: str | None, w: float | None):
-    """(the score to sample, its words for the title): the model's, or with --label the classifier-free
-    guided score of that class at weight w (default 1: the plain conditional score)."""
-    if label is None:
-        return model, ""
-    y, name = _parse_label(label, model, meta)
-    w = 1.0 if w is None else w
-    return classifier_free_score(model, y, w), f", class {name}, w = {w:g}"
-
-
-def _parse_label(label: str, model, meta: dict) -> tuple[int, str]:
-    """--label as a class index (or a class name of the training data) of a class-conditional model."""
-    K = model.num_classes
-    if K is None:
-        raise ValueError("--label: expected a class-conditional model, found an unconditional one (train it with "
-                         "--set model.num_classes=auto on labelled data)")
-    classes = list(meta.get("data", {}).get("classes") or [])
-    if label in classes:
-        return classes.index(label), label
-    if label.lstrip("-").isdigit() and 0 <= int(label) < K:
-        return int(label), classes[int(label)] if int(label) < len(classes) else label
-    hint = f" or a class name ({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})" if classes else ""
-    raise ValueError(f"--label: expected a class index in [0, {K}){hint}, found {label!r}")
 
 
 def _inpainting_inputs(known: str, mask: str, n: int, model, cfg: dict, seed: int):

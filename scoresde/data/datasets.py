@@ -42,6 +42,7 @@ class Dataset:
     mixture: GaussianMixture | None = None    # the exact law of the data, when known
     classes: list[str] = field(default_factory=list)
     levels: int | None = None                 # quantisation levels of the raw data (256: 8-bit), if any
+    texts: list[str] | None = None            # captions aligned with x (text-to-image), if any
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -12,9 +12,13 @@ keys), so a new kind of conditioning changes no sampler and no guidance code: sa
 - `image` (B, C, h, w) float with `image_level` (B,) float: an image condition (the low-resolution
   image of a super-resolution stage, SR3 arXiv:2104.07636) and the level s of its noise
   augmentation (Cascaded Diffusion Models, Ho et al. 2021, arXiv:2106.15282).
+- `pooled` (B, P) float: one vector per prompt beside the token sequence (SDXL's pooled text embedding,
+  `text_embeds`; Podell et al. 2023, arXiv:2307.01952, Sec. 2.1), and `micro` (B, M) float: size
+  micro-conditioning (SDXL's `time_ids`: original size, crop top-left, target size; Sec. 2.2).
 
-The unconditional branch of classifier-free guidance is `cond.null_like(K)`: labels -> K, context ->
-zeros with an all-False mask, the image condition kept (see `Cond.null_like`).
+The unconditional branch of classifier-free guidance is `cond.null_like(K)`: labels -> K, context and
+pooled -> zeros (context with an all-False mask), the image condition and micro-conditioning kept (see
+`Cond.null_like`).
 """
 from __future__ import annotations
 
@@ -85,6 +89,8 @@ _FIELDS = {  # name: (rank, None = any >= 2; dtype kind; what is expected)
     "context_mask": (2, "bool", "(B, L) bool tensor (True = token, False = padding)"),
     "image": (None, "float", "(B, C, h, w) floating-point tensor"),
     "image_level": (1, "float", "(B,) floating-point tensor of noise-augmentation levels"),
+    "pooled": (2, "float", "(B, P) floating-point tensor (a pooled text embedding)"),
+    "micro": (2, "float", "(B, M) floating-point tensor (size micro-conditioning, e.g. SDXL's time_ids)"),
 }
 
 
@@ -103,6 +109,8 @@ class Cond:
         context_mask: (B, L) bool, True where `context` holds a token (None: every position does).
         image: (B, C, h, w) float image condition (any rank >= 2).
         image_level: (B,) float noise-augmentation level of `image`; a number is used for every row.
+        pooled: (B, P) float pooled embedding of the prompt (SDXL's `text_embeds`).
+        micro: (B, M) float micro-conditioning (SDXL's `time_ids`, M = 6).
     A batch-1 condition is broadcast to a batch by `expand` (ScoreModel does it). `Cond()` (no field) is
     the unconditional call, as `cond=None`. Label ranges are checked where K is known (the network,
     guidance), not here.
@@ -113,6 +121,8 @@ class Cond:
     context_mask: torch.Tensor | None = None
     image: torch.Tensor | None = None
     image_level: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    micro: torch.Tensor | None = None
 
     def __post_init__(self):
         for dep, on in (("context_mask", "context"), ("image_level", "image")):
@@ -188,9 +198,10 @@ class Cond:
         labels -> the null label K = `num_classes` (needed when labels are set: the network's class table
         keeps its null row K, so old weights stay valid); context -> zeros with an all-False mask (no
         token, as diffusers' `force_zeros_for_empty_prompt`; a text pipeline passes the encoding of "" or
-        of a negative prompt as its own unconditional Cond instead); image and image_level are KEPT: in a
-        cascade the low-resolution image is what is being upsampled, not what guidance amplifies, so
-        both branches see it and guidance acts on the class / text only.
+        of a negative prompt as its own unconditional Cond instead); pooled -> zeros (the same SDXL rule);
+        image, image_level and micro are KEPT: in a cascade the low-resolution image is what is being
+        upsampled, not what guidance amplifies, so both branches see it and guidance acts on the class /
+        text only; SDXL's size conditioning is the same in both branches (diffusers' default).
         """
         out = dict(self.items())
         if self.labels is not None:
@@ -201,11 +212,13 @@ class Cond:
         if self.context is not None:
             out["context"] = torch.zeros_like(self.context)
             out["context_mask"] = torch.zeros(self.context.shape[:2], dtype=torch.bool, device=self.context.device)
+        if self.pooled is not None:
+            out["pooled"] = torch.zeros_like(self.pooled)
         return Cond(**out)
 
     def is_null(self, num_classes: int | None = None) -> torch.Tensor:
         """(B,) bool: the rows that are the null condition (labels == K and a context without any token; the
-        image condition does not count, `null_like` keeps it). A 0-dim True for the empty `Cond()`."""
+        image condition, pooled and micro do not count). A 0-dim True for the empty `Cond()`."""
         rows = []
         if self.labels is not None:
             rows.append(self.labels == check_num_classes(num_classes))

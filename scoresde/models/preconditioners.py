@@ -21,6 +21,7 @@ same maths, the arithmetic of the original implementations, so results stay bit-
 | `x0`    | x_0                  | 0               | 1                            | 1    |
 | `v`     | alpha z - sigma x_0  | alpha / r       | -sigma / r, r = alpha^2 + sigma^2 | 1 |
 | `edm`   | EDM's F              | s_d^2 / (s^2 + s_d^2) / alpha | s s_d / sqrt(s^2 + s_d^2) / alpha | 1 / (alpha sqrt(s^2 + s_d^2)) |
+| `flow`  | u = z - x_0 (flow matching) | 1 / (alpha + sigma) | -sigma / (alpha + sigma)   | 1    |
 
 (`edm`: s = sigma / alpha, the noise level of x / alpha, and s_d = sigma_data.) The noise input c_noise is a
 noise-input function of its own (`NOISE_INPUTS`) ("t": 999 t, "log_sigma", "sigma", "timestep"; EDM's is ln(s) / 4), chosen by
@@ -36,7 +37,7 @@ import torch
 from scoresde._common.registry import Registry
 
 __all__ = ["Preconditioner", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPrediction",
-           "PRECONDITIONERS", "NOISE_INPUTS", "T_SCALE"]
+           "FlowPrediction", "PRECONDITIONERS", "NOISE_INPUTS", "T_SCALE"]
 
 PRECONDITIONERS = Registry("parameterization")
 NOISE_INPUTS = Registry("conditioning")
@@ -196,6 +197,24 @@ class EDMPrediction(Preconditioner):
         s, sd = sigma / alpha, self.sigma_data
         n = (s.square() + sd ** 2).sqrt()
         return sd ** 2 / n.square() / alpha, s * sd / n, 1 / (alpha * n)   # D(x) = alpha-free EDM on x / alpha
+
+
+@PRECONDITIONERS.register("flow")
+class FlowPrediction(Preconditioner):
+    """F predicts the flow-matching velocity u = z - x_0 (Lipman et al. 2022, arXiv:2210.02747; Liu et al. 2022,
+    arXiv:2209.03003; what SD3 and diffusers' FlowMatch schedulers call the model output). With x = alpha x_0 +
+    sigma z and z = x_0 + u: x = (alpha + sigma) x_0 + sigma u, so D = (x - sigma u) / (alpha + sigma); on the
+    flow path (alpha + sigma = 1) D = x - t u, defined at t = 1 too, where the score (-x) says nothing of x_0."""
+
+    name = "flow"
+    scales_input = False
+
+    def scalings(self, alpha, sigma):
+        r = alpha + sigma
+        return 1 / r, -sigma / r, None
+
+    def x0(self, out, x, alpha, sigma):
+        return (x - sigma * out) / (alpha + sigma)                # x0 = (x - sigma u) / (alpha + sigma)
 
 
 # --- noise inputs c_noise(sde, t, sigma) -> (B,) -------------------------------------------------------

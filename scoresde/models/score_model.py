@@ -106,10 +106,15 @@ class ScoreModel(nn.Module):
     (unconditional score); a batch-1 Cond is broadcast to the batch of x. Class labels where the
     condition goes, `model(x, t, labels)` or the former `model(x, t, y=labels)` (an int or a (B,)
     tensor), are `Cond(labels=labels)`. `.num_classes` is the network's K (None when unconditional).
+
+    A text-conditional model (a network built with `context_dim`) carries its `text_encoder` (a
+    `scoresde.models.text.TextEncoder`, None by default; a submodule, so a jointly trained encoder is
+    saved, averaged and moved with the model): prompts where the condition goes, `model(x, t, "a prompt")`
+    or a list of B prompts, are encoded by it into the Cond of their context.
     """
 
     def __init__(self, net: Callable, sde: Any, parameterization: str = "eps", conditioning: str = "auto",
-                 scale_by_sigma: bool | None = None):
+                 scale_by_sigma: bool | None = None, *, text_encoder: nn.Module | None = None):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net: expected an nn.Module (or callable) net(x, c), found {type(net).__name__}")
@@ -151,6 +156,10 @@ class ScoreModel(nn.Module):
             raise ValueError(f"scale_by_sigma: {scale_by_sigma} disagrees with the preconditioner's "
                              f"{precond.scale_by_sigma}")
         self.precond = precond
+        if text_encoder is not None and not callable(getattr(text_encoder, "encode", None)):
+            raise TypeError(f"text_encoder: expected a TextEncoder (with encode(prompts) -> Cond) or None, found "
+                            f"{type(text_encoder).__name__}")
+        self.text_encoder = text_encoder
 
     @property
     def data_shape(self) -> tuple[int, ...] | None:
@@ -179,11 +188,23 @@ class ScoreModel(nn.Module):
         """The network's prediction at (x, c): `net(x, c)`, or `net(x, c, cond)` when conditional (cond a
         `Cond` broadcast to the batch of x; class labels become Cond(labels=...), see `as_cond`).
         Wrappers of other libraries' networks override this to adapt their call and output."""
-        cond = as_cond(cond)
+        cond = as_cond(self.encode_prompts(cond))
+        if cond is None and self.text_encoder is not None:    # a text model's null condition: its encoder's
+            cond = self.text_encoder.null(x.shape[0])
         # an unconditional net(x, c) is called without a condition; a conditional one gets cond (None = null)
         if cond is None and self.num_classes is None:
             return self.net(x, c)
         return self.net(x, c, None if cond is None else cond.expand(x.shape[0]))
+
+    def encode_prompts(self, cond: Any) -> Any:
+        """A prompt (str) or a list of prompts encoded by `text_encoder` into their Cond; any other condition as is."""
+        prompts = isinstance(cond, str) or (isinstance(cond, (list, tuple)) and cond and
+                                            all(isinstance(p, str) for p in cond))
+        if not prompts:
+            return cond
+        if self.text_encoder is None:
+            raise ValueError("cond: prompts need a text-conditional model (a text_encoder), found text_encoder=None")
+        return self.text_encoder.encode([cond] if isinstance(cond, str) else list(cond))
 
     def _raw(self, x: torch.Tensor, t: Any, cond: Cond | None = None):
         """(network output, alpha, sigma) with alpha and sigma broadcast against x."""
@@ -203,22 +224,22 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The score grad_x log p_t(x), shaped like x."""
-        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
+        out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
         return self.precond.score(out, x, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
-        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
+        out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
         return self.precond.eps(out, x, alpha, sigma)
 
     def x0(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The denoised prediction E[x_0 | x_t = x] (Tweedie's formula): EDM's denoiser D."""
-        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
+        out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
         return self.precond.x0(out, x, alpha, sigma)
 
     denoiser = x0
 
     def v(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The velocity prediction alpha eps - sigma x0 (Salimans & Ho 2022)."""
-        out, alpha, sigma = self._raw(x, t, as_cond(cond, y))
+        out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
         return self.precond.v(out, x, alpha, sigma)

@@ -19,6 +19,7 @@ Sampling reproduces diffusers' loops on the same timesteps: `ddim` with
 and `ancestral` with those times followed by 0 is `DDPMScheduler` given the same noise
 (tests/pretrained/test_diffusers.py). Sampling heuristics of the schedulers (clip_sample, thresholding) are not
 part of the model and are not applied. diffusers is needed only here (`pip install diffusers`).
+Stable Diffusion (XL) pipelines, latent and text-conditional, are loaded by `stable_diffusion.py`.
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ from scoresde._common.limits import check_sizes
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.score_model import ScoreModel
+from scoresde.pretrained.diffusers_flow import flow_scheduler_name, from_diffusers_flow
 from scoresde.sde.alpha_bar import DiscreteVPSDE
+from scoresde.pretrained.stable_diffusion import (PIPELINES, StableDiffusionScoreModel, is_stable_diffusion,
+                                                  load_parts, parts_of_pipeline)
 
 
 __all__ = ["from_diffusers", "DiffusersScoreModel"]
@@ -110,16 +114,21 @@ def _find_scheduler_config(model_dir: str) -> str | None:
 
 
 def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
-    """(network, scheduler config or None) of a pipeline folder or a model folder."""
+    """(network, scheduler config or None) of a pipeline folder or a model folder; for a Stable Diffusion
+    pipeline (the parts of `stable_diffusion.load_parts`, its scheduler config)."""
     diffusers = _diffusers()
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
         components = _read_json(index)
+        if is_stable_diffusion(components):
+            parts = load_parts(path, components)
+            return parts, parts["scheduler_config"]
         latent = [k for k in ("vae", "vqvae", "text_encoder") if components.get(k)]
         if latent:
             raise ValueError(f"path_or_module: {path!r} is a {components.get('_class_name', 'pipeline')} with "
-                             f"{', '.join(latent)}: latent / text-conditional pipelines are not supported, only "
-                             "unconditional pixel-space UNet2DModel pipelines (DDPMPipeline, DDIMPipeline)")
+                             f"{', '.join(latent)}: of latent / text-conditional pipelines only "
+                             f"{' and '.join(sorted(PIPELINES))} are supported, besides unconditional pixel-space "
+                             "UNet2DModel pipelines (DDPMPipeline, DDIMPipeline)")
         if "unet" not in components:
             raise ValueError(f"path_or_module: the pipeline {path!r} has no 'unet' component, found "
                              f"{sorted(k for k in components if not k.startswith('_'))}")
@@ -228,7 +237,10 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
             scheduler/, e.g. DDPMPipeline), or a UNet2DModel folder with its scheduler_config.json
             beside it (or in ../scheduler); or a built network (a UNet2DModel, or any module called
             as net(sample, timestep) returning a tensor or an object with `.sample`), or a pipeline
-            object (with .unet and .scheduler). Nothing is downloaded.
+            object (with .unet and .scheduler). A `StableDiffusionPipeline` / `StableDiffusionXLPipeline`
+            (folder or object) gives the latent, text-conditional `StableDiffusionScoreModel`, with
+            `model.text_encoder` and `model.autoencoder` (scoresde/pretrained/stable_diffusion.py).
+            Nothing is downloaded.
         scheduler: the schedule, when `path_or_module` does not carry one (or to override it): a
             diffusers scheduler, its config dict, or a path to scheduler_config.json or its folder.
         interpolation: of log alpha_bar between timesteps (see `DiscreteVPSDE`): "auto" (default) takes
@@ -239,13 +251,20 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
 
     Returns:
         (model, sde): `model(x, t)` is the score, `model.net` the diffusers network itself,
-        `model.data_shape` (C, H, W) from its config; `sde` a `DiscreteVPSDE` (use
+        `model.data_shape` (C, H, W) from its config (the latent shape for Stable Diffusion); `sde` a
+        `DiscreteVPSDE` (use
         `sde.t_from_timestep` to run samplers on diffusers' timesteps via `times=`).
+
+    A FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler makes it a flow-matching model:
+    (velocity model, `FlowSDE` with the scheduler's shift), see `scoresde.pretrained.diffusers_flow`.
 
     Raises:
         ImportError: diffusers is not installed. ValueError: not a supported model or schedule
-        (a VE / flow-matching / zero-terminal-SNR scheduler, an unknown class, a latent pipeline).
+        (a VE / zero-terminal-SNR / dynamically shifted scheduler, an unknown class, a latent pipeline).
     """
+    if flow_scheduler_name(path_or_module, scheduler):          # FlowMatch*: diffusers_flow.py
+        return from_diffusers_flow(path_or_module, scheduler, interpolation=interpolation,
+                                   ancestral_variance=ancestral_variance)
     sched_cfg = None
     if isinstance(path_or_module, (str, os.PathLike)):
         path = os.fspath(path_or_module)
@@ -253,6 +272,9 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
             raise ValueError(f"path_or_module: expected a diffusers save_pretrained folder, found {path!r} "
                              "(not a directory)")
         net, sched_cfg = _load_dir(path)
+    elif type(path_or_module).__name__ in PIPELINES:                                   # a Stable Diffusion pipeline
+        net = parts_of_pipeline(path_or_module)
+        sched_cfg = net["scheduler_config"]
     elif hasattr(path_or_module, "unet") and hasattr(path_or_module, "scheduler"):      # a pipeline object
         net = path_or_module.unet
         sched_cfg = _scheduler_config(path_or_module.scheduler)
@@ -268,5 +290,9 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
                          "pass scheduler= (a diffusers scheduler, its config dict or its folder)")
     sde, parameterization = discrete_vp_sde(sched_cfg, interpolation=interpolation,
                                             ancestral_variance=ancestral_variance)
-    model = DiffusersScoreModel(net, sde, parameterization, _data_shape(net), sched_cfg)
+    if isinstance(net, dict):                   # a Stable Diffusion pipeline's parts
+        model = StableDiffusionScoreModel(net["unet"], sde, parameterization, net["text_encoder"], net["autoencoder"],
+                                          sched_cfg)
+    else:
+        model = DiffusersScoreModel(net, sde, parameterization, _data_shape(net), sched_cfg)
     return model.eval(), sde

@@ -24,6 +24,7 @@ from scoresde.models.autoencoders.vae import KLAutoencoder
 from scoresde.models.autoencoders.autoencoder import Autoencoder, diffusers_dir, from_diffusers, load_diffusers
 from scoresde.models.nets import get_model
 from scoresde.models.score_model import ScoreModel
+from scoresde.models.text import build_text_encoder
 from scoresde.sde.base import get_sde
 from scoresde.models.ema import EMA
 
@@ -38,6 +39,9 @@ def build_model(meta: dict[str, Any], device: Any = None, *, on_meta: bool = Fal
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         net = get_model(meta["model"]["name"], **net_cfg)
         model = ScoreModel(net, sde, **meta["model"].get("score_config", {}))
+        text = meta["model"].get("text_encoder")
+        if text:                              # a text-conditional run: its jointly trained encoder
+            model.text_encoder = build_text_encoder(text["name"], **text["config"])
     return model.to(device) if device is not None else model, sde
 
 

@@ -160,13 +160,16 @@ def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tenso
 
 
 def save_samples(samples: torch.Tensor, path: str, title: str = "", known: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None) -> None:
+                 mask: torch.Tensor | None = None, nrow: int | None = None) -> None:
     """Samples to `path`: a .npy file of the array, else a figure (`plot_samples`); inpainted images (`known`
-    and `mask` given) as pairs of rows, the known images above their fills (`inpainting_grid`)."""
+    and `mask` given) as pairs of rows, the known images above their fills (`inpainting_grid`); images with
+    `nrow`: a grid of `nrow` per row, all shown (e.g. rows of prompts x their samples)."""
     if path.lower().endswith(".npy"):
         save_npy(path, samples)
     elif known is not None and is_image_shape(samples.shape[1:]):
         inpainting_grid(known, mask, samples, path, title=title)
+    elif nrow is not None and is_image_shape(samples.shape[1:]):
+        image_grid(samples, path, nrow=nrow, title=title)
     else:
         plot_samples(samples, path, title=title)
 

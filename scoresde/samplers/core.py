@@ -29,6 +29,7 @@ from scoresde._common.finite import CheckedScore, NonFiniteError, check_finite, 
 from scoresde._common.registry import Registry
 from scoresde._common.validation import check_int
 from scoresde._common.threads import thread_policy
+from scoresde.samplers.grids import schedule_for, time_grid
 
 
 __all__ = ["SAMPLERS", "SamplerInfo", "sample", "list_samplers", "sampler_info", "uniform_grid", "progress_range",
@@ -54,7 +55,8 @@ class SamplerInfo:
     stochastic: draws noise from `generator` while sampling (else deterministic given x_T).
     takes_grid: steps through every time of an explicit `times` grid (ode, torchsde: its end points only).
     schedule: the default layout of its own grid (a `schedule=` option, "given" for an explicit grid),
-        None for the samplers that step on the uniform grid.
+        None for the samplers that step on the uniform grid. An SDE's `default_schedule` replaces it (or the
+        uniform grid) when the caller names none (FlowSDE, EDMSDE): `samplers.paths.path_schedules` lists them.
     fitted: what `optimize_steps` fits for it: "times", "times and weights" (bns), None: nothing.
     options: the defaults of the options a sampler taking `**options` accepts (None: a default the grid or
         another option sets); the others' options are their keyword-only parameters (`option_defaults`).
@@ -206,7 +208,8 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 
 
 def check_times(sde, times: Any) -> torch.Tensor:
-    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, T]."""
+    """An explicit time grid as a float64 host tensor: 1-D, strictly decreasing, within [0, sde.t_limit] (T, or 1
+    for the flow path, whose kernel is defined up to t = 1 although sampling starts at T < 1)."""
     try:
         t = (times.detach().double().cpu() if isinstance(times, torch.Tensor)
              else torch.tensor([float(v) for v in times], dtype=torch.float64))
@@ -216,8 +219,10 @@ def check_times(sde, times: Any) -> torch.Tensor:
         raise ValueError(f"times: expected at least 2 finite times in a 1-D sequence, found shape {tuple(t.shape)}")
     if not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"times: expected strictly decreasing times, found {t.tolist()[:8]}...")
-    if float(t[0]) > sde.T or float(t[-1]) < 0:
-        raise ValueError(f"times: expected times in [0, T={sde.T}], found {float(t[0])} ... {float(t[-1])}")
+    limit = getattr(sde, "t_limit", sde.T)
+    if float(t[0]) > limit or float(t[-1]) < 0:
+        raise ValueError(f"times: expected times in [0, {'T=' if limit == sde.T else 't_limit='}{limit}], "
+                         f"found {float(t[0])} ... {float(t[-1])}")
     return t
 
 
@@ -276,10 +281,19 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
             raise ValueError(f"times: an explicit grid replaces steps and eps; found steps={steps!r}, eps={eps!r}")
         grid = check_times(sde, times)
         steps = len(grid) - 1
+        if (info.schedule is None and float(grid[0]) > sde.T                  # beyond T: t = 1 of the flow path
+                and float(sde.marginal_coefs(grid[:1])[0]) == 0):
+            raise ValueError(f"times: sampler {sampler!r} needs the score at t_0 = {float(grid[0])}, where alpha = 0 "
+                             "and the score carries no information about the data; start below it (e.g. at "
+                             f"T={sde.T}) or use sampler 'ddim', which reads the model's data prediction there")
         if info.schedule is not None:          # a sampler with its own grid layout steps on this one
             if options.setdefault("schedule", "given") != "given":
                 raise ValueError(f"schedule: an explicit `times` grid is stepped as given; found "
                                  f"schedule={options['schedule']!r}")
+    elif info.schedule is not None and "schedule" not in options:
+        path = schedule_for(sde, sampler, info.schedule)    # the path's own grid (flow, EDM) if it declares one
+        if path != info.schedule:
+            options["schedule"] = path
     steps = sde.N if steps is None else check_int("steps", steps)
     eps = sde.default_eps if eps is None else eps
     if times is None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T):
@@ -299,7 +313,10 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
                          f"found one on {generator.device}")
     if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
         sde = sde.with_steps(steps)
-    if times is None:
+    step_schedule = schedule_for(sde, sampler, None) if info.schedule is None else None
+    if times is None and step_schedule is not None:      # e.g. EDM's rho = 7 grid for euler_maruyama
+        ts = time_grid(sde, steps, float(eps), step_schedule, device=x.device, dtype=x.dtype)
+    elif times is None:
         ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
     else:
         ts = grid.to(device=x.device, dtype=x.dtype)

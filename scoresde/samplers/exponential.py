@@ -44,8 +44,10 @@ __all__ = ["ddim", "heun", "dpm_solver"]
                    nfe=one_per_time, stochastic=False, takes_grid=True, schedule="logsnr", fitted="times")
 def ddim(sde, score_fn, x, ts, *, generator=None, denoise=True, progress=False,
          schedule: str = "logsnr", rho: float = 7.0) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) on the probability-flow ODE; NFE = steps."""
-    g = LogSNRGrid(sde, x, ts, denoise, schedule, rho)
+    """Deterministic DDIM (eta = 0) on the probability-flow ODE; NFE = steps. A given grid may start where
+    alpha = 0 (t = 1 of the flow path; its first step reads the model's data prediction `x0`), where DDIM on
+    the flow path is Euler in t: x_s = (s / t) x_t + (1 - s / t) D."""
+    g = LogSNRGrid(sde, x, ts, denoise, schedule, rho, from_alpha_zero=True)
     for i in progress_range(g.n + denoise, progress, "ddim"):    # the bar counts the final step too
         D = denoised(score_fn, x, g, i)
         if i == g.n:                                              # final step to noise 0: x = D

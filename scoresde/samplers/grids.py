@@ -10,7 +10,14 @@ monotone function of the noise level and mapped back to t with `sde.t_from_half_
   DPM-Solver (Lu et al. 2022, arXiv:2206.00927, Sec. 3.4);
 - "karras":  sigma~_i = (sigma~_max^(1/rho) + i/steps (sigma~_min^(1/rho) - sigma~_max^(1/rho)))^rho in
   the scale-free noise level sigma~ = sigma / alpha = e^{-lambda} (Karras et al. 2022,
-  arXiv:2206.00364, eq. 5); rho = 7 is their choice, rho = 1 is uniform in sigma~.
+  arXiv:2206.00364, eq. 5); rho = 7 is their choice, rho = 1 is uniform in sigma~;
+- "shifted": SD3's resolution shift (Esser et al. 2024, arXiv:2403.03206) on a uniform grid in t:
+  t_i = shift u_i / (1 + (shift - 1) u_i) with u uniform between the unshifted end points, shift =
+  `sde.shift` (FlowSDE; 1, i.e. "uniform", for an SDE without one); diffusers' flow schedulers'
+  sigmas with `shift` / `flow_shift`.
+
+An SDE's `default_schedule` (FlowSDE and EDMSDE declare one) is the layout `sample` gives a sampler when
+the caller names none (`schedule_for`); the other SDEs keep each sampler's own.
 
 The grid is computed once in float64 on the host and moved to the caller's device and dtype: it
 costs no per-step synchronisation.
@@ -18,16 +25,16 @@ costs no per-step synchronisation.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from scoresde._common.validation import check_int, check_positive
 
 
-__all__ = ["SCHEDULES", "time_grid", "check_schedule"]
+__all__ = ["SCHEDULES", "time_grid", "check_schedule", "schedule_for"]
 
-SCHEDULES = ("logsnr", "karras", "uniform", "quadratic")
+SCHEDULES = ("logsnr", "karras", "uniform", "quadratic", "shifted")
 
 
 def check_schedule(schedule: Any) -> str:
@@ -35,6 +42,18 @@ def check_schedule(schedule: Any) -> str:
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {list(SCHEDULES)}, found {schedule!r}")
     return schedule
+
+
+def schedule_for(sde, sampler: str, default: str | None) -> str | None:
+    """The grid `sampler`, whose own default layout is `default` (None: it steps on the uniform grid), lays out
+    on `sde` when the caller names none: the SDE's `default_schedule`, a name (for every sampler that lays out
+    its own grid) or a mapping {sampler name: schedule, "*": the fast samplers' fallback}, else `default`."""
+    path = getattr(sde, "default_schedule", None)
+    if isinstance(path, Mapping):
+        path = path.get(sampler, path.get("*") if default is not None else None)
+    elif default is None:
+        path = None
+    return default if path is None else path
 
 
 def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: float = 7.0,
@@ -45,7 +64,7 @@ def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: f
         sde: any SDE with `marginal_coefs`, `half_log_snr` and `t_from_half_log_snr`.
         steps: number of intervals (>= 1).
         t_end: the last time, in (0, T).
-        schedule: "logsnr", "karras", "uniform" or "quadratic" (see the module docstring).
+        schedule: "logsnr", "karras", "uniform", "quadratic" or "shifted" (see the module docstring).
         rho: Karras' exponent (> 0), used by "karras" only.
         t_start: the first time (default `sde.T`).
     """
@@ -53,6 +72,8 @@ def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: f
     check_schedule(schedule)
     rho = check_positive("rho", rho)
     t_start = float(sde.T if t_start is None else t_start)
+    if sde.T < t_start <= sde.T * (1 + 1e-6):   # T read back from a float32 grid (FlowSDE's T = 0.999 is not
+        t_start = float(sde.T)                  # a float32): the round-off is not a later start
     t_end = float(t_end)
     if not 0 < t_end < t_start <= sde.T:
         raise ValueError(f"t_end: expected 0 < t_end < t_start={t_start} <= T={sde.T}, found {t_end!r}")
@@ -60,6 +81,11 @@ def time_grid(sde, steps: int, t_end: float, schedule: str = "logsnr", *, rho: f
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     if schedule == "uniform":
         t = ends[0] + u * (ends[1] - ends[0])
+    elif schedule == "shifted":
+        shift = float(getattr(sde, "shift", 1.0))
+        r = ends / (shift - (shift - 1) * ends)          # the unshifted end points (inverse of the shift)
+        r = r[0] + u * (r[1] - r[0])
+        t = shift * r / (1 + (shift - 1) * r)
     elif schedule == "quadratic":
         # sqrt(t_i) linear in i: DPM-Solver's "time_quadratic" grid (Lu et al. 2022, Sec. 3.4)
         r = ends.sqrt()

@@ -15,7 +15,8 @@ from scoresde.samplers.grids import check_schedule, time_grid
 class LogSNRGrid:
     """The sampler's own grid (device tensor for score calls) and its coefficients as floats."""
 
-    def __init__(self, sde, x: torch.Tensor, ts: torch.Tensor, denoise: bool, schedule: str, rho: float):
+    def __init__(self, sde, x: torch.Tensor, ts: torch.Tensor, denoise: bool, schedule: str, rho: float,
+                 from_alpha_zero: bool = False):
         if schedule != "given":
             check_schedule(schedule)
         check_positive("rho", rho)
@@ -24,6 +25,7 @@ class LogSNRGrid:
             t = ts.double().cpu()                                 # one host read, before sampling
         else:
             t_start, t_end = ts[[0, -1]].double().tolist()        # one host read, before sampling
+            t_start = min(t_start, sde.T)     # T rounded to x's dtype may lie above it (the flow path's 0.999 in float32)
             if self.n == 0:
                 t = torch.tensor([t_start], dtype=torch.float64)
             else:
@@ -33,6 +35,10 @@ class LogSNRGrid:
             raise ValueError(f"times: the fast samplers need sigma(t) > 0 at every time; found t = {float(t[-1])} "
                              "with sigma = 0 (end at the smallest positive time; denoise=True adds the data "
                              "prediction)")
+        if not from_alpha_zero and float(alpha[0]) == 0:          # t = 1 of the flow path: lambda = -inf
+            raise ValueError(f"times: this sampler needs alpha(t) > 0 at every time; found t_0 = {float(t[0])} with "
+                             f"alpha = 0; start below it (e.g. at T={sde.T}) or use sampler 'ddim', which steps from "
+                             "there on the model's data prediction")
         self.t = t.to(device=x.device, dtype=x.dtype)             # (n + 1,)
         self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
         self.lam = (alpha.log() - sigma.log()).tolist()           # half log-SNR lambda_i
@@ -68,6 +74,15 @@ def check_multistep(order: Any, corrector: Any, option: str, value: Any, allowed
         raise TypeError(f"corrector: expected a bool, found {type(corrector).__name__}")
 
 def denoised(score_fn, x: torch.Tensor, g: LogSNRGrid, i: int) -> torch.Tensor:
-    """D(x; t_i) = (x + sigma_i^2 s(x, t_i)) / alpha_i, Tweedie's data prediction (one NFE)."""
+    """D(x; t_i) = (x + sigma_i^2 s(x, t_i)) / alpha_i, Tweedie's data prediction (one NFE). Where alpha_i = 0
+    (t = 1 of the flow path: x = z, the score -x) the score cannot give it; the score function's own data
+    prediction `x0(x, t)` (a `ScoreModel`'s denoiser, e.g. x - u of a velocity model) does."""
+    if g.alpha[i] == 0:
+        x0 = getattr(score_fn, "x0", None)
+        if not callable(x0):
+            raise ValueError(f"times: at t = {float(g.t[i])} alpha = 0 and the score says nothing of the data; "
+                             "starting there needs a score function with a data prediction x0(x, t) (a ScoreModel), "
+                             f"found {type(getattr(score_fn, 'score_fn', score_fn)).__name__}; start below t = 1")
+        return x0(x, g.t[i].expand(x.shape[0]))
     s = score_fn(x, g.t[i].expand(x.shape[0]))
     return (x + g.sigma[i] ** 2 * s) / g.alpha[i]

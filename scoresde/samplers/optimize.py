@@ -52,7 +52,7 @@ from scoresde.samplers.core import SAMPLERS, SamplerInfo, sample
 from scoresde._common.validation import check_int
 from scoresde._common.digests import tensor_digests
 from scoresde._common.statefile import load_state, save_state
-from scoresde.samplers.grids import time_grid
+from scoresde.samplers.grids import schedule_for, time_grid
 from scoresde.samplers.bns import fit_bns, unipc_weights
 
 
@@ -292,7 +292,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
     err_default = search["err_default"]
     grid = best["grid"].double()
     if err_default <= best["err"]:                             # never worse than the default grid
-        grid = time_grid(sde, L - 1, eps, SAMPLERS[sampler].schedule, dtype=torch.float64)
+        grid = time_grid(sde, L - 1, eps, schedule_for(sde, sampler, SAMPLERS[sampler].schedule), dtype=torch.float64)
         best["err"] = err_default
     if not search["done"]:
         search = {**search, "done": True, "fev": best["fev"], "best_err": best["err"], "best_grid": grid}
@@ -318,7 +318,7 @@ def optimize_steps(sde, score_fn: Callable, budget: int, *, sampler: str = "unip
         return grid
     info = {"sampler": sampler, "budget": int(budget), "options": dict(options), "denoise": bool(denoise),
             "eps": float(eps), "calibration": len(x_T), "reference_steps": reference_steps, "loss": loss,
-            "error_default": err_default, "default_schedule": SAMPLERS[sampler].schedule,
+            "error_default": err_default, "default_schedule": schedule_for(sde, sampler, SAMPLERS[sampler].schedule),
             "error_fixed": search["errs"], "start": search["start"], "error": best["err"], "fevals": best["fev"],
             **extra, "cpu_seconds": time.process_time() - cpu0, "resumed": resumed}
     return grid, info

@@ -71,9 +71,19 @@ class SDE(abc.ABC):
     # what a ScoreModel feeds its network by default: "t" (c = 999 t, DDPM's timestep scale)
     # for VP / sub-VP, "log_sigma" (c = log sigma(t), the NCSN++ convention) for VE
     default_conditioning: str = "t"
+    # the time grid the samplers lay out on this path when the caller passes no `schedule=`: a name of
+    # `samplers.grids.SCHEDULES` (for the fast samplers), or {sampler name: name, "*": the fast samplers' other};
+    # None: each sampler's own default (see `samplers.grids.schedule_for`)
+    default_schedule: Any = None
 
     def __init__(self, N: int = 1000):
         self.N = check_int("N", N)
+
+    @property
+    def t_limit(self) -> float:
+        """The last time of the kernel: an explicit `times` grid may start there. T, except for a path that
+        samples from T below its end (the flow path: T = t_max < t_limit = 1, where alpha = 0)."""
+        return self.T
 
     # --- the interface of score_sde's sde_lib ---------------------------------------------
     @abc.abstractmethod

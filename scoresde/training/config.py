@@ -25,7 +25,9 @@ from scoresde._common import limits as L
 from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
 from scoresde.models.nets import MODELS, check_model_config, model_parameters
+from scoresde.models.phema import check_sigma_rel
 from scoresde.models.score_model import ScoreModel
+from scoresde.models.text import TEXT_ENCODERS, TEXT_KEYS
 
 
 __all__ = ["default_config", "resolve", "validate", "check_model_keys", "check_sizes_of", "check_run_memory",
@@ -53,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "sde": {"name": "vp"},   # plus constructor arguments: beta_min, beta_max, sigma_min, sigma_max, N
     "model": {"name": "mlp", "parameterization": "eps"},  # plus get_model keyword arguments, and
-                             # num_classes: 0 (unconditional), K, or "auto" (K from the data's labels)
+                             # num_classes: 0 (unconditional), K, or "auto" (K from the data's labels);
+                             # on captioned data text_encoder ("transformer" by default, "" for none),
+                             # text_len, text_depth, text_heads, text_tokenizer (scoresde.models.text)
     "train": {
         "steps": 6000,       # optimisation steps
         "batch_size": 512,   # per process
@@ -65,10 +69,14 @@ DEFAULTS: dict[str, Any] = {
         "warmup": 500,       # linear learning-rate warm-up steps (score_sde: 5000 for images)
         "grad_clip": 1.0,    # clip the gradient norm (negative: off)
         "ema_decay": 0.999,  # EMA of the weights (score_sde: 0.9999 for images)
+        "phema_std": [],     # post-hoc EMA (EDM2): the relative lengths of the power-function EMAs tracked and
+                             # snapshotted to RUN/phema, e.g. [0.05, 0.1] ([]: off); `scoresde ema` fits others
+        "phema_every": 0,    # post-hoc EMA snapshot interval (steps; 0: train.ckpt_every)
         "likelihood_weighting": False,
         "loss_eps": 1e-5,    # smallest diffusion time in the loss
-        "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes): the
-                             # null-label rate that trains the unconditional score (Ho & Salimans 2022)
+        "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes), prompt dropout
+                             # (caption -> "") of a text model: the rate that trains the unconditional
+                             # score (Ho & Salimans 2022)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
@@ -139,6 +147,7 @@ _BOUNDS = {
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
     "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False), "train.log_every": (1, False), "train.ckpt_every": (1, False),
     "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
+    "train.phema_every": (0, False),
     "train.keep": (1, False), "train.max_nonfinite": (1, False),
     "sample.steps": (1, False), "sample.n": (1, False),
     "discrete.seq_len": (0, False), "discrete.eps": (0.0, False), "discrete.vocab_size": (0, False),
@@ -167,7 +176,7 @@ def default_config() -> dict[str, Any]:
 
 
 def _type_name(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(v), type(v).__name__)
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(type(v), type(v).__name__)
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
@@ -195,7 +204,21 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
         raise ValueError(f"config {key}: expected < 1, found {value!r}")
     if key == "train.p_uncond" and value > 1:
         raise ValueError(f"config {key}: expected a probability in [0, 1], found {value!r}")
+    if key == "train.phema_std":
+        value = _check_phema_std(value)
     return value
+
+
+def _check_phema_std(value: list) -> list[float]:
+    """train.phema_std: distinct relative EMA lengths in (0, 1/sqrt(12)] (distinct to 3 decimals, the snapshots'
+    file names)."""
+    try:
+        out = [check_sigma_rel(v, "config train.phema_std") for v in value]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{e} (in {value!r})") from None
+    if len({f"{v:.3f}" for v in out}) != len(out):
+        raise ValueError(f"config train.phema_std: expected distinct values (to 3 decimals), found {value!r}")
+    return out
 
 
 def _check_num_classes(value: Any) -> Any:
@@ -319,14 +342,22 @@ def check_model_keys(model: Mapping[str, Any]) -> None:
     name = model.get("name")
     if not isinstance(name, str) or name not in MODELS:
         return
-    score_params = {k: p for k, p in inspect.signature(ScoreModel).parameters.items() if k not in ("net", "sde")}
+    score_params = {k: p for k, p in inspect.signature(ScoreModel).parameters.items()
+                    if k not in ("net", "sde", "text_encoder")}
     keys = {k: v for k, v in model.items() if k != "name"}
+    for key, kind in TEXT_KEYS.items():          # the text encoder's keys (scoresde.models.text)
+        if key in keys and (not isinstance(keys[key], kind) or isinstance(keys[key], bool)):
+            raise ValueError(f"config model.{key}: expected {_type_name(kind())}, found {keys[key]!r}")
+    if keys.get("text_encoder"):
+        TEXT_ENCODERS[keys["text_encoder"]]
+    score_params.update({k: None for k in TEXT_KEYS})
     if "data_shape" in keys:
         raise ValueError("config model.data_shape: set from the data (each example's shape), not a config key")
     check_model_config(name, keys, extra=tuple(score_params), exclude=("data_shape",), prefix="model.")
     params = {**score_params, **(model_parameters(name) or {})}
     for key, value in keys.items():
-        allowed = _annotated_types(params[key].annotation) if key in params and key != "num_classes" else None
+        allowed = (_annotated_types(params[key].annotation) if params.get(key) is not None and key != "num_classes"
+                   else None)
         ok = allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed))
         if not ok:
             raise ValueError(f"config model.{key}: expected {_annotation_words(params[key].annotation)}, "

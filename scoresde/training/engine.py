@@ -6,7 +6,8 @@ moving average of the weights for sampling, bf16 autocast on CUDA. The task owns
 
 A run directory holds `.lock` (held while a run is live), the resolved `config.toml`, `log.csv`,
 `loss.png`, `checkpoints/ckpt_<step>.safetensors` (the last `train.keep`, each with tensor and
-metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`.
+metadata digests), `best.safetensors` (with `train.eval_every`), sample plots, `samples.npy` and `metrics.json`;
+with `train.phema_std`, the post-hoc EMA snapshots in `phema/` (`scoresde.runs.phema`).
 
 Resuming is exact: every source of randomness is an explicit generator (data order, loss noise) or
 the torch CPU/CUDA RNG (dropout), all checkpointed with the optimiser and EMA state, on every rank, so
@@ -45,6 +46,7 @@ from scoresde._common.threads import policy_threads
 from scoresde.models.ema import EMA
 from scoresde.models.nets.device import autocast
 from scoresde.runs.plots import plot_loss
+from scoresde.runs.phema import PHEMA_DIR, PosthocEMA
 
 
 __all__ = ["Engine", "TrainResult", "TrainingError", "make_adam", "resolve_run", "run_dir_of"]
@@ -163,7 +165,7 @@ class Engine:
                 if lock.stale:
                     log.warning("run directory %s: took over the lock of a process that is gone (%s)", self.run_dir,
                                 lock.stale)
-                for sub in ("", "checkpoints", "samples", "steps"):
+                for sub in ("", "checkpoints", "samples", "steps", PHEMA_DIR):
                     remove_stale_temporaries(os.path.join(self.run_dir, sub))   # left by a write that was killed
             if self.resume_state is None and list_checkpoints(self.run_dir):
                 raise ValueError(f"run directory {self.run_dir!r} already holds checkpoints; pass --resume to "
@@ -187,6 +189,8 @@ class Engine:
         self.model = model = task.build(device)
         self.opt = make_adam(model.parameters(), T)
         self.ema = EMA(model, decay=T["ema_decay"])
+        self.phema = (PosthocEMA(model, T["phema_std"], T["phema_every"] or T["ckpt_every"], self.run_dir, self.main)
+                      if T["phema_std"] else None)          # post-hoc EMA (EDM2): power-function EMAs, snapshots
         self.gens = {"data": torch.Generator().manual_seed(cfg["seed"] + info.rank),
                      "noise": torch.Generator(device).manual_seed(cfg["seed"] + 7919 * (info.rank + 1))}
         self.step, self.counts, self.resumed_from = 0, {"skipped": 0}, None
@@ -209,6 +213,8 @@ class Engine:
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path!r} does not match the configured model "
                                   f"({str(e).splitlines()[0]})") from None
+        if self.phema is not None:
+            self.phema.resume(unflatten_state(st["phema"], tensors) if "phema" in st else None, int(meta["step"]))
         if len(rng["data"]) != info.world_size:
             raise ValueError(f"resume: the checkpoint was written by {len(rng['data'])} processes, this run has "
                              f"{info.world_size}; resume with the same number of processes")
@@ -237,6 +243,8 @@ class Engine:
         state = {"ema": flatten_state(self.ema.state_dict(), "ema", tensors),
                  "optim": flatten_state(self.opt.state_dict(), "optim", tensors),
                  "rng": flatten_state(rng, "rng", tensors)}
+        if self.phema is not None:
+            state["phema"] = flatten_state(self.phema.state_dict(), "phema", tensors)
         meta = {**self.task.meta(), "task": self.task.name, "step": self.step, "config": self.cfg,
                 "counts": self.counts, "state": state, "world_size": len(rng["data"])}
         path = os.path.join(self.run_dir, "checkpoints", name or f"ckpt_{self.step:08d}.safetensors")
@@ -303,6 +311,8 @@ class Engine:
                 else:
                     self.counts["skipped"], streak = self.counts["skipped"] + 1, streak + 1
                 self.step += 1
+                if self.phema is not None:
+                    self.phema.update(model, self.step)
                 bar.update(1)
                 step = self.step
                 if streak >= T["max_nonfinite"]:
@@ -335,6 +345,8 @@ class Engine:
             # skipped steps leave the weights untouched, so a checkpoint after one is still a good one
             if self.ckpt_step != self.step:
                 last_ckpt = self._checkpoint() or last_ckpt
+            if self.phema is not None:
+                self.phema.snapshot(self.step)
         return self._finish(last_ckpt, last_loss, interrupted)
 
     def _flush_log(self) -> None:

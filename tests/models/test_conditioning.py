@@ -325,3 +325,31 @@ def test_dropout_and_conditional_loss_on_cond():
 
 def test_cond_is_public():
     assert ss.Cond is Cond and "Cond" in ss.__all__
+
+
+def test_pooled_and_micro_fields():
+    """SDXL's extra inputs: `pooled` (B, P) and `micro` (B, M), validated and carried by expand / cat / where /
+    to; null_like zeros pooled (SDXL's force_zeros_for_empty_prompt) and keeps micro (the same sizes in both
+    branches, as diffusers' default negative time_ids)."""
+    ctx, _ = text(2)
+    pooled, micro = torch.randn(2, 6), torch.tensor([[16.0, 16, 0, 0, 16, 16]]).expand(2, -1)
+    c = Cond(context=ctx, pooled=pooled, micro=micro)
+    assert c.keys() == ("context", "pooled", "micro") and c.batch_size == 2
+    n = c.null_like()
+    assert torch.equal(n.pooled, torch.zeros(2, 6)) and n.micro is micro and torch.equal(n.context, torch.zeros_like(ctx))
+    both = Cond.cat(c, n)
+    assert torch.equal(both.pooled[:2], pooled) and torch.equal(both.micro[2:], micro)
+    w = c.where(torch.tensor([False, True]), n)
+    assert torch.equal(w.pooled[0], torch.zeros(6)) and torch.equal(w.pooled[1], pooled[1])
+    one = Cond(context=ctx[:1], pooled=pooled[:1], micro=micro[:1]).expand(3)
+    assert one.pooled.shape == (3, 6) and one.micro.shape == (3, 6)
+    assert c.to(torch.float64).pooled.dtype == c.to(torch.float64).micro.dtype == torch.float64
+    assert torch.equal(n.is_null(), torch.ones(2, dtype=torch.bool))           # pooled and micro do not count
+    for kwargs, error, match in [
+            (dict(pooled=torch.zeros(2)), ValueError, r"pooled: expected a \(B, P\) .* found shape \(2,\)"),
+            (dict(micro=torch.zeros(2, 6, dtype=torch.long)), TypeError, "micro: expected .* found dtype torch.int64"),
+            (dict(context=ctx, pooled=torch.zeros(3, 6)), ValueError, "found context 2, pooled 3")]:
+        with pytest.raises(error, match=match):
+            Cond(**kwargs)
+    with pytest.raises(ValueError, match=r"conds: expected the same fields in every Cond"):
+        Cond.cat(c, Cond(context=ctx))

@@ -20,7 +20,7 @@ DECLARED = [
     ("pc", {"predictor": "ancestral", "corrector": "annealed_langevin", "corrector_steps": 3}),
     ("annealed_langevin", {}), ("annealed_langevin", {"corrector_steps": 2}),
     ("torchsde", {}), ("torchsde", {"method": "milstein"}),
-    ("ddim", {}), ("heun", {}), ("heun", {"schedule": "uniform"}), ("dpm_solver", {"order": 3}),
+    ("ddim", {}), ("heun", {}), ("heun", {"schedule": "uniform"}), ("edm", {}), ("edm", {"S_churn": 0.0}), ("dpm_solver", {"order": 3}),
     ("deis", {}), ("deis", {"order": 3, "corrector": True}), ("unipc", {}), ("unipc", {"order": 3}), ("bns", {}),
 ]
 

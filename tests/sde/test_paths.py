@@ -24,7 +24,7 @@ def test_flow_closed_form():
     mean, std = sde.marginal_prob(x, t)
     torch.testing.assert_close(mean, (1 - t)[:, None, None] * x, rtol=1e-14, atol=0)
     torch.testing.assert_close(std, t, rtol=0, atol=0)
-    assert sde.T == pytest.approx(0.999) and sde.prior_std == 1.0
+    assert sde.T == pytest.approx(0.999) and sde.prior_std == sde.T      # N(0, I) read at T: std sigma(T) = T
     # lambda = log((1 - t) / t); EDM's sigma = t / (1 - t) = e^{-lambda}
     torch.testing.assert_close(sde.half_log_snr(t).neg().exp(), t / (1 - t), rtol=1e-12, atol=0)
 

@@ -205,8 +205,9 @@ def test_cli_trains_samples_and_scores_text(tmp_path):
     one_line_error(run("sample", "--checkpoint", out, "--steps", 0), "--steps")
     one_line_error(run("sample", "--checkpoint", out, "--label", 1), "--label: an option of score models")
     one_line_error(run("sample", "--checkpoint", out, "--out", tmp_path / "s.png"), ".txt")
-    one_line_error(run("sample", "--checkpoint", os.path.join(HERE, "fixtures", "legacy_run"), "--prompt", "a",
-                       "--out", tmp_path / "a.npy"), "--prompt: an option of sequence runs")
+    one_line_error(run("sample", "--checkpoint", os.path.join(HERE, "fixtures", "legacy_run"), "--allow-unverified",
+                       "--prompt", "a", "--out", tmp_path / "a.npy"),      # a score model: text models only
+                   "--prompt: expected a text-conditional model")
     (tmp_path / "bad.txt").write_text("the cat?\n")
     one_line_error(run("likelihood", "--checkpoint", out, "--data", tmp_path / "bad.txt"), "'?'")
     r = run("train", "--task", "masked", "--dry-run")

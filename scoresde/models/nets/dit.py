@@ -10,6 +10,12 @@ The sum conditions every transformer block by adaLN-Zero: a linear map of SiLU(c
 shift, scale and gate of each residual branch, zero-initialised, so every block starts as the
 identity; the adaLN final layer is zero-initialised too, so a new network outputs exactly zero.
 
+With `context_dim=D` every block also attends to a token sequence (cond.context (B, L, D), its padding
+mask cond.context_mask) by a cross-attention placed after the self-attention, as PixArt-alpha does
+(Chen et al. 2023, arXiv:2310.00426, Sec. 2.3): x <- x + CrossAttn(x, context), no adaLN on that branch,
+its output projection zero-initialised (a new network still outputs exactly zero). A condition without a
+context (the null condition) skips it (`models/nets/attention.py` documents the choice).
+
 Module and parameter names follow the official facebookresearch/DiT `models.py`, so its state
 dicts (e.g. DiT-XL-2-256x256.pt) load with `strict=True`; `forward(x, c, y)` returns what the
 official `forward(x, t, y)` returns: all output channels (2C with `learn_sigma`: [eps, v]).
@@ -30,6 +36,7 @@ from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
+from scoresde.models.nets.attention import CrossAttention, context_of
 from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
                                          check_unconditional, class_labels, cond_labels)
 
@@ -93,7 +100,7 @@ class TimestepEmbedder(nn.Module):
     """c (B,) -> (B, D): frequency features (sinusoidal, or Gaussian Fourier for c = log sigma) + MLP."""
 
     def __init__(self, hidden_size: int, freq_dim: int = 256, embedding: str = "sinusoidal",
-                 fourier_scale: float = 16.0):
+                 fourier_scale: float = 16.0, context_dim: int | None = None):
         super().__init__()
         self.freq_dim = freq_dim
         self.fourier = GaussianFourierProjection(freq_dim // 2, fourier_scale) if embedding == "fourier" else None
@@ -159,18 +166,23 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning (Peebles & Xie 2023, Sec. 3.2, Fig. 3)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, context_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
+        if context_dim is not None:       # only then a module: the official state dicts keep their keys
+            self.cross_attn = CrossAttention(dim, num_heads, context_dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond).chunk(6, dim=1)
         # x <- x + gate * F(LN(x) (1 + scale) + shift), for F = attention, then F = MLP
         x = torch.addcmul(x, gate1.unsqueeze(1), self.attn(modulate(self.norm1(x), shift1, scale1)))
+        if context is not None:
+            x = x + self.cross_attn(x, context, mask)        # PixArt-alpha: x <- x + CrossAttn(x, context)
         return torch.addcmul(x, gate2.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
@@ -205,13 +217,15 @@ class DiT(nn.Module):
             class_dropout_prob > 0); without it there is no unconditional score (no guidance).
         embedding: "sinusoidal" (DiT's, for c = 999 t or DiT's timesteps) or "fourier" (for c = log sigma).
         fourier_scale: std of the Fourier frequencies ("fourier" only).
+        context_dim: the width D of context tokens cond.context (B, L, D) for a cross-attention in every
+            block (PixArt-alpha), or None (none).
     """
 
     def __init__(self, data_shape: Sequence[int] = (4, 32, 32), preset: str | None = None, *,
                  depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
                  patch_size: int | None = None, mlp_ratio: float = 4.0, num_classes: int | None = None,
                  learn_sigma: bool = False, null_label: bool = True, embedding: str = "sinusoidal",
-                 fourier_scale: float = 16.0):
+                 fourier_scale: float = 16.0, context_dim: int | None = None):
         super().__init__()
         if preset is not None and preset not in DIT_PRESETS:
             raise ValueError(f"preset: expected one of {list(DIT_PRESETS)} or None, found {preset!r}")
@@ -243,6 +257,9 @@ class DiT(nn.Module):
                            embedding=embedding, fourier_scale=float(fourier_scale))
         if self.num_classes is not None:  # only then in the config, as for the other networks
             self.config.update(num_classes=self.num_classes, null_label=null_label)
+        self.context_dim = None if context_dim is None else check_int("context_dim", context_dim)
+        if self.context_dim is not None:
+            self.config["context_dim"] = self.context_dim
 
         self.x_embedder = PatchEmbed(C, D, p)
         self.t_embedder = TimestepEmbedder(D, embedding="fourier" if embedding == "fourier" else "sinusoidal",
@@ -251,7 +268,7 @@ class DiT(nn.Module):
         # fixed sin-cos table (set in reset_parameters), in the state dict as the official nn.Parameter
         # with requires_grad=False
         self.pos_embed = nn.Parameter(torch.empty(1, self.grid[0] * self.grid[1], D), requires_grad=False)
-        self.blocks = nn.ModuleList(DiTBlock(D, heads, mlp_ratio) for _ in range(arch["depth"]))
+        self.blocks = nn.ModuleList(DiTBlock(D, heads, mlp_ratio, self.context_dim) for _ in range(arch["depth"]))
         self.final_layer = FinalLayer(D, p, self.out_channels)
         self.reset_parameters()
 
@@ -267,7 +284,8 @@ class DiT(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
@@ -275,7 +293,9 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for ada in [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]:
+        zero = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
+        zero += [b.cross_attn.to_out for b in self.blocks if hasattr(b, "cross_attn")]   # PixArt: zero cross-attn out
+        for ada in zero:
             nn.init.zeros_(ada.weight)
             nn.init.zeros_(ada.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -295,6 +315,7 @@ class DiT(nn.Module):
         """
         h, c = check_inputs(self, x, c, self.pos_embed.dtype)
         y, name = cond_labels(self, cond)
+        ctx, mask = context_of(self, cond, x.shape[0])
         h = self.x_embedder(h) + self.pos_embed                                 # (B, N, D)
         emb = self.t_embedder(c)                                                # (B, D)
         if self.y_embedder is not None:
@@ -302,5 +323,5 @@ class DiT(nn.Module):
         else:
             check_unconditional(self, y, name)
         for block in self.blocks:
-            h = block(h, emb)
+            h = block(h, emb, ctx, mask)
         return self.unpatchify(self.final_layer(h, emb)).to(x.dtype)

@@ -124,9 +124,13 @@ def cond_labels(net: nn.Module, cond) -> tuple[torch.Tensor | None, str]:
     field the network cannot read is refused), a (B,) label tensor (the former `forward(x, c, y)` call,
     and DiT's official one) or None (unconditional / the null label)."""
     if isinstance(cond, Cond):
-        extra = [k for k in cond.keys() if k != "labels"]
+        read = ("labels", "context", "context_mask") if getattr(net, "context_dim", None) is not None else ("labels",)
+        extra = [k for k in cond.keys() if k not in read]
         if extra:
-            raise ValueError(f"cond: this {type(net).__name__} reads class labels only, found fields {extra}")
+            what = "class labels and a context" if len(read) > 1 else "class labels only"
+            hint = ("; build it with context_dim=D for cross-attention to a token sequence"
+                    if "context" in extra and len(read) == 1 else "")
+            raise ValueError(f"cond: this {type(net).__name__} reads {what}, found fields {extra}{hint}")
         return cond.labels, "cond.labels"
     return cond, "y"
 

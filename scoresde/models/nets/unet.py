@@ -5,6 +5,14 @@ embedding fed to every residual block, and single-head self-attention at chosen 
 The CIFAR-10 configuration (ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn at 16x16,
 dropout 0.1) has 35.7M parameters, the figure the paper reports. With `num_classes=K` a learned
 class embedding (null label K; Ho & Salimans 2022, arXiv:2207.12598) is added to the time embedding.
+With `context_dim=D` the network is conditioned on a token sequence (cond.context (B, L, D) with its
+padding mask) by LDM's spatial transformers (Rombach et al. 2022, arXiv:2112.10752, Sec. 3.3;
+`models/nets/attention.py`): one in the middle block in place of its self-attention, and one after every
+residual block at the heights in `context_resolutions` (there it replaces the self-attention block, which
+it contains). A condition without a context (the null condition) skips the cross-attention. The default
+(the middle block alone, feed-forward x2) keeps a training step of the digits U-Net within 1.25x of the
+same U-Net without a context (benchmarks/text2image_cost.py); LDM's placement (three resolutions,
+feed-forward x4) is `context_resolutions=[...]`, `context_ff_mult=4`.
 
 score_sde's PyTorch port of this network (Song et al. 2021, arXiv:2011.13456, `models/ddpm.py`) puts
 one self-attention block per up-sampling level, after all of its residual blocks, where DDPM puts one
@@ -22,6 +30,7 @@ from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
+from scoresde.models.nets.attention import SpatialTransformer, context_of
 from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, embed_inputs,
                                          scale_by_sigma, check_sequence, make_embedding)
@@ -50,13 +59,22 @@ class DDPMUNet(nn.Module):
         centered: False for data in [0, 1]: the network computes 2 x - 1 first.
         scale_by_sigma: divide the output by sigmas[c] (with `num_scales`, integer labels c), else exp(c).
         num_scales: size of the float64 buffer `sigmas` (score_sde's discrete noise levels), or None.
+    Cross-attention (keyword-only; none by default):
+        context_dim: the width D of the context tokens cond.context (B, L, D), or None (no cross-attention).
+        context_resolutions: heights at which a spatial transformer follows each residual block (the middle
+            block always has one); default none besides it.
+        transformer_depth: transformer blocks per spatial transformer.
+        context_heads: attention heads of the spatial transformers (each width divisible by it).
+        context_ff_mult: feed-forward (GEGLU) width / channels (LDM: 4).
     """
 
     def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  embedding: str = "sinusoidal", fourier_scale: float = 16.0, num_groups: int = 32,
                  num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
-                 scale_by_sigma: bool = False, num_scales: int | None = None):
+                 scale_by_sigma: bool = False, num_scales: int | None = None, context_dim: int | None = None,
+                 context_resolutions: Sequence[int] = (), transformer_depth: int = 1,
+                 context_heads: int = 4, context_ff_mult: float = 2.0):
         super().__init__()
         for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
                            ("scale_by_sigma", scale_by_sigma)):
@@ -82,6 +100,16 @@ class DDPMUNet(nn.Module):
         self.centered, self.scale_output = centered, scale_by_sigma
         add_sigma_table(self, num_scales)
         C, H = self.data_shape[0], self.data_shape[1]
+        self.context_dim = None if context_dim is None else check_int("context_dim", context_dim)
+        xres: tuple[int, ...] = ()
+        if self.context_dim is not None:
+            xres = check_sequence("context_resolutions", context_resolutions) if context_resolutions else ()
+            self.config.update(context_dim=self.context_dim, context_resolutions=list(xres),
+                               transformer_depth=check_int("transformer_depth", transformer_depth),
+                               context_heads=check_int("context_heads", context_heads),
+                               context_ff_mult=check_positive("context_ff_mult", context_ff_mult))
+        xattn = lambda a: SpatialTransformer(a, self.context_dim, context_heads, transformer_depth,  # noqa: E731
+                                             num_groups, context_ff_mult)
         tdim = 4 * ch
         self.embed = make_embedding(embedding, ch, fourier_scale)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
@@ -97,7 +125,9 @@ class DDPMUNet(nn.Module):
             for _ in range(num_res_blocks):
                 level.append(block(cur, ch * m))
                 cur = ch * m
-                if res in attn_resolutions:
+                if res in xres:
+                    level.append(xattn(cur))
+                elif res in attn_resolutions:
                     level.append(attn(cur))
                 widths.append(cur)
             if i != len(ch_mult) - 1:
@@ -105,16 +135,19 @@ class DDPMUNet(nn.Module):
                 widths.append(cur)
                 res //= 2
             self.down.append(level)
-        self.mid = nn.ModuleList([block(cur, cur), attn(cur), block(cur, cur)])
+        self.mid = nn.ModuleList([block(cur, cur), attn(cur) if self.context_dim is None else xattn(cur),
+                                  block(cur, cur)])
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(ch_mult))):
             level = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
                 level.append(block(cur + widths.pop(), ch * m))
                 cur = ch * m
-                if res in attn_resolutions and attn_each_up_block:
+                if res in xres:
+                    level.append(xattn(cur))
+                elif res in attn_resolutions and attn_each_up_block:
                     level.append(attn(cur))
-            if res in attn_resolutions and not attn_each_up_block:
+            if res in attn_resolutions and not attn_each_up_block and res not in xres:
                 level.append(attn(cur))
             if i != 0:
                 level.append(Upsample(cur))
@@ -124,9 +157,13 @@ class DDPMUNet(nn.Module):
         self.conv_out = conv(cur, C, init_scale=0.0)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]), (B,) labels or
-        None (the null label)."""
+        """x (B, C, H, W), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]; with context_dim its
+        context (B, L, context_dim) and context_mask (B, L)), (B,) labels or None (the null condition)."""
         h, temb = embed_inputs(self, x, c, cond, self.conv_in.weight.dtype)
+        ctx, mask = context_of(self, cond, x.shape[0])
+
+        def apply(layer, h):                                     # AttnBlock, SpatialTransformer, Up/Downsample
+            return layer(h, ctx, mask) if isinstance(layer, SpatialTransformer) else layer(h)
         if not self.centered:
             h = 2 * h - 1.0                                      # data in [0, 1] -> [-1, 1]
         hs = [self.conv_in(h)]
@@ -134,17 +171,17 @@ class DDPMUNet(nn.Module):
             for layer in level:
                 if isinstance(layer, ResBlockDDPM):
                     hs.append(layer(hs[-1], temb))
-                elif isinstance(layer, AttnBlock):
-                    hs[-1] = layer(hs[-1])
+                elif isinstance(layer, (AttnBlock, SpatialTransformer)):
+                    hs[-1] = apply(layer, hs[-1])
                 else:  # Downsample
                     hs.append(layer(hs[-1]))
-        h = self.mid[2](self.mid[1](self.mid[0](hs[-1], temb)), temb)
+        h = self.mid[2](apply(self.mid[1], self.mid[0](hs[-1], temb)), temb)
         for level in self.up:
             for layer in level:
                 if isinstance(layer, ResBlockDDPM):
                     h = layer(torch.cat([h, hs.pop()], dim=1), temb)
-                else:  # AttnBlock or Upsample
-                    h = layer(h)
+                else:  # AttnBlock, SpatialTransformer or Upsample
+                    h = apply(layer, h)
         h = self.conv_out(F.silu(self.norm_out(h)))
         if self.scale_output:
             h = scale_by_sigma(self, h, check_inputs(self, x, c, h.dtype)[1])

@@ -21,8 +21,6 @@ from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
 from scoresde.training.tasks.score import ScoreTask, fast_draw
 from scoresde.runs.load import load_autoencoder
-from scoresde.training import losses
-from scoresde.training.losses import conditional_dsm_loss
 from scoresde.runs.plots import plot_samples
 
 
@@ -63,7 +61,7 @@ class LatentScoreTask(ScoreTask):
         mean, std = self.ae.encode_all(self.pixels.x, progress=self.cfg["train"]["progress"])   # (N, c, h, w)
         self.z_std = std
         self.ds = Dataset(mean.cpu(), f"{self.pixels.name} (latent)", labels=self.pixels.labels, kind="latent",
-                          classes=self.pixels.classes)
+                          classes=self.pixels.classes, texts=self.pixels.texts)
         return super().build(device)                          # the network on the latent shape
 
     def meta(self) -> dict[str, Any]:
@@ -78,11 +76,7 @@ class LatentScoreTask(ScoreTask):
         mean = self.x_all[idx]
         # z = mean + std * n ~ q(z | x), scaled: a fresh posterior draw each time an image is used
         z = mean + self.z_std[idx] * torch.randn(mean.shape, generator=noise_gen, device=mean.device)
-        kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
-        if self.K:
-            return conditional_dsm_loss(model, self.sde, z, self.y_all[idx], p_uncond=T["p_uncond"],
-                                        num_classes=self.K, **kw)
-        return losses.dsm_loss(model, self.sde, z, **kw)
+        return self.dsm(model, z, idx, noise_gen)
 
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
         """Latents from the score model, decoded to images (n, C, H, W)."""

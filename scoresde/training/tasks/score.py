@@ -2,7 +2,10 @@
 
 Loss: Song et al. (2021), "Score-Based Generative Modeling through SDEs", arXiv:2011.13456, eq. 7
 (`dsm_loss`), or its class-conditional form with label dropout for classifier-free guidance
-(Ho & Salimans 2022, arXiv:2207.12598; `conditional_dsm_loss`). Samples come from the config's
+(Ho & Salimans 2022, arXiv:2207.12598; `conditional_dsm_loss`), or, on captioned data (`Dataset.texts`),
+its text-conditional form: a text encoder (`model.text_encoder`, `scoresde.models.text`) trained jointly
+with a network that cross-attends to its tokens (`model.context_dim`), each caption replaced by the empty
+prompt "" with probability `train.p_uncond` (prompt dropout: the null condition of guidance). Samples come from the config's
 [sample] sampler; evaluation is the exact mode statistics for mixture data.
 """
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch
 from scoresde._common.limits import MAX_CLASSES
 from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source, example_shape
 from scoresde.training.tasks.base import TASKS, Task
-from scoresde.models.nets import MODELS
+from scoresde.models.nets import MODELS, model_arguments
+from scoresde.models.text import TEXT_KEYS, text_encoder_config
 from scoresde.samplers.core import SAMPLERS, describe_estimate, estimate_sampling
 from scoresde.sde.base import SDES
 from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
@@ -27,6 +31,7 @@ from scoresde.runs.plots import is_image_shape, plot_samples
 __all__ = ["ScoreTask", "fast_draw"]
 
 _SCORE_KEYS = ("parameterization", "conditioning", "scale_by_sigma")   # model.* keys for ScoreModel
+_TEXT_DEFAULT_DIM = 64     # model.context_dim of a text-conditional run that sets none
 _EVAL_FIELDS = {"mode_weight_tv": ("mode_weight_tv", "within_mode_std_error"), "fid": ("fid", "kid"),
                 "kid": ("kid", "kid_std")}
 
@@ -92,7 +97,7 @@ class ScoreTask(Task):
         if shape is None or not is_image_shape(shape):
             return {}
         user_model = view["user"].get("model", {}) if isinstance(view["user"].get("model"), Mapping) else {}
-        sizes_set = [k for k in user_model if k not in (*_SCORE_KEYS, "num_classes")]
+        sizes_set = [k for k in user_model if k not in (*_SCORE_KEYS, *TEXT_KEYS, "num_classes", "context_dim")]
         if len(shape) != 3 or ("name" not in user_model and sizes_set):   # (H, W) arrays; keys of the default net
             return {"sample": fast_draw(view, _FID_N if name == "digits" else _GRID)}
         net = user_model.get("name", "ddpm_unet")
@@ -122,6 +127,7 @@ class ScoreTask(Task):
         else:
             self.ds = from_array(data, name=d["name"], normalize=d["normalize"])
         self.K = self._num_classes()
+        self.text = self._text_encoder()
 
     @property
     def example_numel(self) -> int:
@@ -149,14 +155,44 @@ class ScoreTask(Task):
                              f"[0, {K - 1}]; raise model.num_classes or use \"auto\"")
         return K
 
+    def _text_encoder(self) -> dict[str, Any] | None:
+        """{"name", "config"} of the run's text encoder, or None. Captioned data and a network that cross-attends
+        (a `context_dim` argument) make one unless model.text_encoder = "" says not; model.context_dim defaults
+        to 64, model.text_len to the longest caption + BOS (both written to the run's config)."""
+        model, texts = self.cfg["model"], self.ds.texts
+        name = model.get("text_encoder")
+        takes = "context_dim" in (model_arguments(model["name"]) or [])
+        if name is None:
+            name = "transformer" if texts is not None and takes and not self.K else ""
+        if not name:
+            return None
+        if texts is None:
+            raise ValueError(f"config model.text_encoder = {name!r}: needs captioned data (texts aligned with the "
+                             f"examples), but data {self.ds.name!r} has none; set model.text_encoder = \"\"")
+        if not takes:
+            raise ValueError(f"config model.text_encoder = {name!r}: model {model['name']!r} has no cross-attention "
+                             "(no context_dim); use ddpm_unet or dit")
+        if self.K:
+            raise ValueError("config model.num_classes and model.text_encoder: a model is conditioned on labels or "
+                             "on text, found both; set model.num_classes = 0 or model.text_encoder = \"\"")
+        if len(texts) != len(self.ds):
+            raise ValueError(f"data {self.ds.name!r}: {len(texts)} captions for {len(self.ds)} examples")
+        model["text_encoder"] = name
+        model.setdefault("context_dim", _TEXT_DEFAULT_DIM)
+        out = text_encoder_config(model, texts)
+        model["text_len"] = out["config"]["max_len"]
+        return out
+
     def build(self, device: torch.device) -> torch.nn.Module:
         cfg, shape = self.cfg, list(self.ds.shape)
         model_kw = {k: v for k, v in cfg["model"].items() if k != "name" and k not in _SCORE_KEYS
-                    and not (k == "num_classes" and not v)}           # num_classes = 0: unconditional
+                    and k not in TEXT_KEYS and not (k == "num_classes" and not v)}   # num_classes = 0: unconditional
         meta = {"sde": {"name": cfg["sde"]["name"], "config": {k: v for k, v in cfg["sde"].items() if k != "name"}},
                 "model": {"name": cfg["model"]["name"], "config": {**model_kw, "data_shape": shape},
                           "score_config": {k: v for k, v in cfg["model"].items() if k in _SCORE_KEYS}},
                 "data_shape": shape}
+        if self.text is not None:
+            meta["model"]["text_encoder"] = self.text
         model, self.sde = build_model(meta)
         self.model = model.to(device)
         self.x_all = self.ds.x.to(device)
@@ -165,8 +201,10 @@ class ScoreTask(Task):
 
     def meta(self) -> dict[str, Any]:
         ds = self.ds
+        text = {} if self.text is None else {"text_encoder": {"name": self.text["name"],
+                                                              "config": self.model.text_encoder.config()}}
         return {"model": {"name": self.cfg["model"]["name"], "config": self.model.net.config,
-                          "score_config": self.model.config()},
+                          "score_config": self.model.config(), **text},
                 "sde": {"name": self.cfg["sde"]["name"], "config": self.sde.config()},
                 "data_shape": list(ds.shape), "data": {"name": ds.name, "kind": ds.kind, "classes": ds.classes}}
 
@@ -174,11 +212,21 @@ class ScoreTask(Task):
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
         T = self.cfg["train"]
         idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
+        return self.dsm(model, self.x_all[idx], idx, noise_gen)
+
+    def dsm(self, model, x0: torch.Tensor, idx: torch.Tensor, noise_gen) -> torch.Tensor:
+        """The DSM loss of the batch x0 (examples `idx` of the data): unconditional, with label dropout, or with
+        prompt dropout (captions replaced by "" with probability p_uncond)."""
+        T = self.cfg["train"]
         kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
+        if self.text is not None:   # prompt dropout draws from noise_gen first, so resume stays exact
+            keep = torch.rand(len(idx), generator=noise_gen, device=x0.device) >= T["p_uncond"]
+            texts = [self.ds.texts[i] if k else "" for i, k in zip(idx.tolist(), keep.tolist())]
+            return losses.dsm_loss(lambda x, t: model(x, t, texts), self.sde, x0, **kw)
         if self.K:           # label dropout draws from noise_gen first, so resume stays exact
-            return conditional_dsm_loss(model, self.sde, self.x_all[idx], self.y_all[idx], p_uncond=T["p_uncond"],
+            return conditional_dsm_loss(model, self.sde, x0, self.y_all[idx], p_uncond=T["p_uncond"],
                                         num_classes=self.K, **kw)
-        return losses.dsm_loss(model, self.sde, self.x_all[idx], **kw)
+        return losses.dsm_loss(model, self.sde, x0, **kw)
 
     # --- hooks -----------------------------------------------------------------------------------------
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
@@ -190,7 +238,12 @@ class ScoreTask(Task):
             self.estimate = estimate_sampling(self.sde, model, (n, *self.ds.shape), sampler=s["sampler"],
                                               steps=s["steps"], device=device)
             self.say("final draw: " + describe_estimate(self.estimate, "samples"))
-        return self.sde.sample(model, (n, *self.ds.shape), sampler=s["sampler"], steps=s["steps"],
+        score = model
+        if self.text is not None:           # a text model draws for the data's captions, in turn
+            with torch.no_grad():
+                cond = model.text_encoder.encode([self.ds.texts[i % len(self.ds)] for i in range(n)])
+            score = _Conditioned(model, cond)
+        return self.sde.sample(score, (n, *self.ds.shape), sampler=s["sampler"], steps=s["steps"],
                                generator=generator, device=device, progress=progress).cpu()
 
     def plot(self, x, path, title) -> None:
@@ -206,3 +259,17 @@ class ScoreTask(Task):
         if not self.eval_fields or (self.eval_fields[0] == "fid" and len(x) <= 64):   # FID needs N > F = 64
             return out
         return {**out, **{k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}}
+
+
+class _Conditioned:
+    """score_fn(x, t) = model(x, t, cond): a model's score under one fixed condition (batch-1 or the batch of x)."""
+
+    def __init__(self, model, cond):
+        self.model, self.cond = model, cond
+
+    @property
+    def data_shape(self):
+        return getattr(self.model, "data_shape", None)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.model(x, t, self.cond)
