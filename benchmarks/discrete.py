@@ -3,7 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/discrete.py --budget 300 --parts exact brackets --out brackets.md
     OMP_NUM_THREADS=1 python benchmarks/discrete.py --budget 300 --parts text --out text.md   # (in parallel)
 
-Four parts (`--parts exact oracle brackets text`):
+Five parts (`--parts exact oracle brackets text blocks`); `blocks` is `discrete_blocks.py` (issue 32: block
+diffusion with block sizes 1, 2, 4, 8 and full length against the autoregressive model at equal CPU budget on
+`--blocks-data` brackets sums text, the remasking samplers at 16 / 32 / 64 / 128 steps, calls per sample, a
+plot of validity against calls per sample).
 
 1. Exact denoiser (V = 3, L = 3, a correlated law): total variation between the samplers' output and
    the law, against the steps, 20000 samples. One token per step is exact (in any order: random
@@ -308,7 +311,17 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["exact", "oracle", "brackets", "text"])
     ap.add_argument("--out", help="write the markdown tables here")
     ap.add_argument("--plot", help="write the learning curves (bits/token against CPU s) here (.png)")
+    ap.add_argument("--blocks-data", nargs="+", default=["brackets", "sums", "text"], help="data sets of part blocks")
     a = ap.parse_args()
+    if "blocks" in a.parts:                       # block diffusion and the remasking samplers (discrete_blocks.py)
+        import discrete_blocks
+        steps = [s for s in a.steps if s in (16, 32, 64, 128)] or [16, 32, 64, 128]
+        discrete_blocks.main(["--data", *a.blocks_data, "--budget", str(a.budget), "--samples", str(a.samples),
+                              "--steps", *map(str, steps), *(["--out", a.out] if a.out else []),
+                              *(["--plot", a.plot] if a.plot else [])])
+        a.parts = [p for p in a.parts if p != "blocks"]
+        if not a.parts:
+            return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])      # imports done before any timed run
     import matplotlib.pyplot  # noqa: F401

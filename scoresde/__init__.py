@@ -11,6 +11,7 @@ This module holds the public names only.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, FlowSDE, EDMSDE, ReverseSDE, get_sde, DiscreteVPSDE, CosineVPSDE, Gaussian, GaussianMixture
 from .evaluation.likelihood import bits_per_dim, dataset_likelihood
 from .training.losses import dsm_loss, ddpm_loss, smld_loss, conditional_dsm_loss, classifier_loss, label_dropout
+from .training.losses import edm_loss, flow_matching_loss
 from .models.score_model import ScoreModel, score_from_eps, eps_from_score
 from .models.conditioning import Cond
 from .models.text import TextEncoder, TransformerTextEncoder
@@ -55,7 +56,7 @@ __all__ = [
     "get_model", "list_models", "EMA", "PowerFunctionEMA",
     "Cond", "TextEncoder", "TransformerTextEncoder", "classifier_free_score", "classifier_guided_score", "impute",
     "NoiseConditionalClassifier",
-    "conditional_dsm_loss", "classifier_loss", "label_dropout",
+    "conditional_dsm_loss", "classifier_loss", "label_dropout", "edm_loss", "flow_matching_loss",
     "list_samplers", "optimize_steps",
     "Registry", "append_dims", "NonFiniteError",
     "train", "TrainResult", "TrainingError", "load", "CheckpointError", "load_dataset", "list_datasets",

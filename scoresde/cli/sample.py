@@ -175,15 +175,22 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @click.option("--mask-char", metavar="C", help="Sequence runs: positions of --prompt marked C are filled in.")
 @click.option("--temperature", type=click.FloatRange(min=0), show_default="the run's discrete.temperature",
               help="Sequence runs: sampling temperature (0: argmax).")
-@click.option("--remasking", type=click.Choice(["entropy", "low_confidence", "random"]), show_default="the run's",
-              help="Sequence runs, llada sampler: which predictions are kept each step.")
+@click.option("--remasking", type=click.Choice(["entropy", "low_confidence", "margin", "random"]),
+              show_default="the run's", help="Sequence runs, llada sampler: which predictions are kept each step.")
+@click.option("--order-temperature", type=click.FloatRange(min=0), show_default="the run's",
+              help="Sequence runs, llada sampler: Gumbel noise on the reveal order (0: sorted).")
+@click.option("--eta", type=click.FloatRange(min=0), show_default="the run's discrete.eta",
+              help="Sequence runs, remdm sampler: remasking strength.")
+@click.option("--remdm-schedule", type=click.Choice(["cap", "rescale", "conf"]), show_default="the run's",
+              help="Sequence runs, remdm sampler: sigma_t = min(eta, sigma_max) | eta sigma_max | by confidence.")
 @click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
               help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
 @allow_unverified_option
 def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, negative_prompt, guidance_rescale,
-           known, mask, seed, device, raw, prompts, mask_char, temperature, remasking, block_length, autoencoder,
+           known, mask, seed, device, raw, prompts, mask_char, temperature, remasking, order_temperature, eta,
+           remdm_schedule, block_length, autoencoder,
            allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
@@ -216,11 +223,13 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
             for line in sample_tokens(checkpoint, sampler=sampler, steps=steps, n=n, out=out, seed=seed,
                                       device=device, raw=raw, prompt=prompt, mask_char=mask_char,
                                       temperature=temperature, remasking=remasking, block_length=block_length,
-                                      verify=not allow_unverified):
+                                      verify=not allow_unverified, eta=eta, remdm_schedule=remdm_schedule,
+                                      order_temperature=order_temperature):
                 click.echo(line)
             return
         _refuse({"--mask-char": mask_char, "--temperature": temperature,
-                 "--remasking": remasking, "--block-length": block_length},
+                 "--remasking": remasking, "--block-length": block_length, "--eta": eta,
+                 "--remdm-schedule": remdm_schedule, "--order-temperature": order_temperature},
                 "an option of sequence runs (task masked / autoregressive)")
         _check_out(out)
         guidance = Guidance(label, list(prompts), w, negative_prompt, guidance_rescale)

@@ -30,7 +30,9 @@ BYTE_HINT = ("; a model trained with --set discrete.tokenizer=byte reads any UTF
 
 def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n: int | None, out: str | None,
                   prompt: str | None, mask_char: str | None, temperature: float | None, remasking: str | None,
-                  block_length: int | None, seed: int, device: str, raw: bool, verify: bool = True) -> list[str]:
+                  block_length: int | None, seed: int, device: str, raw: bool, verify: bool = True,
+                  eta: float | None = None, remdm_schedule: str | None = None,
+                  order_temperature: float | None = None) -> list[str]:
     """Sample a sequence model; the texts (printed when `out` is None), or `out` written (.txt / .npy)."""
     if out is not None:
         ext = os.path.splitext(out)[1].lower()
@@ -50,7 +52,9 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
     stats: dict[str, Any] = {}
     if process is None:                                           # autoregressive
         extra = {k: v for k, v in (("--sampler", sampler), ("--steps", steps), ("--remasking", remasking),
-                                   ("--block-length", block_length), ("--mask-char", mask_char)) if v is not None}
+                                   ("--block-length", block_length), ("--mask-char", mask_char), ("--eta", eta),
+                                   ("--remdm-schedule", remdm_schedule), ("--order-temperature", order_temperature))
+                 if v is not None}
         if extra:
             raise ValueError(f"{', '.join(extra)}: an autoregressive model samples left to right; only --prompt, "
                              "--temperature, --n and --seed apply")
@@ -59,23 +63,35 @@ def sample_tokens(checkpoint: str, *, sampler: str | None, steps: int | None, n:
         how = "autoregressive"
     else:
         sampler = sampler or cfg["sample"]["sampler"]
-        if sampler not in ("mdlm", "llada"):
-            raise ValueError(f"--sampler: a masked diffusion model samples with mdlm or llada, found {sampler!r}")
+        if sampler not in ("mdlm", "llada", "remdm"):
+            raise ValueError(f"--sampler: a masked diffusion model samples with mdlm, llada or remdm, found {sampler!r}")
+        D = cfg["discrete"]
         kw: dict[str, Any] = {}
+        llada_opts = {"--remasking": remasking, "--block-length": block_length, "--order-temperature": order_temperature}
+        remdm_opts = {"--eta": eta, "--remdm-schedule": remdm_schedule}
+        for name, opts in (("llada", llada_opts), ("remdm", remdm_opts)):
+            given = [k for k, v in opts.items() if v is not None]
+            if given and sampler != name:
+                raise ValueError(f"{'/'.join(given)}: options of the {name} sampler, found --sampler {sampler}")
         if sampler == "llada":
-            kw = {"remasking": remasking or cfg["discrete"]["remasking"],
-                  "block_length": cfg["discrete"]["block_length"] if block_length is None else block_length}
-        elif remasking is not None or block_length is not None:
-            raise ValueError("--remasking/--block-length: options of the llada sampler, found --sampler mdlm")
+            kw = {"remasking": remasking or D["remasking"],
+                  "block_length": D["block_length"] if block_length is None else block_length,
+                  "order_temperature": D.get("order_temperature", 0.0) if order_temperature is None else order_temperature}
+            if getattr(model, "block_size", 0) and not block_length:
+                kw.pop("block_length")                           # a block diffusion model has its own blocks
+        elif sampler == "remdm":
+            kw = {"eta": D.get("eta", 0.1) if eta is None else eta,
+                  "schedule": remdm_schedule or D.get("remdm_schedule", "cap")}
         steps = steps or cfg["sample"]["steps"]
         with _vocabulary_hint(model):
             x = model.sample(n, sampler=sampler, steps=steps, prompt=prompt, mask_char=mask_char,
                              temperature=temperature, generator=g, stats=stats, progress=True, **kw)
-        how = f"{sampler}, {steps} steps"
+        how = f"{sampler}, {steps} steps" + (f", blocks of {model.block_size}" if getattr(model, "block_size", 0) else "")
     x = x.cpu()
     texts = model.decode(x)
     m = sample_metrics(model, x)
-    summary = f"{n} samples ({how}, {stats.get('nfe', 0)} network calls)" + (
+    summary = f"{n} samples ({how}, {stats.get('nfe', 0)} network calls, {stats.get('nfe_per_sequence', 0):.1f} per " \
+              "sample)" + (
         f", {metrics_summary(m)}" if "valid_fraction" in m else "")
     if out is None:
         return [*texts, summary]

@@ -10,8 +10,9 @@ A class gives `scalings(alpha, sigma) -> (c_skip, c_out, c_in)`; everything else
 through Tweedie's formula, in one place (`Preconditioner`):
 
     score = (alpha D - x) / sigma^2      eps = (x - alpha D) / sigma      v = alpha eps - sigma D
+    u = eps - D   (rectified flow's velocity z - x_0)
 
-The four classic parameterisations override those conversions with their own closed forms (the
+The classic parameterisations override those conversions with their own closed forms (the
 same maths, the arithmetic of the original implementations, so results stay bit-identical):
 
 | name    | F predicts           | c_skip          | c_out                        | c_in |
@@ -20,10 +21,13 @@ same maths, the arithmetic of the original implementations, so results stay bit-
 | `score` | the score (NCSN)     | 1 / alpha       | sigma^2 / alpha (sigma / alpha when scaled by sigma) | 1 |
 | `x0`    | x_0                  | 0               | 1                            | 1    |
 | `v`     | alpha z - sigma x_0  | alpha / r       | -sigma / r, r = alpha^2 + sigma^2 | 1 |
+| `flow`  | u = z - x_0 (rectified flow) | 1 / r       | -sigma / r, r = alpha + sigma | 1 / r |
 | `edm`   | EDM's F              | s_d^2 / (s^2 + s_d^2) / alpha | s s_d / sqrt(s^2 + s_d^2) / alpha | 1 / (alpha sqrt(s^2 + s_d^2)) |
 | `flow`  | u = z - x_0 (flow matching) | 1 / (alpha + sigma) | -sigma / (alpha + sigma)   | 1    |
 
-(`edm`: s = sigma / alpha, the noise level of x / alpha, and s_d = sigma_data.) The noise input c_noise is a
+(`flow`: x / r = (alpha x_0 + sigma z) / (alpha + sigma) is the rectified-flow path's point at t' = sigma / r,
+so the network sees that path's input whatever the SDE, and r = 1 on the "flow" path, where D = x - t u.
+`edm`: s = sigma / alpha, the noise level of x / alpha, and s_d = sigma_data.) The noise input c_noise is a
 noise-input function of its own (`NOISE_INPUTS`) ("t": 999 t, "log_sigma", "sigma", "timestep"; EDM's is ln(s) / 4), chosen by
 `ScoreModel(conditioning=...)`. Adding a formulation is one class registered in `PRECONDITIONERS`.
 """
@@ -36,8 +40,8 @@ import torch
 
 from scoresde._common.registry import Registry
 
-__all__ = ["Preconditioner", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "EDMPrediction",
-           "FlowPrediction", "PRECONDITIONERS", "NOISE_INPUTS", "T_SCALE"]
+__all__ = ["Preconditioner", "EpsPrediction", "ScorePrediction", "X0Prediction", "VPrediction", "FlowPrediction",
+           "EDMPrediction", "PRECONDITIONERS", "NOISE_INPUTS", "T_SCALE"]
 
 PRECONDITIONERS = Registry("parameterization")
 NOISE_INPUTS = Registry("conditioning")
@@ -85,6 +89,11 @@ class Preconditioner:
     def v(self, out, x, alpha, sigma):
         """v = alpha eps - sigma x0 (Salimans & Ho 2022, arXiv:2202.00512)."""
         return alpha * self.eps(out, x, alpha, sigma) - sigma * self.x0(out, x, alpha, sigma)
+
+    def u(self, out, x, alpha, sigma):
+        """Rectified flow's velocity u = z - x0 = eps - D (Liu et al. 2022, arXiv:2209.03003); on the "flow"
+        path (alpha = 1 - t, sigma = t) the probability-flow ODE's velocity dx/dt."""
+        return self.eps(out, x, alpha, sigma) - self.x0(out, x, alpha, sigma)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
@@ -177,6 +186,35 @@ class VPrediction(Preconditioner):
         return (alpha * x - sigma * out) / (alpha.square() + sigma.square())
 
 
+@PRECONDITIONERS.register("flow")
+class FlowPrediction(Preconditioner):
+    """F predicts rectified flow's velocity u = z - x_0 (Liu et al. 2022, arXiv:2209.03003; Lipman et al. 2022,
+    arXiv:2210.02747; SD3). With r = alpha + sigma, x = r x_0 + sigma u, so
+    D = (x - sigma u) / r, eps = (x + alpha u) / r; the input is x / r, the flow path's point at t' = sigma / r.
+    No division by alpha: finite at alpha = 0 (t = 1 on the flow path), where D = x - u and eps = x."""
+
+    name = "flow"
+
+    def scalings(self, alpha, sigma):
+        r = alpha + sigma
+        return 1 / r, -sigma / r, 1 / r
+
+    def x0(self, out, x, alpha, sigma):
+        return (x - sigma * out) / (alpha + sigma)
+
+    def eps(self, out, x, alpha, sigma):
+        return (x + alpha * out) / (alpha + sigma)
+
+    def score(self, out, x, alpha, sigma):                        # score = -eps / sigma
+        return -(x + alpha * out) / ((alpha + sigma) * sigma)
+
+    def v(self, out, x, alpha, sigma):                            # alpha eps - sigma x0
+        return ((alpha - sigma) * x + (alpha.square() + sigma.square()) * out) / (alpha + sigma)
+
+    def u(self, out, x, alpha, sigma):
+        return out
+
+
 @PRECONDITIONERS.register("edm")
 class EDMPrediction(Preconditioner):
     """EDM's preconditioning (Karras et al. 2022, Table 1), on x / alpha whose noise level is s = sigma / alpha:
@@ -197,24 +235,6 @@ class EDMPrediction(Preconditioner):
         s, sd = sigma / alpha, self.sigma_data
         n = (s.square() + sd ** 2).sqrt()
         return sd ** 2 / n.square() / alpha, s * sd / n, 1 / (alpha * n)   # D(x) = alpha-free EDM on x / alpha
-
-
-@PRECONDITIONERS.register("flow")
-class FlowPrediction(Preconditioner):
-    """F predicts the flow-matching velocity u = z - x_0 (Lipman et al. 2022, arXiv:2210.02747; Liu et al. 2022,
-    arXiv:2209.03003; what SD3 and diffusers' FlowMatch schedulers call the model output). With x = alpha x_0 +
-    sigma z and z = x_0 + u: x = (alpha + sigma) x_0 + sigma u, so D = (x - sigma u) / (alpha + sigma); on the
-    flow path (alpha + sigma = 1) D = x - t u, defined at t = 1 too, where the score (-x) says nothing of x_0."""
-
-    name = "flow"
-    scales_input = False
-
-    def scalings(self, alpha, sigma):
-        r = alpha + sigma
-        return 1 / r, -sigma / r, None
-
-    def x0(self, out, x, alpha, sigma):
-        return (x - sigma * out) / (alpha + sigma)                # x0 = (x - sigma u) / (alpha + sigma)
 
 
 # --- noise inputs c_noise(sde, t, sigma) -> (B,) -------------------------------------------------------

@@ -31,7 +31,8 @@ from scoresde.models.preconditioners import NOISE_INPUTS, PRECONDITIONERS, T_SCA
 __all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value",
            "T_SCALE"]
 
-PARAMETERIZATIONS = tuple(PRECONDITIONERS)            # "eps", "score", "x0", "v", "edm"
+PARAMETERIZATIONS = tuple(PRECONDITIONERS)            # "eps", "score", "x0", "v", "flow", "edm"
+OUTPUTS = ("score", "eps", "x0", "v", "u")            # what `ScoreModel(x, t, output=...)` returns
 CONDITIONINGS = ("auto", *NOISE_INPUTS)               # "t", "log_sigma", "sigma", "timestep", "edm"
 
 
@@ -89,6 +90,7 @@ class ScoreModel(nn.Module):
             "score": the score;              score = net / sigma if `scale_by_sigma`, else net
             "x0":    the clean data;         score = (alpha net - x) / sigma^2
             "v":     the velocity alpha eps - sigma x0;  eps = (sigma x + alpha net) / (alpha^2 + sigma^2)
+            "flow":  rectified flow's velocity u = z - x0;  x0 = (x - sigma net) / (alpha + sigma)
             "edm":   EDM's preconditioned F (Karras et al. 2022), sigma_data = 0.5
         conditioning: what the network is fed as c: "t" -> 999 t (DDPM's timestep scale, suits
             sinusoidal embeddings), "log_sigma" -> log sigma(t) (NCSN++ VE convention),
@@ -222,10 +224,14 @@ class ScoreModel(nn.Module):
             raise ValueError(f"net: expected an output of shape {tuple(x.shape)} like x, found {found}")
         return out, a, s
 
-    def forward(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
-        """The score grad_x log p_t(x), shaped like x."""
+    def forward(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None,
+                output: str = "score") -> torch.Tensor:
+        """The score grad_x log p_t(x), shaped like x; or, with `output`, the prediction "eps", "x0", "v" or "u"
+        (the methods of the same names) through the module's forward, as a training loss needs under DDP."""
+        if output not in OUTPUTS:
+            check_choice("output", output, OUTPUTS)
         out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
-        return self.precond.score(out, x, alpha, sigma)
+        return getattr(self.precond, output)(out, x, alpha, sigma)
 
     def eps(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
         """The noise prediction eps(x, t) = E[z | x_t = x]."""
@@ -243,3 +249,8 @@ class ScoreModel(nn.Module):
         """The velocity prediction alpha eps - sigma x0 (Salimans & Ho 2022)."""
         out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
         return self.precond.v(out, x, alpha, sigma)
+
+    def u(self, x: torch.Tensor, t: Any, cond: Any = None, *, y: Any = None) -> torch.Tensor:
+        """Rectified flow's velocity prediction u = E[z - x0 | x_t = x] (eps - x0)."""
+        out, alpha, sigma = self._raw(x, t, as_cond(self.encode_prompts(cond), y))
+        return self.precond.u(out, x, alpha, sigma)

@@ -4,7 +4,10 @@
 bidirectional network (`seq_transformer`), the masking process and the tokenizer: `model(x_t, t)` is the
 denoiser's logits over the V real tokens (the mask is never predicted: SUBS), `model.sample` generates
 with a registered sampler (from all-masked sequences, after a prompt, or filling masked positions),
-`model.nelbo` bounds the negative log-likelihood. `AutoregressiveLM` holds the same network made causal:
+`model.nelbo` bounds the negative log-likelihood. With a block-causal network (`block_size` b > 0) it is a
+block diffusion model (BD3-LM, Arriola et al. 2025, arXiv:2503.09573): the process is a
+`BlockMaskedProcess`, the bound the sum of the blocks' bounds, and `sample` generates block by block with
+a KV cache (`BlockCache`), any length, stopping at EOS. `AutoregressiveLM` holds the same network made causal:
 `model(x)` predicts token i from tokens < i (a begin token, the id V, in front), `model.nll` is exact.
 `build_token_model(meta)` rebuilds either from checkpoint metadata (used by `scoresde.load`).
 """
@@ -17,14 +20,17 @@ import torch
 from torch import nn
 
 from scoresde.sde.masked import MaskedProcess
+from scoresde.sde.block_masked import BlockMaskedProcess
 from scoresde.samplers.masked import DISCRETE_SAMPLERS, categorical
+from scoresde.samplers.block import sample_blocks
 from scoresde.data.tokenizer import CharTokenizer
 from scoresde.models.nets import get_model
 from scoresde.data.languages import get_language
 from scoresde.models.prebuild import check_meta_sizes
+from scoresde._common.validation import check_int
 
 
-__all__ = ["MaskedLM", "AutoregressiveLM", "build_token_model", "TOKEN_TASKS"]
+__all__ = ["MaskedLM", "AutoregressiveLM", "BlockCache", "build_token_model", "TOKEN_TASKS"]
 
 TOKEN_TASKS = ("masked", "autoregressive")
 
@@ -107,8 +113,43 @@ class _TokenModel(nn.Module):
         return torch.where(after & free, torch.full_like(x, self.eos_id), x)
 
 
+class BlockCache:
+    """The clean prefix of block-by-block sampling as keys and values per layer (a KV cache) of a block-causal
+    `SeqTransformer`. A committed block is pending until the next `denoise`, which runs it together with the new
+    block in one call (the pending block attends to the cache and itself, the new block to both), so sampling
+    costs one call per denoising step. The `state` protocol of `scoresde.samplers.block`."""
+
+    def __init__(self, net: nn.Module):
+        if not getattr(net, "block_size", 0):
+            raise ValueError("net: a KV cache needs a block-causal network (block_size > 0)")
+        self.net, self.past, self.cached, self.pending = net, None, 0, None
+
+    def denoise(self, xb: torch.Tensor, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        P = 0 if self.pending is None else self.pending.shape[1]
+        if self.cached + P != lo:
+            raise ValueError(f"lo: the cache holds positions 0..{self.cached + P - 1}, found a block at {lo}")
+        x = xb if self.pending is None else torch.cat([self.pending, xb], 1)
+        logits, kv = self.net.forward_cached(x, self.cached, self.past)
+        if P:                                                  # the pending block's keys / values join the cache
+            new = [(k[:, :, :P], v[:, :, :P]) for k, v in kv]
+            self.past = new if self.past is None else [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
+                                                        for (pk, pv), (k, v) in zip(self.past, new)]
+            self.cached, self.pending = self.cached + P, None
+        return logits[:, P:]
+
+    def commit(self, xb: torch.Tensor, lo: int, hi: int) -> None:
+        self.pending = xb if self.pending is None else torch.cat([self.pending, xb], 1)
+
+    def select(self, rows: torch.Tensor) -> None:
+        if self.past is not None:
+            self.past = [(k[rows], v[rows]) for k, v in self.past]
+        if self.pending is not None:
+            self.pending = self.pending[rows]
+
+
 class MaskedLM(_TokenModel):
-    """A masked diffusion language model: network + `MaskedProcess` (+ tokenizer, EOS id, language)."""
+    """A masked diffusion language model: network + `MaskedProcess` (+ tokenizer, EOS id, language); a block
+    diffusion model with a block-causal network and a `BlockMaskedProcess` of the same block size."""
 
     def __init__(self, net: nn.Module, process: MaskedProcess, tokenizer: CharTokenizer | None = None,
                  eos_id: int | None = None, language=None):
@@ -116,22 +157,49 @@ class MaskedLM(_TokenModel):
         if net.causal:
             raise ValueError("net: a masked diffusion model needs a bidirectional network (seq_transformer), "
                              "found a causal one")
+        self.block_size = int(getattr(net, "block_size", 0))
+        if self.block_size != int(getattr(process, "block_size", 0)):
+            raise ValueError(f"process: expected a BlockMaskedProcess of block_size = {self.block_size} (the "
+                             f"network's), found block_size = {getattr(process, 'block_size', 0)}")
         self.process = process
         self.time_conditioning = bool(net.time_conditioning)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, V) of p_theta(x_0 | x_t); t is used only by a time-conditioned network."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, V) of p_theta(x_0 | x_t); t is used only by a time-conditioned network; `x0` (block
+        diffusion training) is the clean sequence, the prefix each block of x_t is denoised against."""
+        if self.block_size:
+            return self.net(x, None, x0)
         return self.net(x, t if self.time_conditioning else None)
 
     @torch.no_grad()
     def sample(self, n: int = 1, *, sampler: str = "mdlm", steps: int | None = None, prompt: Any = None,
                x_init: torch.Tensor | None = None, mask_char: str | None = None, temperature: float = 1.0,
                generator: torch.Generator | None = None, stats: dict | None = None, progress: bool = False,
-               **options: Any) -> torch.Tensor:
-        """(n, L) token ids: `sampler` ("mdlm" | "llada", options e.g. remasking, block_length, cache) with
-        `steps` (default L); prompt / x_init / mask_char as in `initial`."""
+               length: int | None = None, **options: Any) -> torch.Tensor:
+        """(n, L) token ids: `sampler` ("mdlm" | "llada" | "remdm", options e.g. remasking, block_length, cache,
+        eta) with `steps` (default L); prompt / x_init / mask_char as in `initial`. A block diffusion model
+        samples block by block with a KV cache, `steps` in all over `length` tokens (default L; longer with
+        rotary positions), and stops each row after a block holding EOS (the rest of the row is EOS)."""
         fn = DISCRETE_SAMPLERS[sampler]
         x = self.initial(n, prompt, x_init, mask_char)
+        if self.block_size:
+            if length is not None:
+                check_int("length", length)
+                if length < self.seq_len:
+                    raise ValueError(f"length: expected at least the model's sequence length {self.seq_len}, "
+                                     f"found {length}")
+                x = torch.cat([x, torch.full((n, length - self.seq_len), self.vocab_size, dtype=x.dtype,
+                                             device=x.device)], 1)
+            out = sample_blocks(BlockCache(self.net), x, self.process, block_size=self.block_size,
+                                steps=x.shape[1] if steps is None else steps, sampler=sampler,
+                                temperature=temperature, eos_id=self.eos_id, generator=generator, stats=stats,
+                                progress=progress, **options)
+            if self.eos_id is None:
+                return out
+            free = x == self.process.mask_id
+            return self._end_at_eos(torch.where(out == self.process.mask_id, self.eos_id, out), free)
+        if length is not None:
+            raise ValueError("length: only block diffusion models (block_size > 0) generate other lengths")
         if sampler == "mdlm":
             options.setdefault("cache", not self.time_conditioning)
         out = fn(self, x, self.process, steps=self.seq_len if steps is None else steps, temperature=temperature,
@@ -208,6 +276,8 @@ def build_token_model(meta: dict[str, Any], device: Any = None, *, on_meta: bool
     if meta.get("task") == "autoregressive":
         model, process = AutoregressiveLM(net, V, tokenizer, tok.get("eos_id"), language), None
     else:
-        process = MaskedProcess(V, meta["process"]["schedule"], meta["process"]["eps"])
+        P = meta["process"]
+        process = (BlockMaskedProcess(V, P["block_size"], P["schedule"], P["eps"]) if P.get("block_size") else
+                   MaskedProcess(V, P["schedule"], P["eps"]))
         model = MaskedLM(net, process, tokenizer, tok.get("eos_id"), language)
     return (model.to(device) if device is not None else model), process

@@ -24,6 +24,7 @@ from scoresde.models.autoencoders.vae import KLAutoencoder
 from scoresde.models.autoencoders.autoencoder import Autoencoder, diffusers_dir, from_diffusers, load_diffusers
 from scoresde.models.nets import get_model
 from scoresde.models.score_model import ScoreModel
+from scoresde.models.preconditioners import PRECONDITIONERS
 from scoresde.models.text import build_text_encoder
 from scoresde.sde.base import get_sde
 from scoresde.models.ema import EMA
@@ -38,11 +39,24 @@ def build_model(meta: dict[str, Any], device: Any = None, *, on_meta: bool = Fal
     net_cfg["data_shape"] = tuple(net_cfg.get("data_shape", meta["data_shape"]))
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         net = get_model(meta["model"]["name"], **net_cfg)
-        model = ScoreModel(net, sde, **meta["model"].get("score_config", {}))
+        model = ScoreModel(net, sde, **score_settings(meta["model"].get("score_config", {})))
         text = meta["model"].get("text_encoder")
         if text:                              # a text-conditional run: its jointly trained encoder
             model.text_encoder = build_text_encoder(text["name"], **text["config"])
     return model.to(device) if device is not None else model, sde
+
+
+_SCORE_MODEL_KEYS = ("parameterization", "conditioning", "scale_by_sigma")
+
+
+def score_settings(score_config: dict[str, Any]) -> dict[str, Any]:
+    """ScoreModel keyword arguments of a checkpoint's `score_config` (`ScoreModel.config()`): the settings of a
+    preconditioner beyond its name (EDM's sigma_data) build that preconditioner."""
+    kw = {k: v for k, v in score_config.items() if k in _SCORE_MODEL_KEYS}
+    extra = {k: v for k, v in score_config.items() if k not in _SCORE_MODEL_KEYS}
+    if extra:
+        kw["parameterization"] = PRECONDITIONERS[kw.get("parameterization", "eps")](**extra)
+    return kw
 
 
 class LoadedRun(NamedTuple):

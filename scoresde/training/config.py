@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from scoresde._common import limits as L
 from scoresde._common.toml import load_toml
 from scoresde.training.tasks.base import TASKS
+from scoresde.training.recipes import RECIPES
 from scoresde.models.nets import MODELS, check_model_config, model_parameters
 from scoresde.models.phema import check_sigma_rel
 from scoresde.models.score_model import ScoreModel
@@ -77,6 +78,16 @@ DEFAULTS: dict[str, Any] = {
         "p_uncond": 0.1,     # label dropout of a class-conditional model (model.num_classes), prompt dropout
                              # (caption -> "") of a text model: the rate that trains the unconditional
                              # score (Ho & Salimans 2022)
+        "recipe": "dsm",     # dsm | edm | flow (scoresde.training.recipes): the loss, its time distribution, and
+                             # (new runs) the default preconditioner and SDE: edm -> model.parameterization edm, sde
+                             # edm; flow -> parameterization flow, sde flow; keys set by the user win
+        "p_mean": -1.2,      # edm: ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022)
+        "p_std": 1.2,
+        "sigma_data": 0.5,   # edm: sigma_data of the loss weight and of the EDM preconditioner
+        "t_dist": "uniform", # flow: uniform | logit_normal (logit t ~ N(logit_mean, logit_std^2); SD3: 0, 1)
+        "logit_mean": 0.0,
+        "logit_std": 1.0,
+        "shift": 1.0,        # flow: SD3's shift of the drawn t, shift t / (1 + (shift - 1) t) (1: none)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
@@ -113,6 +124,10 @@ DEFAULTS: dict[str, Any] = {
         "remasking": "entropy",  # llada sampler: entropy (the most certain position first; keeps the data's
                              # law) | low_confidence (LLaDA's: collapses to the shortest strings) | random
         "block_length": 0,   # llada sampler: semi-autoregressive block length (0: one block)
+        "order_temperature": 0.0,  # llada sampler: Gumbel noise on the reveal order (0: sorted by the score)
+        "eta": 0.1,          # remdm sampler: remasking strength (cap: sigma_t = min(eta, sigma_max))
+        "remdm_schedule": "cap",  # remdm sampler: cap | rescale (eta sigma_max) | conf (least confident first)
+        "block_size": 0,     # task masked: block diffusion (BD3-LM) with blocks of this many tokens (0: none)
         "temperature": 1.0,  # sampling temperature (0: argmax)
         "eval_draws": 4,     # mask draws per held-out sequence for the bound
     },
@@ -137,7 +152,9 @@ _FREE_SECTIONS = ("sde", "model")
 _TASK_SECTIONS = ("discrete", "vae")   # kept only for the tasks that list them in `Task.sections`
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none", "standardize"),
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
-            "discrete.remasking": ("entropy", "low_confidence", "random"), "discrete.loss": ("time", "count"),
+            "discrete.remasking": ("entropy", "low_confidence", "margin", "random"),
+            "discrete.remdm_schedule": ("cap", "rescale", "conf"), "discrete.loss": ("time", "count"),
+            "train.t_dist": ("uniform", "logit_normal"),
             "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
@@ -145,7 +162,9 @@ _BOUNDS = {
     "train.steps": (1, False), "train.batch_size": (1, False), "train.lr": (0.0, True),
     "train.beta1": (0.0, False), "train.beta2": (0.0, False), "train.adam_eps": (0.0, True),
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
-    "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False), "train.log_every": (1, False), "train.ckpt_every": (1, False),
+    "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False),
+    "train.p_std": (0.0, True), "train.sigma_data": (0.0, True), "train.logit_std": (0.0, True), "train.shift": (0.0, True),
+    "train.log_every": (1, False), "train.ckpt_every": (1, False),
     "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
     "train.phema_every": (0, False),
     "train.keep": (1, False), "train.max_nonfinite": (1, False),
@@ -153,7 +172,8 @@ _BOUNDS = {
     "discrete.seq_len": (0, False), "discrete.eps": (0.0, False), "discrete.vocab_size": (0, False),
     "discrete.eos_id": (-1, False), "discrete.max_depth": (1, False), "discrete.digits": (1, False),
     "discrete.holdout": (0.0, False), "discrete.block_length": (0, False), "discrete.temperature": (0.0, False),
-    "discrete.eval_draws": (1, False),
+    "discrete.eval_draws": (1, False), "discrete.order_temperature": (0.0, False), "discrete.eta": (0.0, False),
+    "discrete.block_size": (0, False),
     "vae.ch": (1, False), "vae.num_res_blocks": (1, False), "vae.z_channels": (1, False), "vae.num_groups": (1, False),
     "vae.dropout": (0.0, False), "vae.kl_weight": (0.0, False), "vae.disc_weight": (0.0, False),
     "vae.disc_start": (0, False), "vae.disc_ch": (1, False), "vae.disc_layers": (1, False),
@@ -165,7 +185,7 @@ _MAXIMA = {
     "sample.n": L.MAX_SAMPLES, "eval.n": L.MAX_SAMPLES, "sample.steps": L.MAX_STEPS,
     "discrete.seq_len": L.MAX_SEQ_LEN, "discrete.vocab_size": L.MAX_VOCAB, "discrete.eos_id": L.MAX_VOCAB,
     "discrete.max_depth": L.MAX_SEQ_LEN, "discrete.digits": L.MAX_DIGITS, "discrete.block_length": L.MAX_SEQ_LEN,
-    "discrete.eval_draws": L.MAX_SAMPLES,
+    "discrete.eval_draws": L.MAX_SAMPLES, "discrete.block_size": L.MAX_SEQ_LEN,
 }
 _BELOW_ONE = ("train.beta1", "train.beta2", "train.ema_decay", "train.loss_eps", "discrete.eps", "discrete.holdout")
 
@@ -194,6 +214,8 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
         raise ValueError(f"config {key}: expected {_type_name(default)}, found {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"config {key}: expected a finite number, found {value!r}")
+    if key == "train.recipe" and value not in RECIPES:
+        raise ValueError(f"config {key}: expected one of {', '.join(RECIPES)}, found {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"config {key}: expected one of {', '.join(_CHOICES[key])}, found {value!r}")
     if key in _BOUNDS:

@@ -8,6 +8,17 @@
   L_simple (eq. 14) at DDPM's integer timesteps.
 - `smld_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
   Distribution", arXiv:1907.05600, eqs. 5-6, on the VE SDE's geometric noise levels.
+- `edm_loss`: Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative Models",
+  arXiv:2206.00364, Table 1: lambda(s) ||D(x_t) - x0||^2 with lambda(s) = (s^2 + s_d^2) / (s s_d)^2 and
+  ln s ~ N(P_mean, P_std^2) (`edm_times`), s = sigma / alpha the noise level of x_t / alpha.
+- `flow_matching_loss`: rectified flow / flow matching (Liu et al. 2022, arXiv:2209.03003; Lipman et al.
+  2022, arXiv:2210.02747): ||u(x_t) - (z - x0)||^2, with t uniform or logit-normal and SD3's shift
+  (Esser et al. 2024, arXiv:2403.03206; `flow_times`).
+
+`edm_times` and `flow_times` draw a noise level and map it to the SDE's own time with the same
+half log-SNR lambda = log(alpha / sigma) = -ln s (`sde.t_from_half_log_snr`), clamped to [eps, T]: on
+EDM's path (t = s) and on the flow path (t = s / (1 + s)) that is the distribution itself; on VP or VE it is
+the same distribution of noise levels, in the time of that SDE.
 
 All three are the same objective, E ||sigma s(x_t, t) + z||^2 with x_t = alpha x0 + sigma z: for
 s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/concepts/ddpm-is-dsm.md).
@@ -122,7 +133,10 @@ def classifier_loss(classifier: Callable, sde: Any, x0: torch.Tensor, y: torch.T
     return losses if per_sample else losses.mean()
 
 
-__all__ = ["dsm_loss", "ddpm_loss", "smld_loss"]
+__all__ = ["dsm_loss", "ddpm_loss", "smld_loss", "edm_loss", "flow_matching_loss", "edm_times", "flow_times",
+           "T_DISTS"]
+
+T_DISTS = ("uniform", "logit_normal")       # `flow_times`' distributions of the flow time
 
 
 # --- validation at the API boundary -------------------------------------------------------------
@@ -321,4 +335,153 @@ def smld_loss(score_fn: Callable, vesde: Any, x0: torch.Tensor, *, sigma_index: 
     x_i = x0 + sigma * z                                             # x_i ~ N(x0, sigma_i^2 I)
     score = _call(score_fn, "score_fn", x_i, _grid_time(vesde, i, x0.dtype))
     losses = _reduce((sigma * score + z).square(), reduce_mean)      # sigma_i^2 ||s + z / sigma_i||^2
+    return losses if per_sample else losses.mean()
+
+
+# --- EDM and flow matching -----------------------------------------------------------------------------
+def _check_eps(eps: Any, sde: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
+        raise ValueError(f"eps: expected the smallest training time in (0, T={sde.T}), found {eps!r}")
+    return float(eps)
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive number of times, found {n!r}")
+    return n
+
+
+def _time_of_lambda(sde: Any, lam: torch.Tensor, eps: float) -> torch.Tensor:
+    """The SDE's time of half log-SNR `lam`, clamped to [eps, T] (the training range)."""
+    return sde.t_from_half_log_snr(lam).clamp(eps, sde.T)
+
+
+def edm_times(sde: Any, n: int, *, p_mean: float = -1.2, p_std: float = 1.2, eps: float = 1e-5,
+              generator: torch.Generator | None = None, device: Any = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n,) training times of EDM: ln s ~ N(p_mean, p_std^2) (Karras et al. 2022, Table 1), s = sigma / alpha,
+    mapped to the SDE's time of the same noise level (lambda = -ln s) and clamped to [eps, T].
+
+    One normal draw per time from `generator` (EDM's `rnd_normal`); on EDM's path t = s."""
+    check_sde(sde)
+    n, eps = _check_n(n), _check_eps(eps, sde)
+    p_mean = check_real("p_mean", p_mean)
+    p_std = check_real("p_std", p_std, 0.0, interval="(]")
+    check_generator(generator)
+    gen_device = generator.device if generator is not None else device
+    rnd = torch.randn(n, generator=generator, device=gen_device, dtype=dtype).to(device)
+    log_s = rnd * p_std + p_mean                                  # ln sigma ~ N(P_mean, P_std^2)
+    return _time_of_lambda(sde, -log_s, eps)
+
+
+def flow_times(sde: Any, n: int, *, t_dist: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
+               shift: float = 1.0, eps: float = 1e-5, generator: torch.Generator | None = None, device: Any = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n,) training times of flow matching, drawn as the flow time tau (x = (1 - tau) x0 + tau z up to scale):
+
+        t_dist = "uniform":       tau ~ U(tau(eps), tau(T)), the SDE's range
+        t_dist = "logit_normal":  logit tau ~ N(logit_mean, logit_std^2) (SD3: m = 0, s = 1)
+
+    then SD3's shift tau' = shift tau / (1 + (shift - 1) tau) (1: none), mapped to the SDE's time of the same
+    noise level (s = tau / (1 - tau), lambda = -ln s) and clamped to [eps, T]. On the flow path t = tau.
+    One uniform or normal draw per time from `generator`."""
+    check_sde(sde)
+    n, eps = _check_n(n), _check_eps(eps, sde)
+    if t_dist not in T_DISTS:
+        raise ValueError(f"t_dist: expected one of {', '.join(T_DISTS)}, found {t_dist!r}")
+    logit_mean = check_real("logit_mean", logit_mean)
+    logit_std = check_real("logit_std", logit_std, 0.0, interval="(]")
+    shift = check_real("shift", shift, 0.0, interval="(]")
+    check_generator(generator)
+    gen_device = generator.device if generator is not None else device
+    if t_dist == "uniform":
+        ends = sde.half_log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+        lo, hi = torch.sigmoid(-ends).tolist()                     # tau = sigma / (alpha + sigma) = sigmoid(-lambda)
+        u = torch.rand(n, generator=generator, device=gen_device, dtype=dtype).to(device)
+        tau = lo + (hi - lo) * u
+    else:
+        rnd = torch.randn(n, generator=generator, device=gen_device, dtype=dtype).to(device)
+        tau = torch.sigmoid(rnd * logit_std + logit_mean)
+    if shift != 1:
+        tau = shift * tau / (1 + (shift - 1) * tau)
+    lam = torch.log1p(-tau) - torch.log(tau)                       # log((1 - tau) / tau) = -ln s
+    return _time_of_lambda(sde, lam, eps)
+
+
+def _perturb(sde: Any, x0: torch.Tensor, t: torch.Tensor, noise: Any, generator: torch.Generator | None):
+    """(x_t, z, alpha, sigma) with x_t = alpha x0 + sigma z; alpha, sigma broadcast against x0."""
+    z = _noise(noise, x0, generator)
+    alpha, sigma = sde.marginal_coefs(t)
+    a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
+    return a * x0 + s * z, z, a, s
+
+
+def edm_loss(denoiser_fn: Callable, sde: Any, x0: torch.Tensor, *, p_mean: float = -1.2, p_std: float = 1.2,
+             sigma_data: float = 0.5, eps: float = 1e-5, reduce_mean: bool = True, t: Any = None,
+             noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             per_sample: bool = False) -> torch.Tensor:
+    """EDM's loss (Karras et al. 2022, Table 1; NVlabs/edm `EDMLoss`), per sample
+
+        lambda(s) ||D(x_t, t) - x0||^2,   lambda(s) = (s^2 + s_d^2) / (s s_d)^2,   s = sigma(t) / alpha(t),
+
+    with x_t = alpha x0 + sigma z, t from `edm_times` (ln s ~ N(p_mean, p_std^2)) unless given, reduced over
+    the data dimensions by mean (`reduce_mean=True`) or half the sum. D is in the units of x0, so on any linear
+    SDE this is EDM's loss on x_t / alpha, whose noise level is s.
+
+    Args:
+        denoiser_fn: denoiser_fn(x, t) -> D(x, t) = E[x0 | x_t = x] shaped like x (e.g.
+            `functools.partial(score_model, output="x0")`).
+        sigma_data: s_d of the weight (EDM: 0.5, the data's standard deviation).
+        t, noise, generator, per_sample: as `dsm_loss` (t drawn first, then z).
+    """
+    check_fn(denoiser_fn, "denoiser_fn")
+    check_sde(sde)
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    sd = check_real("sigma_data", sigma_data, 0.0, interval="(]")
+    check_generator(generator)
+    if t is None:
+        t = edm_times(sde, x0.shape[0], p_mean=p_mean, p_std=p_std, eps=eps, generator=generator, device=x0.device,
+                      dtype=x0.dtype)
+    else:
+        t = _train_time(t, x0, sde, eps, generator)
+    x_t, z, a, s = _perturb(sde, x0, t, noise, generator)
+    D = _call(denoiser_fn, "denoiser_fn", x_t, t)
+    level = (s / a).reshape(-1)                                      # s = sigma / alpha
+    weight = (level.square() + sd ** 2) / (level * sd).square()      # lambda(s)
+    losses = weight * _reduce((D - x0).square(), reduce_mean)
+    return losses if per_sample else losses.mean()
+
+
+def flow_matching_loss(velocity_fn: Callable, sde: Any, x0: torch.Tensor, *, t_dist: str = "uniform",
+                       logit_mean: float = 0.0, logit_std: float = 1.0, shift: float = 1.0, eps: float = 1e-5,
+                       reduce_mean: bool = True, t: Any = None, noise: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, per_sample: bool = False) -> torch.Tensor:
+    """Flow matching's velocity loss (rectified flow, Liu et al. 2022; Lipman et al. 2022), per sample
+
+        ||u(x_t, t) - (z - x0)||^2,   x_t = alpha(t) x0 + sigma(t) z,
+
+    t from `flow_times` (uniform or logit-normal flow time, SD3's shift) unless given, reduced over the data
+    dimensions by mean (`reduce_mean=True`) or half the sum. On the flow path (alpha = 1 - t, sigma = t)
+    u is the ODE's velocity dx_t/dt; on any linear SDE the target z - x0 is the same.
+
+    Args:
+        velocity_fn: velocity_fn(x, t) -> u shaped like x (e.g. `functools.partial(score_model, output="u")`).
+        t, noise, generator, per_sample: as `dsm_loss` (t drawn first, then z).
+    """
+    check_fn(velocity_fn, "velocity_fn")
+    check_sde(sde)
+    x0 = _check_x0(x0)
+    _check_bool("reduce_mean", reduce_mean)
+    _check_bool("per_sample", per_sample)
+    check_generator(generator)
+    if t is None:
+        t = flow_times(sde, x0.shape[0], t_dist=t_dist, logit_mean=logit_mean, logit_std=logit_std, shift=shift,
+                       eps=eps, generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        t = _train_time(t, x0, sde, eps, generator)
+    x_t, z, _, _ = _perturb(sde, x0, t, noise, generator)
+    u = _call(velocity_fn, "velocity_fn", x_t, t)
+    losses = _reduce((u - (z - x0)).square(), reduce_mean)          # ||u - (z - x0)||^2
     return losses if per_sample else losses.mean()

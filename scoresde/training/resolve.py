@@ -6,7 +6,7 @@ import time
 from typing import Any, Mapping
 
 from scoresde._common.toml import load_toml
-from scoresde.training.config import default_config, resolve
+from scoresde.training.config import DEFAULTS, resolve
 from scoresde.training.tasks.base import get_task
 from scoresde.runs.directory import newest_intact
 
@@ -23,15 +23,15 @@ _UNREPORTED = ("out", "name", "train.steps", "train.progress")     # expected to
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """["train.batch_size 512 -> 256", ...]: the values of `new` (a resumed run's config) that differ from
-    `old` (its checkpoint's), but for the run's place and name, train.steps and train.progress. A key `old` lacks
-    (added to scoresde after the checkpoint was written) counts as its default."""
+    `old` (its checkpoint's), but for the run's place and name, train.steps and train.progress, and keys added
+    to the defaults since the checkpoint was written that keep their default (e.g. train.recipe = "dsm")."""
     def flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {f"{k}.{s}" if isinstance(v, Mapping) else k: w for k, v in cfg.items()
                 for s, w in (v.items() if isinstance(v, Mapping) else [(None, v)])}
-    a, b = flat(old), flat(new)
-    a = {**{k: v for k, v in flat(default_config()).items() if k in b}, **a}
+    a, b, defaults = flat(old), flat(new), flat(DEFAULTS)
     return [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
-            if k not in _UNREPORTED and a.get(k) != b.get(k)]
+            if k not in _UNREPORTED and a.get(k) != b.get(k)
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])]
 
 
 def resolve_run(config: Any = None, *, out: str | None = None, resume: bool = False, task: str | None = None,

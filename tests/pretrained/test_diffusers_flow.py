@@ -125,7 +125,7 @@ def test_the_flow_preconditioner_in_closed_form():
         a, s = torch.tensor(alpha, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
         x, u = a * x0 + s * z, z - x0                                      # the exact velocity
         c_skip, c_out, c_in = p.scalings(a, s)
-        assert c_in is None and torch.allclose(c_skip * x + c_out * u, x0)
+        assert torch.allclose(c_in, 1 / (a + s)) and torch.allclose(c_skip * x + c_out * u, x0)   # input: x / (alpha + sigma)
         assert torch.allclose(p.x0(u, x, a, s), x0)
         if sigma > 0:
             assert torch.allclose(p.eps(u, x, a, s), z)

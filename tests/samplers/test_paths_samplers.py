@@ -113,7 +113,7 @@ CASES = [("euler_maruyama", {}, 500), ("reverse_diffusion", {}, 500), ("ancestra
          ("pc", {"predictor": "euler_maruyama", "corrector": "annealed_langevin", "snr": 0.1}, 500),
          ("ode", {"rtol": 1e-5, "atol": 1e-5}, None), ("torchsde", {}, 500),
          ("ddim", {}, 400), ("heun", {}, 40), ("dpm_solver", {"order": 3}, 40), ("deis", {"order": 3}, 40),
-         ("unipc", {}, 40), ("bns", {}, 40)]
+         ("unipc", {}, 40), ("bns", {}, 40), ("edm", {"S_churn": 10.0}, 100)]
 # Allowed relative variance bias beyond 3 standard errors, measured (n = 3000, variance SE 2.6%; run at n = 2000): first-order
 # SDE steps on 500 steps <= 2%, the Langevin corrector's stationary bias (tests/samplers/test_samplers.py) 6%.
 # On EDM the samplers that follow the SDE's own N-step discretisation (reverse_diffusion, pc) or a fixed dt

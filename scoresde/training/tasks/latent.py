@@ -21,6 +21,7 @@ from scoresde.data.datasets import Dataset
 from scoresde.training.tasks.base import TASKS
 from scoresde.training.tasks.score import ScoreTask, fast_draw
 from scoresde.runs.load import load_autoencoder
+from scoresde.training.recipes import recipe_defaults
 from scoresde.runs.plots import plot_samples
 
 
@@ -35,8 +36,9 @@ class LatentScoreTask(ScoreTask):
 
     @classmethod
     def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
-        """The final draw of the decoded images: a fast sampler and the plot's 64 samples (scoresde.tasks.score)."""
-        return {"sample": fast_draw(view, 64)}
+        """The final draw of the decoded images: a fast sampler and the plot's 64 samples (scoresde.tasks.score);
+        the recipe's SDE and preconditioner (scoresde.training.recipes)."""
+        return recipe_defaults(view, {"sample": fast_draw(view, 64)})
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -76,7 +78,7 @@ class LatentScoreTask(ScoreTask):
         mean = self.x_all[idx]
         # z = mean + std * n ~ q(z | x), scaled: a fresh posterior draw each time an image is used
         z = mean + self.z_std[idx] * torch.randn(mean.shape, generator=noise_gen, device=mean.device)
-        return self.dsm(model, z, idx, noise_gen)
+        return self.batch_loss(model, z, idx, noise_gen)
 
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
         """Latents from the score model, decoded to images (n, C, H, W)."""

@@ -2,7 +2,9 @@
 
 `masked`: the continuous-time NELBO of absorbing-state diffusion (MDLM, Sahoo et al. 2024,
 arXiv:2406.07524, eq. 10; LLaDA, Nie et al. 2025, arXiv:2502.09992, eq. 3) with stratified times,
-`scoresde.discrete`. `autoregressive`: next-token cross-entropy of the same network made causal, the
+`scoresde.discrete`; with `discrete.block_size` b > 0 block diffusion (BD3-LM, Arriola et al. 2025,
+arXiv:2503.09573): a block-causal network trained on the sum over blocks of their NELBOs in one vectorised
+pass over x_t (+) x_0. `autoregressive`: next-token cross-entropy of the same network made causal, the
 baseline of the papers' comparisons. Both train on a built-in language, a text file or a `.npy` array of
 token ids (`[data] name`), with the options of the `[discrete]` section; the tokenizer, the language and
 the process go into the checkpoint metadata, so `scoresde.load` rebuilds the model.
@@ -17,6 +19,8 @@ import torch
 
 from scoresde.training.tasks.base import TASKS, Task
 from scoresde.sde.masked import SCHEDULES, MaskedProcess
+from scoresde.sde.block_masked import BlockMaskedProcess, block_ranges
+from scoresde.samplers.block import split_steps
 from scoresde.samplers.masked import DISCRETE_SAMPLERS
 from scoresde.models.nets import MODELS, get_model
 from scoresde.data.tokens import TokenData, load_tokens, split_holdout, tokens_from_array
@@ -40,6 +44,16 @@ class _TokenTask(Task):
         MODELS[cfg["model"]["name"]], SCHEDULES[cfg["discrete"]["schedule"]]
         if cls is MaskedTask:
             DISCRETE_SAMPLERS[cfg["sample"]["sampler"]]
+            b = cfg["discrete"]["block_size"]
+            if b and cfg["model"].get("time_conditioning"):
+                raise ValueError(f"discrete.block_size: block diffusion (block_size = {b}) takes no time input; "
+                                 "found model.time_conditioning = true")
+            if b and cfg["discrete"]["block_length"]:
+                raise ValueError(f"discrete.block_length: a block diffusion model (block_size = {b}) samples its "
+                                 "own blocks; leave block_length at 0")
+        elif cfg["discrete"]["block_size"]:
+            raise ValueError(f"discrete.block_size: block diffusion is a masked model (--task masked); task "
+                             f"{cls.name!r} found block_size = {cfg['discrete']['block_size']}")
         if cfg["model"]["name"] != cls.net_name:
             raise ValueError(f"model.name: task {cls.name!r} trains a {cls.net_name} network, found "
                              f"{cfg['model']['name']!r}")
@@ -66,6 +80,8 @@ class _TokenTask(Task):
     def _net(self):
         kw = {k: v for k, v in self.cfg["model"].items() if k != "name"}
         V = self.tokens.vocab_size
+        if self.cfg["discrete"]["block_size"]:
+            kw["block_size"] = self.cfg["discrete"]["block_size"]
         return get_model(self.cfg["model"]["name"], **{**kw, "vocab_size": V + 1, "num_outputs": V,
                                                       "seq_len": self.tokens.seq_len})
 
@@ -149,7 +165,8 @@ class MaskedTask(_TokenTask):
     def prepare(self) -> None:
         super().prepare()
         D = self.cfg["discrete"]
-        self.process = MaskedProcess(self.tokens.vocab_size, D["schedule"], D["eps"])
+        self.process = (BlockMaskedProcess(self.tokens.vocab_size, D["block_size"], D["schedule"], D["eps"])
+                        if D["block_size"] else MaskedProcess(self.tokens.vocab_size, D["schedule"], D["eps"]))
 
     def _make(self, net):
         return MaskedLM(net, self.process, self.tokens.tokenizer, self.tokens.eos_id, self.tokens.language)
@@ -166,7 +183,9 @@ class MaskedTask(_TokenTask):
         s, D = self.cfg["sample"], self.cfg["discrete"]
         kw = {"sampler": s["sampler"], "steps": s["steps"], "temperature": D["temperature"]}
         if s["sampler"] == "llada":
-            kw.update(remasking=D["remasking"], block_length=D["block_length"])
+            kw.update(remasking=D["remasking"], block_length=D["block_length"], order_temperature=D["order_temperature"])
+        elif s["sampler"] == "remdm":
+            kw.update(eta=D["eta"], schedule=D["remdm_schedule"])
         return kw
 
     def _nats(self, model, x, generator) -> torch.Tensor:
@@ -176,9 +195,15 @@ class MaskedTask(_TokenTask):
         model(x, torch.ones(len(x), device=x.device))
 
     def _plan(self) -> tuple[str, int, int]:
-        """(sampler, steps, network calls at most): a call only when a step reveals something, so <= L."""
-        s = self.cfg["sample"]
-        return s["sampler"], s["steps"], min(s["steps"], self.tokens.seq_len)
+        """(sampler, steps, network calls at most): mdlm / llada call only when a step reveals something (<= L),
+        remdm at every step; block diffusion splits the steps over the blocks (at least one each)."""
+        s, L, b = self.cfg["sample"], self.tokens.seq_len, self.cfg["discrete"]["block_size"]
+        if b:
+            per = split_steps(s["steps"], block_ranges(L, b))
+            calls = sum(per) if s["sampler"] == "remdm" else sum(min(p, hi - lo) for p, (lo, hi)
+                                                               in zip(per, block_ranges(L, b)))
+            return s["sampler"], s["steps"], calls
+        return s["sampler"], s["steps"], s["steps"] if s["sampler"] == "remdm" else min(s["steps"], L)
 
 
 @TASKS.register("autoregressive")

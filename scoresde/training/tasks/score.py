@@ -1,11 +1,12 @@
-"""The score-model task: continuous-time denoising score matching of a `ScoreModel` over an SDE.
+"""The score-model task: a `ScoreModel` over an SDE trained by the config's recipe (scoresde.training.recipes).
 
-Loss: Song et al. (2021), "Score-Based Generative Modeling through SDEs", arXiv:2011.13456, eq. 7
-(`dsm_loss`), or its class-conditional form with label dropout for classifier-free guidance
-(Ho & Salimans 2022, arXiv:2207.12598; `conditional_dsm_loss`), or, on captioned data (`Dataset.texts`),
-its text-conditional form: a text encoder (`model.text_encoder`, `scoresde.models.text`) trained jointly
-with a network that cross-attends to its tokens (`model.context_dim`), each caption replaced by the empty
-prompt "" with probability `train.p_uncond` (prompt dropout: the null condition of guidance). Samples come from the config's
+Loss: by default (`train.recipe = "dsm"`) Song et al. (2021), "Score-Based Generative Modeling through SDEs",
+arXiv:2011.13456, eq. 7 (`dsm_loss`); EDM's (`edm`) or flow matching's (`flow`) otherwise; with labels, the
+class-conditional form with label dropout for classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598),
+or, on captioned data (`Dataset.texts`), its text-conditional form: a text encoder (`model.text_encoder`,
+`scoresde.models.text`) trained jointly with a network that cross-attends to its tokens (`model.context_dim`),
+each caption replaced by the empty prompt "" with probability `train.p_uncond` (prompt dropout: the null
+condition of guidance). Samples come from the config's
 [sample] sampler; evaluation is the exact mode statistics for mixture data.
 """
 from __future__ import annotations
@@ -23,8 +24,7 @@ from scoresde.samplers.core import SAMPLERS, describe_estimate, estimate_samplin
 from scoresde.sde.base import SDES
 from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
 from scoresde.runs.load import build_model
-from scoresde.training.losses import conditional_dsm_loss
-from scoresde.training import losses
+from scoresde.training.recipes import recipe_defaults, recipe_loss, recipe_meta
 from scoresde.runs.plots import is_image_shape, plot_samples
 
 
@@ -92,7 +92,12 @@ class ScoreTask(Task):
     def data_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
         """Images: a fast final draw of as many samples as the plot and the run's metric need; for (C, H, W) images
         also a U-Net unless a network is named (or keys of the default network are set), batch 64, and a
-        network sized to small images (the table above)."""
+        network sized to small images (the table above). Any data: the SDE, preconditioner and noise input of
+        the `train.recipe` (scoresde.training.recipes) where the user set none."""
+        return recipe_defaults(view, cls._image_defaults(view, data))
+
+    @classmethod
+    def _image_defaults(cls, view: dict[str, Any], data: Any = None) -> dict[str, dict[str, Any]]:
         shape, name = _data_shape(view, data)
         if shape is None or not is_image_shape(shape):
             return {}
@@ -189,7 +194,7 @@ class ScoreTask(Task):
                     and k not in TEXT_KEYS and not (k == "num_classes" and not v)}   # num_classes = 0: unconditional
         meta = {"sde": {"name": cfg["sde"]["name"], "config": {k: v for k, v in cfg["sde"].items() if k != "name"}},
                 "model": {"name": cfg["model"]["name"], "config": {**model_kw, "data_shape": shape},
-                          "score_config": {k: v for k, v in cfg["model"].items() if k in _SCORE_KEYS}},
+                          "score_config": self._score_config()},
                 "data_shape": shape}
         if self.text is not None:
             meta["model"]["text_encoder"] = self.text
@@ -199,6 +204,14 @@ class ScoreTask(Task):
         self.y_all = self.ds.labels.to(device) if self.K else None
         return self.model
 
+    def _score_config(self) -> dict[str, Any]:
+        """The ScoreModel's settings of the config: the [model] keys of `_SCORE_KEYS`, and EDM's
+        `train.sigma_data` for its preconditioner."""
+        out = {k: v for k, v in self.cfg["model"].items() if k in _SCORE_KEYS}
+        if out.get("parameterization") == "edm":
+            out["sigma_data"] = self.cfg["train"]["sigma_data"]
+        return out
+
     def meta(self) -> dict[str, Any]:
         ds = self.ds
         text = {} if self.text is None else {"text_encoder": {"name": self.text["name"],
@@ -206,27 +219,22 @@ class ScoreTask(Task):
         return {"model": {"name": self.cfg["model"]["name"], "config": self.model.net.config,
                           "score_config": self.model.config(), **text},
                 "sde": {"name": self.cfg["sde"]["name"], "config": self.sde.config()},
+                "recipe": recipe_meta(self.cfg["train"]),
                 "data_shape": list(ds.shape), "data": {"name": ds.name, "kind": ds.kind, "classes": ds.classes}}
 
     # --- one step --------------------------------------------------------------------------------------
     def loss(self, model, data_gen, noise_gen) -> torch.Tensor:
         T = self.cfg["train"]
         idx = torch.randint(len(self.ds), (T["batch_size"],), generator=data_gen).to(self.x_all.device)
-        return self.dsm(model, self.x_all[idx], idx, noise_gen)
+        return self.batch_loss(model, self.x_all[idx], idx, noise_gen)
 
-    def dsm(self, model, x0: torch.Tensor, idx: torch.Tensor, noise_gen) -> torch.Tensor:
-        """The DSM loss of the batch x0 (examples `idx` of the data): unconditional, with label dropout, or with
-        prompt dropout (captions replaced by "" with probability p_uncond)."""
-        T = self.cfg["train"]
-        kw = dict(likelihood_weighting=T["likelihood_weighting"], eps=T["loss_eps"], generator=noise_gen)
-        if self.text is not None:   # prompt dropout draws from noise_gen first, so resume stays exact
-            keep = torch.rand(len(idx), generator=noise_gen, device=x0.device) >= T["p_uncond"]
-            texts = [self.ds.texts[i] if k else "" for i, k in zip(idx.tolist(), keep.tolist())]
-            return losses.dsm_loss(lambda x, t: model(x, t, texts), self.sde, x0, **kw)
-        if self.K:           # label dropout draws from noise_gen first, so resume stays exact
-            return conditional_dsm_loss(model, self.sde, x0, self.y_all[idx], p_uncond=T["p_uncond"],
-                                        num_classes=self.K, **kw)
-        return losses.dsm_loss(model, self.sde, x0, **kw)
+    def batch_loss(self, model, x0: torch.Tensor, idx: torch.Tensor, noise_gen) -> torch.Tensor:
+        """The recipe's loss of the batch x0 (examples `idx` of the data): unconditional, with label dropout, or
+        with prompt dropout (captions replaced by "" with probability p_uncond); the dropout draws from
+        noise_gen first, so resume stays exact."""
+        texts = [self.ds.texts[i] for i in idx.tolist()] if self.text is not None else None
+        return recipe_loss(model, self.sde, x0, self.cfg["train"], labels=self.y_all[idx] if self.K else None,
+                           num_classes=self.K, texts=texts, generator=noise_gen)
 
     # --- hooks -----------------------------------------------------------------------------------------
     def sample(self, model, generator, n, progress=False) -> torch.Tensor:
