@@ -82,8 +82,9 @@ def _trained(result: TrainResult) -> str:
               help="What is trained: a score model, a masked diffusion language model, or its autoregressive "
                    "baseline (both on tokens, options in [discrete]).")
 @click.option("--data", metavar="NAME|PATH", show_default=DEFAULTS["data"]["name"],
-              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits, digits32), a .npy/.npz "
-                   "array (N, *D) or an image folder; for --task masked: a language (brackets, sums), a text "
+              help="Built-in dataset (mixture, moons, swissroll, checkerboard, rings, digits, digits32; captioned: "
+                   "digitpairs), a .npy/.npz array (N, *D) (captions: key text) or an image folder (captions: "
+                   "metadata.jsonl/.csv with file_name, text); for --task masked: a language (brackets, sums), a text "
                    "file or a .npy array of token ids (N, L).")
 @click.option("--sde", type=click.Choice(names("sde")), show_default=DEFAULTS["sde"]["name"], help="Forward SDE.")
 @click.option("--model", type=click.Choice(names("model")), show_default=DEFAULTS["model"]["name"],

@@ -1,9 +1,9 @@
 """Training data: built-in 2-D datasets, scikit-learn's digits (8x8, and 32x32 upsampled), `.npy`/`.npz`
-arrays, image folders.
+arrays, image folders, captioned data (`captions.py`: metadata files, `.npz` text arrays; `digitpairs.py`).
 
 Every loader returns a `Dataset`: a float32 tensor `x` of shape (N, *D) (any rank), optional integer
-labels, and, for the four-mode mixture, the exact `GaussianMixture` it was drawn from (so sample
-quality can be scored by mode weights). Images are scaled to [-1, 1], the centred data of
+labels, optional captions `texts` (one string per example), and, for the four-mode mixture, the exact
+`GaussianMixture` it was drawn from (so sample quality can be scored by mode weights). Images are scaled to [-1, 1], the centred data of
 Song et al. (2021, arXiv:2011.13456). Data are checked once here: a missing path, an unreadable
 file, a wrong rank or NaN/inf values raise one clear error naming the source.
 """
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from scoresde.sde.analytic import GaussianMixture, four_mode_mixture
+from scoresde.data.captions import (TEXT_KEY, captioned_images, check_text_header, check_texts, find_metadata,
+                                    load_texts, read_metadata)
 from scoresde._common.headers import array_headers, check_header, load_checked
 from scoresde._common.limits import MAX_CLASSES, PIXEL_BUDGET, check_memory
 from scoresde._common.registry import Registry
@@ -27,13 +29,15 @@ __all__ = ["Dataset", "DATASETS", "list_datasets", "load_dataset", "check_data_s
            "load_image_folder", "example_shape"]
 
 DATASETS = Registry("dataset")
+_SHAPES: dict[str, tuple[int, ...]] = {}     # the example shape of built-ins that declare it (no draw needed)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _FLOAT32_COPY = 8      # bytes per value a loaded array costs beyond its own: the float32 copy and one temporary
 
 
 @dataclass
 class Dataset:
-    """Training data `x` (N, *D) float32, optional `labels` (N,) int64, and provenance."""
+    """Training data `x` (N, *D) float32, optional `labels` (N,) int64, optional captions `texts` (N strings,
+    aligned with x), and provenance."""
 
     x: torch.Tensor
     name: str
@@ -162,8 +166,9 @@ def _check_array_header(name: str, shape: tuple[int, ...], dtype: np.dtype) -> N
         raise ValueError(f"data {name}: expected real numbers, found dtype {dtype}")
 
 
-def from_array(array, name: str = "array", labels=None, normalize: str = "auto") -> Dataset:
-    """A dataset from an array or tensor of shape (N, *D); uint8 data become [-1, 1] under "auto"."""
+def from_array(array, name: str = "array", labels=None, normalize: str = "auto", texts=None) -> Dataset:
+    """A dataset from an array or tensor of shape (N, *D); uint8 data become [-1, 1] under "auto"; `texts`:
+    one caption (str) per example, or None."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
@@ -178,7 +183,8 @@ def from_array(array, name: str = "array", labels=None, normalize: str = "auto")
     elif normalize == "standardize":
         x = (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
     y = None if labels is None else _check_labels(labels, len(x), name)
-    return Dataset(x, name, labels=y, kind="array", levels=256 if is_uint8 and normalize == "auto" else None)
+    return Dataset(x, name, labels=y, kind="array", levels=256 if is_uint8 and normalize == "auto" else None,
+                   texts=None if texts is None else check_texts(texts, len(x), name))
 
 
 def _check_labels(labels, n: int, name: str) -> torch.Tensor:
@@ -206,7 +212,8 @@ def _check_labels(labels, n: int, name: str) -> torch.Tensor:
 
 
 def load_array(path: str, normalize: str = "auto", labels: bool = True) -> Dataset:
-    """Load `.npy` (the array) or `.npz` (key x, data, or the only array; labels from y or labels).
+    """Load `.npy` (the array) or `.npz` (key x, data, or the only array; labels from y or labels; captions
+    from `text`, a string array of one caption per example: `np.savez(p, x=x, text=np.array(captions))`).
 
     The headers are read first: an array of objects, a header claiming more than the file holds, or an
     array that would not fit the memory budget (`scoresde._common.limits.memory_budget`: its bytes and
@@ -215,7 +222,8 @@ def load_array(path: str, normalize: str = "auto", labels: bool = True) -> Datas
     key, lab = _array_keys(path, headers)
     array = load_checked(path, key, extra_per_value=_FLOAT32_COPY, headers=headers)
     y = load_checked(path, lab, extra_per_value=8, headers=headers) if (labels and lab) else None
-    return from_array(array, name=path, labels=y, normalize=normalize)
+    texts = load_texts(path, headers, len(array)) if TEXT_KEY in headers and key != "" else None
+    return from_array(array, name=path, labels=y, normalize=normalize, texts=texts)
 
 
 def _array_keys(path: str, headers: dict) -> tuple[str, str | None]:
@@ -225,17 +233,19 @@ def _array_keys(path: str, headers: dict) -> tuple[str, str | None]:
     keys = list(headers)
     key = next((k for k in ("x", "data", "images") if k in keys), None)
     if key is None:
-        data_keys = [k for k in keys if k not in ("y", "labels")]
+        data_keys = [k for k in keys if k not in ("y", "labels", TEXT_KEY)]
         if len(data_keys) != 1:
             raise ValueError(f"data {path!r}: expected an array named x or data (or a single array), found keys {keys}")
         key = data_keys[0]
     return key, next((k for k in ("y", "labels") if k in keys), None)
 
 
-def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Dataset:
+def load_image_folder(path: str, image_size: int = 0, labels: bool = True, text_column: str = TEXT_KEY) -> Dataset:
     """Every image under `path` (recursively) as (N, C, H, W) in [-1, 1]; C = 1 if all are grey, else 3.
 
-    Images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
+    With a `metadata.jsonl` / `metadata.csv` (Hugging Face imagefolder: columns `file_name`, `text`;
+    `captions.py`) every image gets its caption in `texts`, and sub-folders give labels only when every
+    image lies in one and there are two or more; without one, images in sub-folders get the sub-folder (class) index as label. Sizes must agree unless
     `image_size` resizes all to image_size x image_size. The headers are read first: an image over the
     pixel budget (`PIXEL_BUDGET`, 8192^2) or a folder that would not fit the memory budget is refused,
     naming the file, before anything is decoded; images are then decoded one at a time.
@@ -245,6 +255,7 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Da
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"data {path!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    texts = captioned_images(path, files, text_column, IMAGE_EXTENSIONS)      # None: no metadata file
     heads = [_image_header(f) for f in files]                          # (mode, (W, H)), nothing decoded
     mode = "L" if all(m in ("L", "1", "I;16", "I") for m, _ in heads) else "RGB"
     C, largest = (1 if mode == "L" else 3), max(w * h for _, (w, h) in heads)
@@ -270,10 +281,10 @@ def load_image_folder(path: str, image_size: int = 0, labels: bool = True) -> Da
     rel = [os.path.relpath(os.path.dirname(f), path) for f in files]
     classes = sorted(set(rel))
     y = None
-    if labels and classes != ["."]:
+    if labels and classes != ["."] and (texts is None or (len(classes) > 1 and "." not in classes)):
         y = torch.tensor([classes.index(r) for r in rel])
     return Dataset(x.contiguous(), path, labels=y, kind="images", classes=classes if y is not None else [],
-                   levels=256)
+                   levels=256, texts=texts)
 
 
 def _image_header(f: str) -> tuple[str, tuple[int, int]]:
@@ -322,6 +333,8 @@ def check_data_source(name: str) -> str:
     if os.path.isdir(name):
         if _first_image(name) is None:
             raise ValueError(f"data {name!r}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        for meta in find_metadata(name):                            # captions: rows, columns and files checked
+            read_metadata(meta, extensions=IMAGE_EXTENSIONS)
         return "images"
     if not os.access(name, os.R_OK):
         raise ValueError(f"data {name!r}: the file is not readable (permission denied)")
@@ -332,6 +345,8 @@ def check_data_source(name: str) -> str:
     h = headers[key]
     _check_array_header(name, h.shape, h.dtype)
     check_header(h, extra_per_value=_FLOAT32_COPY)                  # objects, forged sizes, the memory budget
+    if TEXT_KEY in headers and key != TEXT_KEY:
+        check_text_header(headers[TEXT_KEY], h.shape[0])            # captions: strings, one per example
     return "array"
 
 
@@ -362,6 +377,8 @@ def example_shape(name: str, image_size: int = 0) -> tuple[int, ...] | None:
         if kind == "builtin":
             if name in ("digits", "digits32"):
                 return tuple(DATASETS[name]().x.shape[1:])
+            if name in _SHAPES:
+                return _SHAPES[name]
             return tuple(DATASETS[name](8, generator=torch.Generator().manual_seed(0)).x.shape[1:])
         if kind == "images":
             from PIL import Image
@@ -375,7 +392,7 @@ def example_shape(name: str, image_size: int = 0) -> tuple[int, ...] | None:
         with zipfile.ZipFile(name) as z:
             keys = [k[:-4] for k in z.namelist() if k.endswith(".npy")]
             key = next((k for k in ("x", "data", "images") if k in keys), None)
-            key = key or next(iter([k for k in keys if k not in ("y", "labels")]), None)
+            key = key or next(iter([k for k in keys if k not in ("y", "labels", TEXT_KEY)]), None)
             with z.open(f"{key}.npy") as f:
                 major, _ = np.lib.format.read_magic(f)
                 read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0

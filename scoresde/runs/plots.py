@@ -19,7 +19,7 @@ from scoresde._common.files import atomic_write_bytes, save_npy
 
 
 __all__ = ["plot_samples", "scatter_2d", "image_grid", "inpainting_grid", "pair_rows", "plot_loss", "is_image_shape",
-           "save_samples", "sample_metrics", "metrics_summary", "plot_texts"]
+           "save_samples", "sample_metrics", "metrics_summary", "plot_texts", "save_prompt_grid"]
 
 
 def _finite(name: str, x: torch.Tensor | None) -> None:
@@ -113,6 +113,41 @@ def image_grid(images: torch.Tensor, path: str, nrow: int | None = None, title: 
     ax.axis("off")
     if title:
         ax.set_title(title)
+    _save(fig, path)
+
+
+def save_prompt_grid(path: str, samples: torch.Tensor, prompts: Sequence[str], title: str = "") -> None:
+    """Samples of a text-conditional model as a PNG grid: one row per prompt (P, S, C, H, W) in [-1, 1] (clipped),
+    the prompt written at the left of its row."""
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 5 or samples.shape[2] not in (1, 3, 4):
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"samples: expected a tensor (P prompts, S samples, C in 1/3/4, H, W), found {shape}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != samples.shape[0] or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts: expected {samples.shape[0]} strings (one per row of samples), found "
+                         f"{len(prompts)}")
+    _finite("samples", samples)
+    plt = _figure()
+    x = ((samples.detach().float().cpu().clamp(-1, 1) + 1) / 2)[:, :, :3]       # (P, S, C, H, W) in [0, 1]
+    P, S, C, H, W = x.shape
+    rows = torch.ones(P, C, H, S * (W + 1) - 1)
+    for j in range(S):
+        rows[..., j * (W + 1):j * (W + 1) + W] = x[:, j]
+    width = min(14.0, 0.06 * S * (W + 1) + 0.5)
+    label = max(len(p) for p in prompts) * 0.075 + 0.3                           # inches for the prompt text
+    fig, axes = plt.subplots(P, 1, figsize=(width + label, max(0.9, 0.06 * H + 0.15) * P + (0.4 if title else 0.1)),
+                             squeeze=False)
+    for ax, row, prompt in zip(axes[:, 0], rows, prompts):
+        img = row.permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if C == 1 else img, cmap="gray" if C == 1 else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_ylabel(prompt.replace("$", r"\$") or "(empty prompt)", rotation=0, ha="right", va="center",
+                      fontsize=9)
+    if title:
+        fig.suptitle(title)
     _save(fig, path)
 
 

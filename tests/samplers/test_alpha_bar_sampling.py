@@ -29,6 +29,7 @@ BUDGET = {
     "pc": ({}, 200, 0.07), "torchsde": ({}, 200, 0.035), "ode": ({}, None, 0.01),
     "ddim": ({}, 200, 0.07), "heun": ({}, 50, 0.08), "dpm_solver": ({}, 50, 0.05), "deis": ({}, 50, 0.12),
     "unipc": ({}, 50, 0.05), "bns": ({}, 50, 0.05),     # bns without fitted weights runs unipc's
+    "edm": ({"S_churn": 10.0}, 100, 0.08),
 }
 
 

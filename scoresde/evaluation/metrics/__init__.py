@@ -1,4 +1,5 @@
-"""Sample-quality metrics: FID, KID, improved precision/recall, Inception Score, class accuracy.
+"""Sample-quality metrics: FID, KID, improved precision/recall, Inception Score, class accuracy, and the
+prompt accuracy of digit-pair canvases against their captions (`prompt_accuracy`).
 
 Feature networks by name ("inception": the FID Inception-v3 from a local weights file; "digits": the
 shipped 8x8 digits classifier) or any callable features(x) -> (B, F); reference statistics as `.npz`
@@ -15,6 +16,7 @@ from scoresde.evaluation.metrics.digits import DigitsClassifier, digits_split, l
 from scoresde.evaluation.metrics.evaluate import METRICS, Reference, evaluate, floor_metrics, metrics_from_features
 from scoresde.evaluation.metrics.files import evaluate_files, load_inputs
 from scoresde.evaluation.metrics.runs import run_metric_name, run_metrics
+from scoresde.evaluation.metrics.prompt_accuracy import pair_glyphs, prompt_accuracy, prompt_matches
 
 
 __all__ = [
@@ -23,5 +25,5 @@ __all__ = [
     "FeatureNet", "extract_features", "get_feature_net", "FEATURE_NETS",
     "InceptionV3", "load_inception", "DigitsClassifier", "digits_split", "load_digits_classifier",
     "METRICS", "Reference", "evaluate", "evaluate_files", "metrics_from_features", "floor_metrics", "load_inputs",
-    "run_metric_name", "run_metrics",
+    "run_metric_name", "run_metrics", "prompt_accuracy", "prompt_matches", "pair_glyphs",
 ]
