@@ -5,7 +5,7 @@ grad log p_0t(x_t | x_0) = -z / sigma(t). Denoising score matching therefore mak
 noise predictor eps*(x_t, t) = E[z | x_t] = -sigma(t) grad log p_t(x_t) (Tweedie's formula), which
 is why DDPM's epsilon-prediction (Ho et al. 2020, arXiv:2006.11239) is score matching
 (Song et al. 2021, "Score-Based Generative Modeling through SDEs", arXiv:2011.13456, App. B/C;
-Vincent 2011). See docs/ddpm_is_dsm.md.
+Vincent 2011). See docs/concepts/ddpm-is-dsm.md.
 
 Conversions used below, all per sample with alpha = alpha(t), sigma = sigma(t):
     score = -eps / sigma                      eps   = -sigma * score

@@ -21,7 +21,7 @@ EDM's path (t = s) and on the flow path (t = s / (1 + s)) that is the distributi
 the same distribution of noise levels, in the time of that SDE.
 
 All three are the same objective, E ||sigma s(x_t, t) + z||^2 with x_t = alpha x0 + sigma z: for
-s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/ddpm_is_dsm.md).
+s = -eps / sigma it is DDPM's E ||eps(x_t, t) - z||^2 (see docs/concepts/ddpm-is-dsm.md).
 
 Per-sample reduction over the data dimensions follows score_sde's losses: `reduce_mean=True`
 takes the mean over the data dimensions, `reduce_mean=False` half the sum. The returned loss is
