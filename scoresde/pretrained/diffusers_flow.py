@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from scoresde.models.conditioning import Cond, as_cond
+from scoresde.models.conditioning import as_cond
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
-from scoresde.models.score_model import ScoreModel
+from scoresde.pretrained.diffusers_common import (DiffusersUNetModel, data_shape_of, diffusers_module,
+                                                  find_scheduler_config, scheduler_config)
 from scoresde.sde.linear import FlowSDE
 
 
@@ -44,60 +45,21 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteSche
 _WHAT = "path_or_module"
 
 
-def _diffusers():
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ImportError("from_diffusers needs the diffusers package, which scoresde does not install: "
-                          "pip install diffusers") from e
-    return diffusers
-
-
-class DiffusersFlowScoreModel(ScoreModel):
+class DiffusersFlowScoreModel(DiffusersUNetModel):
     """A `ScoreModel` around a diffusers network trained for flow matching: `net(x, timestep)` (called as
     diffusers' flow pipelines call it, at timestep = num_train_timesteps * sigma) predicts u = z - x_0."""
 
     def __init__(self, net: Any, sde: FlowSDE, num_train_timesteps: int, data_shape: tuple[int, ...] | None,
                  scheduler_config: dict[str, Any] | None = None):
-        super().__init__(net, sde, "flow", conditioning="sigma")
+        super().__init__(net, sde, "flow", "sigma", data_shape, scheduler_config)
         self.num_train_timesteps = int(num_train_timesteps)
-        self._data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
-        self.scheduler_config = dict(scheduler_config or {})
-        self.data_range = (-1.0, 1.0)           # diffusers' image models work on [-1, 1]
-
-    @property
-    def data_shape(self) -> tuple[int, ...] | None:
-        return self._data_shape
-
-    @property
-    def num_classes(self) -> int | None:
-        return None                             # diffusers' class embeddings have no null label
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "timestep_scale": self.num_train_timesteps}
 
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Model data [-1, 1] -> [0, 1] (diffusers' image post-processing, without the clamp)."""
-        return (x + 1) / 2
-
-    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> the model's data space [-1, 1]."""
-        return 2 * x - 1
-
     def condition(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The scheduler's timestep: c = num_train_timesteps * sigma (sigma = t on the flow path)."""
         return sigma * self.num_train_timesteps
-
-    def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        cond = as_cond(cond)
-        if cond is not None and cond.keys() != ("labels",):
-            raise ValueError(f"cond: a diffusers UNet2DModel reads class labels only, found fields {list(cond.keys())}")
-        out = self.net(x, c) if cond is None else self.net(x, c, class_labels=cond.expand(x.shape[0]).labels)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        elif not isinstance(out, torch.Tensor) and hasattr(out, "sample"):
-            out = out.sample                    # UNet2DOutput
-        return out
 
     def velocity(self, x: torch.Tensor, t: Any, cond: Any = None) -> torch.Tensor:
         """The flow-matching velocity u = z - x_0 (= eps - x0): the network's output itself, F of "flow"."""
@@ -105,33 +67,6 @@ class DiffusersFlowScoreModel(ScoreModel):
 
 
 # --- which scheduler, and its path ----------------------------------------------------------------
-def _find_scheduler_config(model_dir: str) -> str | None:
-    """scheduler_config.json beside the model, in its scheduler/, or in ../scheduler (a pipeline's unet/)."""
-    for cand in (os.path.join(model_dir, "scheduler_config.json"),
-                 os.path.join(model_dir, "scheduler", "scheduler_config.json"),
-                 os.path.join(os.path.dirname(os.path.abspath(model_dir)), "scheduler", "scheduler_config.json")):
-        if os.path.isfile(cand):
-            return cand
-    return None
-
-
-def _scheduler_config(scheduler: Any) -> dict[str, Any]:
-    """A scheduler object, its config dict, or a path to scheduler_config.json / its folder -> dict."""
-    if isinstance(scheduler, (str, os.PathLike)):
-        p = os.fspath(scheduler)
-        p = os.path.join(p, "scheduler_config.json") if os.path.isdir(p) else p
-        if not os.path.isfile(p):
-            raise ValueError(f"scheduler: expected a scheduler_config.json or its folder, found {os.fspath(scheduler)!r}")
-        return read_diffusers_config(p, "scheduler")
-    if isinstance(scheduler, dict):
-        return dict(scheduler)
-    cfg = getattr(scheduler, "config", None)
-    if cfg is None:
-        raise TypeError(f"scheduler: expected a diffusers scheduler, its config dict or a path, "
-                        f"found {type(scheduler).__name__}")
-    return {"_class_name": type(scheduler).__name__, **dict(cfg)}
-
-
 def is_flow_config(config: dict[str, Any]) -> bool:
     """A FlowMatch scheduler, or a multistep one (DPMSolverMultistep, UniPC, DEIS, ...) set up for a flow model:
     prediction_type "flow_prediction" with use_flow_sigmas (its shift is then `flow_shift`)."""
@@ -144,14 +79,14 @@ def flow_scheduler_name(path_or_module: Any, scheduler: Any = None) -> str | Non
     use, or None (any other scheduler, or none readable: the DDPM-type loader then reports). Never raises."""
     try:
         if scheduler is not None:
-            config = _scheduler_config(scheduler)
+            config = scheduler_config(scheduler)
         elif isinstance(path_or_module, (str, os.PathLike)):
             path = os.fspath(path_or_module)
-            found = _find_scheduler_config(os.path.join(path, "unet") if os.path.isfile(
+            found = find_scheduler_config(os.path.join(path, "unet") if os.path.isfile(
                 os.path.join(path, "model_index.json")) else path) if os.path.isdir(path) else None
             config = read_diffusers_config(found, "scheduler") if found else {}
         elif hasattr(path_or_module, "scheduler"):
-            config = _scheduler_config(path_or_module.scheduler)
+            config = scheduler_config(path_or_module.scheduler)
         else:
             config = {}
     except (ValueError, TypeError, OSError):
@@ -187,7 +122,7 @@ def flow_sde(config: dict[str, Any]) -> tuple[FlowSDE, int]:
 # --- reading a save_pretrained folder -------------------------------------------------------------
 def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     """(UNet2DModel, scheduler config or None) of a pipeline folder or a model folder."""
-    diffusers = _diffusers()
+    diffusers = diffusers_module()
     if os.path.isfile(os.path.join(path, "model_index.json")):
         components = read_diffusers_config(os.path.join(path, "model_index.json"), _WHAT)
         other = [k for k in ("transformer", "vae", "vqvae", "text_encoder") if components.get(k)]
@@ -212,17 +147,8 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     check_diffusers_model(diffusers.UNet2DModel, model_dir, _WHAT)
     net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
                                                use_safetensors=True)
-    sched = _find_scheduler_config(model_dir)
+    sched = find_scheduler_config(model_dir)
     return net, (read_diffusers_config(sched, "scheduler") if sched else None)
-
-
-def _data_shape(net: Any) -> tuple[int, ...] | None:
-    cfg = getattr(net, "config", None)
-    size, channels = getattr(cfg, "sample_size", None), getattr(cfg, "in_channels", None)
-    if size is None or channels is None:
-        return None
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(channels), *hw)
 
 
 def from_diffusers_flow(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "auto",
@@ -257,17 +183,17 @@ def from_diffusers_flow(path_or_module: Any, scheduler: Any = None, *, interpola
         if getattr(path_or_module, "unet", None) is None:
             raise ValueError(f"{_WHAT}: the {type(path_or_module).__name__} has no unet (SD3 / Flux transformer "
                              "pipelines are not supported, only UNet2DModel pipelines with a FlowMatch scheduler)")
-        net, sched_cfg = path_or_module.unet, _scheduler_config(path_or_module.scheduler)
+        net, sched_cfg = path_or_module.unet, scheduler_config(path_or_module.scheduler)
     elif callable(path_or_module):
         net = path_or_module
     else:
         raise TypeError(f"{_WHAT}: expected a folder, a diffusers network or pipeline, found "
                         f"{type(path_or_module).__name__}")
     if scheduler is not None:
-        sched_cfg = _scheduler_config(scheduler)
+        sched_cfg = scheduler_config(scheduler)
     if sched_cfg is None:
         raise ValueError("scheduler: the model comes without a scheduler config (no scheduler_config.json found); "
                          "pass scheduler= (a diffusers scheduler, its config dict or its folder)")
     sde, num_train_timesteps = flow_sde(sched_cfg)
-    model = DiffusersFlowScoreModel(net, sde, num_train_timesteps, _data_shape(net), sched_cfg)
+    model = DiffusersFlowScoreModel(net, sde, num_train_timesteps, data_shape_of(net), sched_cfg)
     return model.eval(), sde

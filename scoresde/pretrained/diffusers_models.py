@@ -30,8 +30,9 @@ import torch
 
 from scoresde._common.limits import check_sizes
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
-from scoresde.models.conditioning import Cond, as_cond
-from scoresde.models.score_model import ScoreModel
+from scoresde.models.conditioning import Cond
+from scoresde.pretrained.diffusers_common import (DiffusersUNetModel, data_shape_of, diffusers_module,
+                                                  find_scheduler_config, scheduler_config)
 from scoresde.pretrained.diffusers_flow import flow_scheduler_name, from_diffusers_flow
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 from scoresde.pretrained.stable_diffusion import (PIPELINES, StableDiffusionScoreModel, is_stable_diffusion,
@@ -47,52 +48,17 @@ VARIANCES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "fixed_
 _VE = ("ScoreSdeVeScheduler", "KarrasVeScheduler")
 
 
-def _diffusers():
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ImportError("from_diffusers needs the diffusers package, which scoresde does not install: "
-                          "pip install diffusers") from e
-    return diffusers
-
-
-class DiffusersScoreModel(ScoreModel):
+class DiffusersScoreModel(DiffusersUNetModel):
     """A `ScoreModel` around a diffusers network: `net(x, timestep)` (the UNet, called as diffusers
     calls it, returning its own output object), fed the SDE's timesteps; the first `C` output
     channels are the prediction (a learned-variance model's other C channels are dropped)."""
 
     def __init__(self, net: Any, sde: DiscreteVPSDE, parameterization: str, data_shape: tuple[int, ...] | None,
                  scheduler_config: dict[str, Any] | None = None):
-        super().__init__(net, sde, parameterization, conditioning="timestep")
-        self._data_shape = None if data_shape is None else tuple(int(d) for d in data_shape)
-        self.scheduler_config = dict(scheduler_config or {})
-        self.data_range = (-1.0, 1.0)           # diffusers' image models work on [-1, 1]
-
-    @property
-    def data_shape(self) -> tuple[int, ...] | None:
-        return self._data_shape
-
-    @property
-    def num_classes(self) -> int | None:
-        return None                             # diffusers' class embeddings have no null label
-
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Model data [-1, 1] -> [0, 1] (diffusers' image post-processing, without the clamp)."""
-        return (x + 1) / 2
-
-    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> the model's data space [-1, 1]."""
-        return 2 * x - 1
+        super().__init__(net, sde, parameterization, "timestep", data_shape, scheduler_config)
 
     def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
-        cond = as_cond(cond)
-        if cond is not None and cond.keys() != ("labels",):
-            raise ValueError(f"cond: a diffusers UNet2DModel reads class labels only, found fields {list(cond.keys())}")
-        out = self.net(x, c) if cond is None else self.net(x, c, class_labels=cond.expand(x.shape[0]).labels)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        elif not isinstance(out, torch.Tensor) and hasattr(out, "sample"):
-            out = out.sample                    # UNet2DOutput
+        out = super().call_net(x, c, cond)
         if isinstance(out, torch.Tensor) and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]          # learned variance: [prediction, variance] channels
         return out
@@ -103,20 +69,10 @@ def _read_json(path: str) -> dict[str, Any]:
     return read_diffusers_config(path, "path_or_module")
 
 
-def _find_scheduler_config(model_dir: str) -> str | None:
-    """scheduler_config.json beside the model, or in ../scheduler when the model is a pipeline's unet/."""
-    for cand in (os.path.join(model_dir, "scheduler_config.json"),
-                 os.path.join(model_dir, "scheduler", "scheduler_config.json"),
-                 os.path.join(os.path.dirname(os.path.abspath(model_dir)), "scheduler", "scheduler_config.json")):
-        if os.path.isfile(cand):
-            return cand
-    return None
-
-
 def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     """(network, scheduler config or None) of a pipeline folder or a model folder; for a Stable Diffusion
     pipeline (the parts of `stable_diffusion.load_parts`, its scheduler config)."""
-    diffusers = _diffusers()
+    diffusers = diffusers_module()
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
         components = _read_json(index)
@@ -147,7 +103,7 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     check_diffusers_model(diffusers.UNet2DModel, model_dir, "path_or_module")
     net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
                                                use_safetensors=True)
-    sched = _find_scheduler_config(model_dir)
+    sched = find_scheduler_config(model_dir)
     return net, (_read_json(sched) if sched else None)
 
 
@@ -160,21 +116,7 @@ def _refuse_ve(name: Any) -> None:
 
 def _scheduler_config(scheduler: Any) -> dict[str, Any]:
     """A scheduler object, its config dict, or a path to scheduler_config.json / its folder -> dict."""
-    if isinstance(scheduler, (str, os.PathLike)):
-        p = os.fspath(scheduler)
-        p = os.path.join(p, "scheduler_config.json") if os.path.isdir(p) else p
-        if not os.path.isfile(p):
-            raise ValueError(f"scheduler: expected a scheduler_config.json or its folder, "
-                             f"found {os.fspath(scheduler)!r}")
-        return _read_json(p)
-    if isinstance(scheduler, dict):
-        return dict(scheduler)
-    _refuse_ve(type(scheduler).__name__)
-    cfg = getattr(scheduler, "config", None)
-    if cfg is None:
-        raise TypeError(f"scheduler: expected a diffusers scheduler, its config dict or a path, "
-                        f"found {type(scheduler).__name__}")
-    return {"_class_name": type(scheduler).__name__, **dict(cfg)}
+    return scheduler_config(scheduler, _refuse_ve)
 
 
 def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "auto",
@@ -183,7 +125,7 @@ def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "auto",
 
     interpolation "auto": "cubic" where its interpolant of log alpha_bar decreases everywhere (DDPM's
     1000-step tables), else "pchip", monotone for every table (short schedules such as 100 steps)."""
-    diffusers = _diffusers()
+    diffusers = diffusers_module()
     name = config.get("_class_name")
     _refuse_ve(name)
     cls = getattr(diffusers, name, None) if isinstance(name, str) else None
@@ -217,15 +159,6 @@ def discrete_vp_sde(config: dict[str, Any], *, interpolation: str = "auto",
             raise
         sde = DiscreteVPSDE(table.double(), interpolation="pchip", ancestral_variance=ancestral_variance)
     return sde, PREDICTIONS[pred]
-
-
-def _data_shape(net: Any) -> tuple[int, ...] | None:
-    cfg = getattr(net, "config", None)
-    size, channels = getattr(cfg, "sample_size", None), getattr(cfg, "in_channels", None)
-    if size is None or channels is None:
-        return None
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    return (int(channels), *hw)
 
 
 def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "auto",
@@ -294,5 +227,5 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
         model = StableDiffusionScoreModel(net["unet"], sde, parameterization, net["text_encoder"], net["autoencoder"],
                                           sched_cfg)
     else:
-        model = DiffusersScoreModel(net, sde, parameterization, _data_shape(net), sched_cfg)
+        model = DiffusersScoreModel(net, sde, parameterization, data_shape_of(net), sched_cfg)
     return model.eval(), sde

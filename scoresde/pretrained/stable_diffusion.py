@@ -35,6 +35,7 @@ from scoresde.models.clip_text import (CLIPTextEncoder, SDXLTextEncoder, TextEnc
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.models.score_model import ScoreModel
+from scoresde.pretrained.diffusers_common import diffusers_module
 
 
 __all__ = ["StableDiffusionScoreModel", "PIPELINES", "is_stable_diffusion", "load_parts", "parts_of_pipeline"]
@@ -48,15 +49,6 @@ PIPELINES = {
                                   "tokenizer_2": ("transformers", "CLIPTokenizer")},
 }
 _FIELDS = {"context", "context_mask", "pooled", "micro"}
-
-
-def _diffusers():
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ImportError("from_diffusers needs the diffusers package, which scoresde does not install: "
-                          "pip install diffusers transformers (or scoresde[sd])") from e
-    return diffusers
 
 
 class StableDiffusionScoreModel(ScoreModel):
@@ -140,7 +132,7 @@ def _component(path: str, components: dict[str, Any], name: str, expected: tuple
 def load_parts(path: str, components: dict[str, Any]) -> dict[str, Any]:
     """(unet, text_encoder, autoencoder, scheduler_config) of a Stable Diffusion (XL) save_pretrained folder,
     each network checked before it is read (meta build against the safetensors header)."""
-    diffusers = _diffusers()
+    diffusers = diffusers_module("diffusers transformers (or scoresde[sd])")
     kind = components["_class_name"]
     dirs = {name: _component(path, components, name, exp) for name, exp in PIPELINES[kind].items()}
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
