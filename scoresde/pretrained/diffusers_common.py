@@ -8,11 +8,12 @@ from typing import Any, Callable
 import torch
 
 from scoresde.models.conditioning import Cond, as_cond
-from scoresde.models.prebuild import read_diffusers_config
+from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.models.score_model import ScoreModel
 
 
-__all__ = ["diffusers_module", "DiffusersUNetModel", "find_scheduler_config", "scheduler_config", "data_shape_of"]
+__all__ = ["diffusers_module", "DiffusersUNetModel", "find_scheduler_config", "scheduler_config", "data_shape_of",
+           "load_unet_folder"]
 
 
 def diffusers_module(extra: str = "diffusers"):
@@ -103,3 +104,30 @@ def data_shape_of(net: Any) -> tuple[int, ...] | None:
         return None
     hw = (size, size) if isinstance(size, int) else tuple(size)
     return (int(channels), *hw)
+
+
+def load_unet_folder(path: str, components: dict[str, Any] | None, expected: str) -> tuple[Any, dict[str, Any] | None]:
+    """(UNet2DModel, scheduler config or None) of a pipeline folder (`components`: its model_index.json, whose
+    other parts the caller has already refused) or of a model folder (None). The config is bounded and the
+    network built on the meta device and compared with its safetensors header before any weight is read;
+    `expected` says, in the error, what the caller loads (e.g. "a UNet2DModel (unconditional, pixel space)")."""
+    diffusers = diffusers_module()
+    if components is not None:
+        if "unet" not in components:
+            raise ValueError(f"path_or_module: the pipeline {path!r} has no 'unet' component, found "
+                             f"{sorted(k for k in components if not k.startswith('_'))}")
+        model_dir = os.path.join(path, "unet")
+    else:
+        model_dir = path
+    cfg_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"path_or_module: expected a diffusers save_pretrained folder (model_index.json, or "
+                         f"config.json with the weights), found no config.json in {model_dir!r}")
+    cls_name = read_diffusers_config(cfg_path, "path_or_module").get("_class_name")
+    if cls_name != "UNet2DModel":
+        raise ValueError(f"path_or_module: expected {expected}, found {cls_name!r} in {cfg_path!r}")
+    check_diffusers_model(diffusers.UNet2DModel, model_dir, "path_or_module")
+    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
+                                               use_safetensors=True)
+    sched = find_scheduler_config(model_dir)
+    return net, (read_diffusers_config(sched, "scheduler") if sched else None)

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from scoresde.models.conditioning import as_cond
-from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
+from scoresde.models.prebuild import read_diffusers_config
 from scoresde.pretrained.diffusers_common import (DiffusersUNetModel, data_shape_of, diffusers_module,
-                                                  find_scheduler_config, scheduler_config)
+                                                  find_scheduler_config, load_unet_folder, scheduler_config)
 from scoresde.sde.linear import FlowSDE
 
 
@@ -122,7 +122,7 @@ def flow_sde(config: dict[str, Any]) -> tuple[FlowSDE, int]:
 # --- reading a save_pretrained folder -------------------------------------------------------------
 def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     """(UNet2DModel, scheduler config or None) of a pipeline folder or a model folder."""
-    diffusers = diffusers_module()
+    diffusers_module()                          # one line saying how to install it, before any file is read
     if os.path.isfile(os.path.join(path, "model_index.json")):
         components = read_diffusers_config(os.path.join(path, "model_index.json"), _WHAT)
         other = [k for k in ("transformer", "vae", "vqvae", "text_encoder") if components.get(k)]
@@ -130,25 +130,8 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
             raise ValueError(f"{_WHAT}: {path!r} is a {components.get('_class_name', 'pipeline')} with "
                              f"{', '.join(other)}: flow-matching latent / text-conditional pipelines (SD3, Flux) are "
                              "not supported, only pixel-space UNet2DModel pipelines with a FlowMatch scheduler")
-        if "unet" not in components:
-            raise ValueError(f"{_WHAT}: the pipeline {path!r} has no 'unet' component, found "
-                             f"{sorted(k for k in components if not k.startswith('_'))}")
-        model_dir = os.path.join(path, "unet")
-    else:
-        model_dir = path
-    cfg_path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise ValueError(f"{_WHAT}: expected a diffusers save_pretrained folder (model_index.json, or config.json "
-                         f"with the weights), found no config.json in {model_dir!r}")
-    cls_name = read_diffusers_config(cfg_path, _WHAT).get("_class_name")
-    if cls_name != "UNet2DModel":
-        raise ValueError(f"{_WHAT}: expected a UNet2DModel with a FlowMatch scheduler, found {cls_name!r} in {cfg_path!r}")
-    # config.json bounded, the UNet built on the meta device and compared with the safetensors header first
-    check_diffusers_model(diffusers.UNet2DModel, model_dir, _WHAT)
-    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
-                                               use_safetensors=True)
-    sched = find_scheduler_config(model_dir)
-    return net, (read_diffusers_config(sched, "scheduler") if sched else None)
+        return load_unet_folder(path, components, "a UNet2DModel with a FlowMatch scheduler")
+    return load_unet_folder(path, None, "a UNet2DModel with a FlowMatch scheduler")
 
 
 def from_diffusers_flow(path_or_module: Any, scheduler: Any = None, *, interpolation: str = "auto",

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from scoresde._common.limits import check_sizes
-from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
+from scoresde.models.prebuild import read_diffusers_config
 from scoresde.models.conditioning import Cond
 from scoresde.pretrained.diffusers_common import (DiffusersUNetModel, data_shape_of, diffusers_module,
-                                                  find_scheduler_config, scheduler_config)
+                                                  load_unet_folder, scheduler_config)
 from scoresde.pretrained.diffusers_flow import flow_scheduler_name, from_diffusers_flow
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 from scoresde.pretrained.stable_diffusion import (PIPELINES, StableDiffusionScoreModel, is_stable_diffusion,
@@ -72,7 +72,7 @@ def _read_json(path: str) -> dict[str, Any]:
 def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     """(network, scheduler config or None) of a pipeline folder or a model folder; for a Stable Diffusion
     pipeline (the parts of `stable_diffusion.load_parts`, its scheduler config)."""
-    diffusers = diffusers_module()
+    diffusers_module()                          # one line saying how to install it, before any file is read
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
         components = _read_json(index)
@@ -85,26 +85,8 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
                              f"{', '.join(latent)}: of latent / text-conditional pipelines only "
                              f"{' and '.join(sorted(PIPELINES))} are supported, besides unconditional pixel-space "
                              "UNet2DModel pipelines (DDPMPipeline, DDIMPipeline)")
-        if "unet" not in components:
-            raise ValueError(f"path_or_module: the pipeline {path!r} has no 'unet' component, found "
-                             f"{sorted(k for k in components if not k.startswith('_'))}")
-        model_dir = os.path.join(path, "unet")
-    else:
-        model_dir = path
-    cfg_path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise ValueError(f"path_or_module: expected a diffusers save_pretrained folder (model_index.json, or "
-                         f"config.json with the weights), found no config.json in {model_dir!r}")
-    cls_name = _read_json(cfg_path).get("_class_name")
-    if cls_name != "UNet2DModel":
-        raise ValueError(f"path_or_module: expected a UNet2DModel (unconditional, pixel space), found "
-                         f"{cls_name!r} in {cfg_path!r}")
-    # config.json bounded, the UNet built on the meta device and compared with the weights' header first
-    check_diffusers_model(diffusers.UNet2DModel, model_dir, "path_or_module")
-    net = diffusers.UNet2DModel.from_pretrained(model_dir, local_files_only=True, low_cpu_mem_usage=False,
-                                               use_safetensors=True)
-    sched = find_scheduler_config(model_dir)
-    return net, (_read_json(sched) if sched else None)
+        return load_unet_folder(path, components, "a UNet2DModel (unconditional, pixel space)")
+    return load_unet_folder(path, None, "a UNet2DModel (unconditional, pixel space)")
 
 
 def _refuse_ve(name: Any) -> None:
