@@ -245,6 +245,17 @@ CLEAN = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError, 
          PermissionError, ModuleNotFoundError)
 tmp = tempfile.mkdtemp()
 
+def peak_rss_kb():
+    # this process image's own peak (VmHWM): ru_maxrss also carries the parent's peak across fork + exec
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 def train_auto(p):
     return ss.train({"data": {"name": p}, "model": {"name": "mlp", "num_classes": "auto", "width": 8, "depth": 1},
                      "train": {"steps": 1, "batch_size": 2, "progress": False, "log_every": 1},
@@ -261,7 +272,7 @@ for loader, p in pairs:
     except BaseException as e:
         out.update(outcome="clean" if isinstance(e, CLEAN) else "other", type=type(e).__name__,
                    message=str(e.args[0] if isinstance(e, KeyError) and e.args else e))
-    out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["maxrss_kb"] = peak_rss_kb()
     print(json.dumps(out), flush=True)
 """
 

@@ -223,7 +223,12 @@ try:
     ss.load(sys.argv[1])
 except ss.CheckpointError as e:
     print("ERR", str(e))
-print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:    # this process image's own peak (VmHWM): ru_maxrss also carries the parent's peak across fork + exec
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    pass
+print("PEAK_MB", peak / 1024)
 """
 
 
