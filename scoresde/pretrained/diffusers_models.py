@@ -37,6 +37,8 @@ from scoresde.pretrained.diffusers_flow import flow_scheduler_name, from_diffuse
 from scoresde.sde.alpha_bar import DiscreteVPSDE
 from scoresde.pretrained.stable_diffusion import (PIPELINES, StableDiffusionScoreModel, is_stable_diffusion,
                                                   load_parts, parts_of_pipeline)
+from scoresde.pretrained.sd_upscaler import (UPSCALE_PIPELINE, StableDiffusionUpscaleModel, is_upscaler,
+                                             load_upscaler_parts, upscaler_parts_of_pipeline)
 
 
 __all__ = ["from_diffusers", "DiffusersScoreModel"]
@@ -76,14 +78,14 @@ def _load_dir(path: str) -> tuple[Any, dict[str, Any] | None]:
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
         components = _read_json(index)
-        if is_stable_diffusion(components):
-            parts = load_parts(path, components)
+        if is_stable_diffusion(components) or is_upscaler(components):
+            parts = (load_upscaler_parts if is_upscaler(components) else load_parts)(path, components)
             return parts, parts["scheduler_config"]
         latent = [k for k in ("vae", "vqvae", "text_encoder") if components.get(k)]
         if latent:
             raise ValueError(f"path_or_module: {path!r} is a {components.get('_class_name', 'pipeline')} with "
                              f"{', '.join(latent)}: of latent / text-conditional pipelines only "
-                             f"{' and '.join(sorted(PIPELINES))} are supported, besides unconditional pixel-space "
+                             f"{', '.join(sorted(PIPELINES))} and {UPSCALE_PIPELINE} are supported, besides unconditional pixel-space "
                              "UNet2DModel pipelines (DDPMPipeline, DDIMPipeline)")
         return load_unet_folder(path, components, "a UNet2DModel (unconditional, pixel space)")
     return load_unet_folder(path, None, "a UNet2DModel (unconditional, pixel space)")
@@ -154,7 +156,9 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
             as net(sample, timestep) returning a tensor or an object with `.sample`), or a pipeline
             object (with .unet and .scheduler). A `StableDiffusionPipeline` / `StableDiffusionXLPipeline`
             (folder or object) gives the latent, text-conditional `StableDiffusionScoreModel`, with
-            `model.text_encoder` and `model.autoencoder` (scoresde/pretrained/stable_diffusion.py).
+            `model.text_encoder` and `model.autoencoder` (scoresde/pretrained/stable_diffusion.py); a
+            `StableDiffusionUpscalePipeline` the x4 upscaler, also conditioned on a low-resolution image
+            (`model.image_cond(image, noise_level)`, scoresde/pretrained/sd_upscaler.py).
             Nothing is downloaded.
         scheduler: the schedule, when `path_or_module` does not carry one (or to override it): a
             diffusers scheduler, its config dict, or a path to scheduler_config.json or its folder.
@@ -190,6 +194,9 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
     elif type(path_or_module).__name__ in PIPELINES:                                   # a Stable Diffusion pipeline
         net = parts_of_pipeline(path_or_module)
         sched_cfg = net["scheduler_config"]
+    elif type(path_or_module).__name__ == UPSCALE_PIPELINE:                            # the x4 upscaler
+        net = upscaler_parts_of_pipeline(path_or_module)
+        sched_cfg = net["scheduler_config"]
     elif hasattr(path_or_module, "unet") and hasattr(path_or_module, "scheduler"):      # a pipeline object
         net = path_or_module.unet
         sched_cfg = _scheduler_config(path_or_module.scheduler)
@@ -205,7 +212,11 @@ def from_diffusers(path_or_module: Any, scheduler: Any = None, *, interpolation:
                          "pass scheduler= (a diffusers scheduler, its config dict or its folder)")
     sde, parameterization = discrete_vp_sde(sched_cfg, interpolation=interpolation,
                                             ancestral_variance=ancestral_variance)
-    if isinstance(net, dict):                   # a Stable Diffusion pipeline's parts
+    if isinstance(net, dict) and "low_res_alphas_cumprod" in net:                   # the x4 upscaler's parts
+        model = StableDiffusionUpscaleModel(net["unet"], sde, parameterization, net["text_encoder"], net["autoencoder"],
+                                            sched_cfg, net["low_res_alphas_cumprod"], net["max_noise_level"],
+                                            net["low_res_scheduler_config"])
+    elif isinstance(net, dict):                 # a Stable Diffusion pipeline's parts
         model = StableDiffusionScoreModel(net["unet"], sde, parameterization, net["text_encoder"], net["autoencoder"],
                                           sched_cfg)
     else:

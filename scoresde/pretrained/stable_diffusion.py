@@ -38,7 +38,8 @@ from scoresde.models.score_model import ScoreModel
 from scoresde.pretrained.diffusers_common import diffusers_module
 
 
-__all__ = ["StableDiffusionScoreModel", "PIPELINES", "is_stable_diffusion", "load_parts", "parts_of_pipeline"]
+__all__ = ["StableDiffusionScoreModel", "PIPELINES", "is_stable_diffusion", "load_parts", "parts_of_pipeline",
+           "component_dir"]
 
 # pipeline class -> its components and the (library, class) each must be
 _SD = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
@@ -118,7 +119,8 @@ def is_stable_diffusion(components: dict[str, Any]) -> bool:
     return components.get("_class_name") in PIPELINES
 
 
-def _component(path: str, components: dict[str, Any], name: str, expected: tuple[str, str]) -> str:
+def component_dir(path: str, components: dict[str, Any], name: str, expected: tuple[str, str]) -> str:
+    """The folder of component `name` of a pipeline folder, its model_index.json entry checked against `expected`."""
     entry = components.get(name)
     if not isinstance(entry, (list, tuple)) or list(entry) != list(expected):
         raise ValueError(f"path_or_module: {components['_class_name']} {path!r}: expected component {name} = "
@@ -134,7 +136,7 @@ def load_parts(path: str, components: dict[str, Any]) -> dict[str, Any]:
     each network checked before it is read (meta build against the safetensors header)."""
     diffusers = diffusers_module("diffusers transformers (or scoresde[sd])")
     kind = components["_class_name"]
-    dirs = {name: _component(path, components, name, exp) for name, exp in PIPELINES[kind].items()}
+    dirs = {name: component_dir(path, components, name, exp) for name, exp in PIPELINES[kind].items()}
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isfile(sched):
         raise ValueError(f"path_or_module: {kind} {path!r} has no scheduler/scheduler_config.json")
