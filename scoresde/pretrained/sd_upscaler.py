@@ -35,9 +35,11 @@ from scoresde.models.autoencoders.autoencoder import Autoencoder, from_diffusers
 from scoresde.models.autoencoders.autoencoder import load_diffusers as load_diffusers_autoencoder
 from scoresde.models.clip_text import CLIPTextEncoder, load_clip_text_model, load_clip_tokenizer
 from scoresde.models.conditioning import Cond, as_cond
+from scoresde.models.guidance import classifier_free_score
 from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
 from scoresde.pretrained.diffusers_common import diffusers_module
 from scoresde.pretrained.stable_diffusion import StableDiffusionScoreModel, component_dir
+from scoresde.samplers.core import sample
 
 
 __all__ = ["StableDiffusionUpscaleModel", "UPSCALE_PIPELINE", "is_upscaler", "load_upscaler_parts",
@@ -137,8 +139,46 @@ class StableDiffusionUpscaleModel(StableDiffusionScoreModel):
         if labels is not None:
             raise ValueError(f"labels: the x4 upscaler has no class labels (its class input is the noise level), "
                              f"found {type(labels).__name__}")
+        return self._image_cond(image, level, generator, noisy)
+
+    def _image_cond(self, image: torch.Tensor, level: Any, generator: torch.Generator | None, noisy: bool) -> Cond:
         lv = self._levels(level, image.shape[0], image.device)
         return Cond(image=image if noisy else self.augment(image, lv, generator), image_level=lv.to(image.dtype))
+
+    def upscale(self, low_res: torch.Tensor, prompt: str | list[str] = "", *, negative_prompt: str | list[str] | None = None,
+                w: float = 9.0, noise_level: Any = DEFAULT_NOISE_LEVEL, sampler: str = "ddim", steps: int | None = 75,
+                generator: torch.Generator | None = None, decode: bool = True, progress: bool = False,
+                **options: Any) -> torch.Tensor:
+        """The pipeline's call in one line: `low_res` (B, 3, h, w) in [-1, 1] of any h, w (multiples of nothing:
+        the latent has the image's size) -> the upscaled images (B, 3, f h, f w) in [-1, 1] (`decode=False`: the
+        latents (B, 4, h, w)). As `StableDiffusionUpscalePipeline.__call__` (its defaults: guidance_scale 9,
+        noise_level 20, 75 steps): the image noised by `augment` with a first draw from `generator`, the initial
+        latents a second draw, then `sampler` (any of `ss.list_samplers()`, `**options` its options, e.g. `times=`,
+        `denoise=`) on the classifier-free guided score of `prompt` against `negative_prompt` (default the empty
+        prompt) with weight w (w <= 1: the conditional score alone, as the pipeline skips guidance)."""
+        if (not isinstance(low_res, torch.Tensor) or not low_res.is_floating_point() or low_res.ndim != 4
+                or low_res.shape[1] != self.image_channels):
+            found = f"{low_res.dtype} {tuple(low_res.shape)}" if isinstance(low_res, torch.Tensor) else type(low_res).__name__
+            raise ValueError(f"low_res: expected a (B, {self.image_channels}, h, w) floating-point image batch in "
+                             f"[-1, 1], found {found}")
+        B = low_res.shape[0]
+        image = self._image_cond(low_res, noise_level, generator, False)
+        text = self.text_encoder
+        prompts = _per_row(prompt, B, "prompt")
+        with torch.no_grad():
+            cond = Cond(**dict(text.encode(prompts).to(low_res.device).items()), **dict(image.items()))
+            score: Any
+            if w > 1.0:
+                neg = text.null(B) if negative_prompt is None else text.encode(_per_row(negative_prompt, B,
+                                                                                        "negative_prompt"))
+                uncond = Cond(**dict(neg.to(low_res.device).items()), **dict(image.items()))
+                score = classifier_free_score(self, y=cond, w=w, uncond=uncond)
+            else:
+                def score(x, t):
+                    return self(x, t, cond)
+            z = sample(self.sde, score, (B, self._data_shape[0], *low_res.shape[2:]), sampler=sampler, steps=steps,
+                       generator=generator, device=low_res.device, dtype=low_res.dtype, progress=progress, **options)
+            return self.autoencoder.decode(z) if decode else z
 
     # --- the network call --------------------------------------------------------------------------------
     def call_net(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | None = None) -> torch.Tensor:
@@ -171,6 +211,16 @@ class StableDiffusionUpscaleModel(StableDiffusionScoreModel):
         # the pipeline: unet(cat([latents, noisy low-res image], dim=1), t, context, class_labels=noise_level)
         return self.net(torch.cat([x, image.to(x.dtype)], dim=1), c, encoder_hidden_states=context.to(x.dtype),
                         class_labels=noise_level, **kwargs).sample
+
+
+def _per_row(prompt: Any, batch: int, name: str) -> list[str]:
+    """One prompt per image: a string (for every image), or a list of 1 or `batch` strings."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if (not isinstance(prompts, (list, tuple)) or len(prompts) not in (1, batch)
+            or not all(isinstance(p, str) for p in prompts)):
+        raise ValueError(f"{name}: expected a string or a list of 1 or {batch} strings (one per image), found "
+                         f"{prompt!r}")
+    return list(prompts) * (batch // len(prompts))
 
 
 # --- loading ----------------------------------------------------------------------------------------------

@@ -149,6 +149,33 @@ def test_guided_ddim_reproduces_the_pipeline(upscaler, w, noise_level, negative,
     assert rel_error(ref, z_T) > 0.1                     # the loop moved the latents
 
 
+@pytest.mark.parametrize("w, noise_level, negative", [(6.0, 30, NEGATIVE), (1.0, 0, None)])
+def test_upscale_is_the_pipeline_call_end_to_end(upscaler, w, noise_level, negative):
+    """`model.upscale(image, prompt, ...)` with the pipeline's generator seed (image noise, then initial latents)
+    and DDIM on its timesteps gives the pipeline's decoded images (output_type="pt", in [0, 1]); w = 1: no guidance."""
+    pipe, folder, model, sde = upscaler
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = sched
+    with torch.no_grad():
+        ref = pipe(PROMPT, image=low_res_unit(), negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=w,
+                   noise_level=noise_level, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    sched.set_timesteps(STEPS)
+    ours = model.upscale(low_res_image(), PROMPT, negative_prompt=negative, w=w, noise_level=noise_level,
+                         generator=torch.Generator().manual_seed(3), steps=None, times=ddim_times(sched, sde),
+                         denoise=False)
+    assert ours.shape == ref.shape == (1, 3, 16, 16)
+    err = rel_error(((ours + 1) / 2).clamp(0, 1), ref)
+    print(f"upscale() w={w} noise_level={noise_level}: decoded images max abs error {err:.2e}")
+    assert err <= TOL
+    z = model.upscale(low_res_image(), [PROMPT], w=w, generator=torch.Generator().manual_seed(3), steps=2,
+                      decode=False)
+    assert z.shape == LATENT
+    with pytest.raises(ValueError, match="prompt: expected a string or a list of 1 or 1 strings"):
+        model.upscale(low_res_image(), [PROMPT, PROMPT])
+    with pytest.raises(ValueError, match=r"low_res: expected a \(B, 3, h, w\)"):
+        model.upscale(torch.zeros(1, 4, 8, 8))
+
+
 def test_augment_is_the_low_res_schedulers_add_noise(upscaler):
     pipe, folder, model, sde = upscaler
     img = low_res_image().expand(3, -1, -1, -1).clone()
@@ -264,6 +291,11 @@ def test_errors(upscaler, tmp_path):
             ss.from_diffusers(d)
     one_line_error(run("sample", "--checkpoint", str(tmp_path / "maxlevel"), "--out", str(tmp_path / "x.npy")),
                    "max_noise_level 5000 is beyond")
+    # the command line without a low-resolution image: a one-line error after the loaders' progress bars
+    r = run("sample", "--checkpoint", str(folder), "--prompt", PROMPT, "--steps", "2", "--out", str(tmp_path / "x.npy"))
+    assert r.exit_code != 0 and "Traceback" not in r.output + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.split("\r")[-1].strip().startswith("Error: cond.image: the x4 upscaler needs its low-resolution"), last
     # a U-Net that does not read latents + image (a pipeline object: no file check before ours)
     unet4 = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
                                  out_channels=4, down_block_types=("DownBlock2D", "DownBlock2D"),
