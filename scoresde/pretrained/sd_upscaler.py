@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from scoresde._common.validation import check_real
 from scoresde.models.autoencoders.autoencoder import Autoencoder, from_diffusers as autoencoder_from_diffusers
 from scoresde.models.autoencoders.autoencoder import load_diffusers as load_diffusers_autoencoder
 from scoresde.models.clip_text import CLIPTextEncoder, load_clip_text_model, load_clip_tokenizer
@@ -161,6 +162,7 @@ class StableDiffusionUpscaleModel(StableDiffusionScoreModel):
             found = f"{low_res.dtype} {tuple(low_res.shape)}" if isinstance(low_res, torch.Tensor) else type(low_res).__name__
             raise ValueError(f"low_res: expected a (B, {self.image_channels}, h, w) floating-point image batch in "
                              f"[-1, 1], found {found}")
+        w = check_real("w", w)
         B = low_res.shape[0]
         image = self._image_cond(low_res, noise_level, generator, False)
         text = self.text_encoder
@@ -198,8 +200,13 @@ class StableDiffusionUpscaleModel(StableDiffusionScoreModel):
             raise ValueError(f"cond.image: expected shape {want} (the low-resolution image at the latent's size), "
                              f"found {tuple(image.shape)}")
         level = cond.image_level
-        noise_level = (torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if level is None
-                       else level.round().long())            # a missing level is s = 0, as for every SR model
+        if level is None:                                     # a missing level is s = 0, as for every SR model
+            noise_level = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        else:
+            noise_level = level.round().long()
+            if bool(((level != noise_level) | (noise_level < 0) | (noise_level > self.max_noise_level)).any()):
+                raise ValueError(f"cond.image_level: expected the pipeline's integer noise_level in "
+                                 f"[0, {self.max_noise_level}] (model.image_cond makes it), found {level.tolist()}")
         kwargs: dict[str, Any] = {}
         if cond.context is None:
             text = self.null_condition(x.device).expand(x.shape[0])

@@ -253,6 +253,12 @@ def test_errors(upscaler, tmp_path):
         model(z, 0.5, model.text_encoder.encode([PROMPT]))
     with pytest.raises(ValueError, match=r"cond.image: expected shape \(1, 3, 8, 8\).*found \(1, 3, 4, 4\)"):
         model(z, 0.5, ss.Cond(image=torch.zeros(1, 3, 4, 4), image_level=torch.tensor([20.0])))
+    for bad in (0.3, -1.0, MAX_LEVEL + 1.0):             # e.g. a time of the SDE where a noise level belongs
+        with pytest.raises(ValueError, match=r"cond.image_level: expected the pipeline's integer noise_level in "
+                                             r"\[0, 350\].*found \["):
+            model(z, 0.5, ss.Cond(image=torch.zeros(LOW), image_level=torch.tensor([bad])))
+    with pytest.raises(TypeError, match="w: expected"):
+        model.upscale(torch.zeros(LOW), w="9")
     with pytest.raises(ValueError, match="cond: the x4 upscaler reads context, image and image_level"):
         model(z, 0.5, ss.Cond(image=torch.zeros(LOW), labels=torch.tensor([1])))
     with pytest.raises(ValueError, match=r"image: expected a \(B, 3, 8, 8\).*set_size.*found torch.float32 \(1, 1, 8, 8\)"):
