@@ -228,14 +228,14 @@ def check_times(sde, times: Any) -> torch.Tensor:
 
 def start_grid(sde, sampler: str, steps: int, eps: float, t_start: Any) -> tuple[int, float]:
     """(n_full, t0) of `sample(..., steps=steps, eps=eps, t_start=t_start)`: the intervals of its grid counted
-    from T and the time it starts at. Samplers with their own grid layout (fast ones, `ode`, EDM's step grid)
-    start at t_start exactly on `steps` intervals (n_full = steps); the ones on the uniform grid run the last
+    from T and the time it starts at. Samplers with their own grid layout (fast ones, EDM's step grid) or none
+    (`ode`, `torchsde`: the end points only) start at t_start exactly on `steps` intervals (n_full = steps); the ones on the uniform grid run the last
     `steps` of n_full = round(steps (T - eps) / (t_start - eps)) uniform intervals from T, starting at
     t0 = T - (n_full - steps) (T - eps) / n_full, the grid time nearest t_start."""
     if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not eps < t_start <= sde.T:
         raise ValueError(f"t_start: expected a start time in (eps={eps}, T={sde.T}], found {t_start!r}")
     info = SAMPLERS[sampler]
-    if info.schedule is not None or schedule_for(sde, sampler, None) is not None:
+    if info.schedule is not None or not info.takes_grid or schedule_for(sde, sampler, None) is not None:
         return steps, float(t_start)
     n_full = max(steps, round(steps * (sde.T - eps) / (t_start - eps)))
     t0 = float(uniform_grid(sde, n_full, float(eps), dtype=torch.float64)[n_full - steps])
@@ -343,7 +343,7 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     step_schedule = schedule_for(sde, sampler, None) if info.schedule is None else None
     if times is None and step_schedule is not None:      # e.g. EDM's rho = 7 grid for euler_maruyama
         ts = time_grid(sde, steps, float(eps), step_schedule, device=x.device, dtype=x.dtype, t_start=t_start)
-    elif times is None and info.schedule is not None:     # a fast sampler lays out its grid from ts[0], ts[-1]
+    elif times is None and (info.schedule is not None or n_full == steps):   # fast samplers, ode: from ts[0]
         ts = torch.linspace(sde.T if t_start is None else t_start, eps, steps + 1, device=x.device, dtype=x.dtype)
     elif times is None:                                   # the last `steps` intervals of the uniform grid from T
         ts = uniform_grid(sde, n_full, float(eps), device=x.device, dtype=x.dtype)[n_full - steps:]

@@ -9,7 +9,10 @@
   arXiv:2011.13456, eq. 13) adaptively (RK45) from eps to T; "ddim" runs the DDIM update with t
   increasing on the grid `ddim` samples on (DDIM inversion: Song et al. 2021, arXiv:2010.02502, Sec. 4.3;
   Dhariwal & Nichol 2021, App. F), the data prediction read at the step's lower end, so it inverts the
-  sampler's step to first order (round-trip error O(1/steps)).
+  sampler's step to first order (round-trip error O(1/steps)); `fixed_point=k` then solves each step's
+  implicit equation x_j = ddim_step(x_{j-1}) for x_{j-1} by k fixed-point iterations (backward Euler, Hong
+  et al. 2024, "On Exact Inversion of DPM-Solvers"), which inverts the `ddim` sampler's step exactly in
+  the limit (NFE = steps (1 + k)).
 
 Latent models: with `autoencoder=` (anything with `encode(images)` and `decode(latents)`, e.g. a latent
 model's `model.autoencoder`) both take and return images and work on the latents in between.
@@ -123,7 +126,7 @@ def sdedit(sde, score_fn: Callable, x_init: torch.Tensor, strength: float = 0.5,
 # --- inversion ---------------------------------------------------------------------------------------
 def invert(sde, score_fn: Callable, x: torch.Tensor, *, method: str = "ddim", steps: int = 100,
            eps: float | None = None, rtol: float = 1e-5, atol: float = 1e-5, schedule: str | None = None,
-           rho: float = 7.0, inverse: bool = False, autoencoder: Any = None, progress: bool = False,
+           rho: float = 7.0, fixed_point: int = 0, inverse: bool = False, autoencoder: Any = None, progress: bool = False,
            return_info: bool = False):
     """The prior latent z at T of data x (the state at eps) through the probability-flow ODE, or with
     `inverse=True` the data of a latent z, with the same grid and method (a round trip is the identity up
@@ -131,8 +134,10 @@ def invert(sde, score_fn: Callable, x: torch.Tensor, *, method: str = "ddim", st
 
     Args:
         method: "ddim" (DDIM inversion on the `ddim` sampler's grid of `steps` intervals: its `schedule`,
-            default the sampler's, and `rho`; NFE = steps) or "ode" (adaptive RK45 with `rtol`, `atol`
-            between eps and T; `steps` does not apply).
+            default the sampler's, and `rho`; NFE = steps (1 + fixed_point)) or "ode" (adaptive RK45 with
+            `rtol`, `atol` between eps and T; `steps` does not apply).
+        fixed_point: ddim only: fixed-point iterations per step that make it the exact inverse of the ddim
+            sampler's step (0: plain DDIM inversion, first-order accurate).
         eps: the data's time (default sde.default_eps).
         inverse: map a latent at T to data at eps: `sample(sde, score_fn, x_init=z, sampler=method,
             denoise=False, ...)` with these settings.
@@ -145,6 +150,10 @@ def invert(sde, score_fn: Callable, x: torch.Tensor, *, method: str = "ddim", st
     x = _check_images(x, "x")
     method = check_choice("method", method, INVERSION_METHODS)
     steps = check_int("steps", steps)
+    fixed_point = check_int("fixed_point", fixed_point, minimum=0)
+    if fixed_point and method != "ddim":
+        raise ValueError(f"fixed_point: iterations refine the ddim method only; found method={method!r} with "
+                         f"fixed_point={fixed_point}")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol, allow_zero=True)
     ae = _check_autoencoder(autoencoder)
     eps = sde.default_eps if eps is None else eps
@@ -164,7 +173,7 @@ def invert(sde, score_fn: Callable, x: torch.Tensor, *, method: str = "ddim", st
         if method == "ode":
             z = _invert_ode(sde, counted, x, float(eps), rtol, atol, progress)
         else:
-            z = _invert_ddim(sde, counted, x, float(eps), steps, schedule, rho, progress)
+            z = _invert_ddim(sde, counted, x, float(eps), steps, schedule, rho, fixed_point, progress)
         counted.flush()
         check_samples(z, f"invert(method={method!r})")
     return (z, {"nfe": counted.nfe, "method": method, "steps": steps}) if return_info else z
@@ -187,7 +196,8 @@ def _invert_ode(sde, score_fn, x, eps: float, rtol: float, atol: float, progress
     return z
 
 
-def _invert_ddim(sde, score_fn, x, eps: float, steps: int, schedule: str, rho: float, progress: bool) -> torch.Tensor:
+def _invert_ddim(sde, score_fn, x, eps: float, steps: int, schedule: str, rho: float, fixed_point: int,
+                 progress: bool) -> torch.Tensor:
     """DDIM inversion on the grid `ddim` samples on with `steps` intervals and denoise=False, walked upward."""
     ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)         # ends and count: ddim rebuilds its grid
     g = LogSNRGrid(sde, x, ts.to(x.dtype), False, schedule, rho)
@@ -197,5 +207,10 @@ def _invert_ddim(sde, score_fn, x, eps: float, steps: int, schedule: str, rho: f
         # x_{j-1} = sigma_{j-1}/sigma_j x_j + (alpha_{j-1} - alpha_j sigma_{j-1}/sigma_j) D(x_j, t_j)
         # (DDIM's update, Song et al. 2021 eq. 12, with t increasing and D read at the lower end)
         r = g.sigma[j - 1] / g.sigma[j]
-        x = r * x + (g.alpha[j - 1] - g.alpha[j] * r) * D
+        x_j, x = x, r * x + (g.alpha[j - 1] - g.alpha[j] * r) * D
+        # the sampler's step x_j = r' x_{j-1} + c' D(x_{j-1}, t_{j-1}) (r' = 1 / r) solved for x_{j-1}:
+        # x_{j-1} <- (x_j - c' D(x_{j-1}, t_{j-1})) / r'   (fixed-point iteration; Hong et al. 2024)
+        c = g.alpha[j] - g.alpha[j - 1] / r
+        for _ in range(fixed_point):
+            x = r * (x_j - c * denoised(score_fn, x, g, j - 1))
     return x
