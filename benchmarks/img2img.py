@@ -14,7 +14,8 @@ Model: the digits U-Net of configs/digits.toml (VP SDE) trained 1500 steps on th
     - ddim: DDIM inversion (Song et al. 2021, arXiv:2010.02502) at steps = NFE, generation by the ddim sampler
       on the same grid;
     - ddim+fp k: each inversion step solved for the sampler's step by k fixed-point iterations (Hong et al.
-      2024, "On Exact Inversion of DPM-Solvers"), steps = NFE / (1 + k);
+      2024, "On Exact Inversion of DPM-Solvers"), the last data prediction of a step starting the next:
+      steps = (NFE - 1) / k;
     - ode: the probability-flow ODE, adaptive RK45 both ways (Song et al. 2021, arXiv:2011.13456), rtol = atol
       swept; its NFE is what the solver took.
     The latents are also checked to look like the prior: their mean, std and the mean |lag-1 correlation| of
@@ -61,7 +62,7 @@ def inversion(model, sde, x, quick: bool) -> list[str]:
     rows = []
     for method, k in [("ddim", 0), ("ddim+fp", 1), ("ddim+fp", 2)]:
         for nfe in nfes:
-            steps = nfe // (1 + k)
+            steps = nfe if not k else (nfe - 1) // k                   # NFE = 1 + k steps with fixed_point=k
             c0 = time.process_time()
             z, info = ss.invert(sde, model, x, steps=steps, fixed_point=k, return_info=True)
             back, binfo = ss.invert(sde, model, z, steps=steps, inverse=True, return_info=True)

@@ -12,7 +12,8 @@
   sampler's step to first order (round-trip error O(1/steps)); `fixed_point=k` then solves each step's
   implicit equation x_j = ddim_step(x_{j-1}) for x_{j-1} by k fixed-point iterations (backward Euler, Hong
   et al. 2024, "On Exact Inversion of DPM-Solvers"), which inverts the `ddim` sampler's step exactly in
-  the limit (NFE = steps (1 + k)).
+  the limit. The last data prediction of a step starts the next one, so NFE = 1 + k steps: k = 1 costs what
+  plain DDIM inversion costs and makes its round trip second order.
 
 Latent models: with `autoencoder=` (anything with `encode(images)` and `decode(latents)`, e.g. a latent
 model's `model.autoencoder`) both take and return images and work on the latents in between.
@@ -134,7 +135,7 @@ def invert(sde, score_fn: Callable, x: torch.Tensor, *, method: str = "ddim", st
 
     Args:
         method: "ddim" (DDIM inversion on the `ddim` sampler's grid of `steps` intervals: its `schedule`,
-            default the sampler's, and `rho`; NFE = steps (1 + fixed_point)) or "ode" (adaptive RK45 with
+            default the sampler's, and `rho`; NFE = steps, or 1 + steps fixed_point) or "ode" (adaptive RK45 with
             `rtol`, `atol` between eps and T; `steps` does not apply).
         fixed_point: ddim only: fixed-point iterations per step that make it the exact inverse of the ddim
             sampler's step (0: plain DDIM inversion, first-order accurate).
@@ -201,9 +202,11 @@ def _invert_ddim(sde, score_fn, x, eps: float, steps: int, schedule: str, rho: f
     """DDIM inversion on the grid `ddim` samples on with `steps` intervals and denoise=False, walked upward."""
     ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)         # ends and count: ddim rebuilds its grid
     g = LogSNRGrid(sde, x, ts.to(x.dtype), False, schedule, rho)
+    D = None
     for i in progress_range(g.n, progress, "invert"):
         j = g.n - i                                                          # from t_j (lower) up to t_{j-1}
-        D = denoised(score_fn, x, g, j)
+        if D is None or not fixed_point:
+            D = denoised(score_fn, x, g, j)
         # x_{j-1} = sigma_{j-1}/sigma_j x_j + (alpha_{j-1} - alpha_j sigma_{j-1}/sigma_j) D(x_j, t_j)
         # (DDIM's update, Song et al. 2021 eq. 12, with t increasing and D read at the lower end)
         r = g.sigma[j - 1] / g.sigma[j]
@@ -212,5 +215,7 @@ def _invert_ddim(sde, score_fn, x, eps: float, steps: int, schedule: str, rho: f
         # x_{j-1} <- (x_j - c' D(x_{j-1}, t_{j-1})) / r'   (fixed-point iteration; Hong et al. 2024)
         c = g.alpha[j] - g.alpha[j - 1] / r
         for _ in range(fixed_point):
-            x = r * (x_j - c * denoised(score_fn, x, g, j - 1))
+            D = denoised(score_fn, x, g, j - 1)
+            x = r * (x_j - c * D)
+        # with fixed_point, the last D (at t_{j-1}, one iteration before x converged) starts the next step
     return x
