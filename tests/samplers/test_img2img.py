@@ -201,6 +201,26 @@ def test_latent_space():
                           ss.invert(sde, score, z, steps=20, inverse=True) / 2)
 
 
+def test_latent_space_with_a_kl_autoencoder():
+    """A real (tiny, random) `Autoencoder`, as a latent model's `model.autoencoder`, through sdedit and invert."""
+    from scoresde.models.autoencoders.autoencoder import Autoencoder
+    from scoresde.models.autoencoders.vae import KLAutoencoder
+    torch.manual_seed(0)
+    vae = KLAutoencoder(data_shape=(1, 8, 8), ch=8, ch_mult=[1, 2], z_channels=2, num_groups=4).double()
+    ae = Autoencoder(vae, kind="scoresde", source=None, image_channels=1, downsample=2, latent_channels=2,
+                     scale_factor=0.7)
+    sde = ss.VPSDE()
+    latent = Gaussian(torch.zeros(2, 4, 4), torch.ones(2, 4, 4))
+    score = latent.score_fn(sde)
+    images = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    out = ss.sdedit(sde, score, images, 0.3, sampler="ddim", steps=5, autoencoder=ae,
+                    generator=torch.Generator().manual_seed(4))
+    z = ss.sdedit(sde, score, ae.encode(images), 0.3, sampler="ddim", steps=5, generator=torch.Generator().manual_seed(4))
+    assert out.shape == images.shape and torch.allclose(out, ae.decode(z))
+    lat = ss.invert(sde, score, images, steps=5, autoencoder=ae)
+    assert lat.shape == (3, 2, 4, 4) and torch.allclose(lat, ss.invert(sde, score, ae.encode(images), steps=5))
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda s, f, x: ss.sdedit(s, f, x, 1.5), "strength: expected a number in [0, 1]"),
     (lambda s, f, x: ss.sdedit(s, f, x, -0.1), "strength: expected a number in [0, 1]"),
