@@ -243,3 +243,19 @@ def test_bad_inputs(call, match):
     with pytest.raises((ValueError, TypeError, KeyError)) as e:
         call(sde, score, x)
     assert match in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["vp", "edm"])
+@pytest.mark.parametrize("sampler", ss.list_samplers())
+def test_sdedit_runs_every_sampler(name, sampler):
+    """Any registered sampler runs from t0 (its declared NFE where it declares one) and ends near the data: the
+    exact-score output's mean lies between the guide's and the data's."""
+    sde, data, score = setup(name)
+    x_init = GUIDE.expand(400, 2).clone()
+    out, info = ss.sdedit(sde, score, x_init, 0.5, sampler=sampler, steps=40, generator=torch.Generator().manual_seed(0),
+                          return_info=True)
+    nfe = SAMPLERS[sampler].nfe(40, True)
+    assert out.shape == x_init.shape and torch.isfinite(out).all() and (nfe is None or info["nfe"] == nfe)
+    assert info["t0"] < sde.T
+    m = out.mean(0)
+    assert torch.all((m - MU).abs() < (GUIDE - MU).abs() + 0.05) and (m - GUIDE).norm() > 0.05
