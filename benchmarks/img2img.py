@@ -2,7 +2,8 @@
 trade-off (`scoresde.invert`, `scoresde.sdedit`).
 
     OMP_NUM_THREADS=1 python benchmarks/img2img.py            # about 5 CPU minutes (+2.5 to train, cached)
-    OMP_NUM_THREADS=1 python benchmarks/img2img.py --quick    # seconds: checks the script runs
+    OMP_NUM_THREADS=1 python benchmarks/img2img.py --schedules   # 5 CPU minutes: the ddim grid layouts
+    OMP_NUM_THREADS=1 python benchmarks/img2img.py --quick    # a few minutes: checks the script runs
 
 Model: the digits U-Net of configs/digits.toml (VP SDE) trained 1500 steps on the 1438 training digits
 (`scoresde.metrics.digits_split`), cached in runs/bench_img2img/digits.
@@ -25,9 +26,14 @@ Model: the digits U-Net of configs/digits.toml (VP SDE) trained 1500 steps on th
     0.1 ... 1.0, with the ancestral sampler (stochastic, as in SDEdit) at round(100 strength) steps and dpm_solver
     at max(2, round(20 strength)) steps. Realism: digits FID of the 359 outputs against the 1438 training
     digits (`DigitsFID`, the shipped 8x8 digits classifier's features); faithfulness: the RMS distance per pixel
-    to the guide (and to the clean digit the guide was made from). Floors: the held-out digits themselves.
+    to the guide (and to the clean digit the guide was made from). Reference: the held-out digits themselves (not a
+    floor: against the training digits, the model's outputs can score below real held-out digits).
 
-CPU time: time.process_time of this process. Writes benchmarks/results/img2img.md and sdedit_tradeoff.png.
+`--schedules` compares, for ddim + fixed point at about 100 NFE, the grid layouts the ddim sampler offers
+(`schedule=`: log-SNR, Karras, quadratic, uniform) on the same digits.
+
+CPU time: time.process_time of this process. Writes benchmarks/results/img2img.md and sdedit_tradeoff.png
+(img2img_schedules.md with --schedules).
 """
 from __future__ import annotations
 
@@ -80,6 +86,22 @@ def inversion(model, sde, x, quick: bool) -> list[str]:
     head = ["| method | steps | NFE invert | NFE generate | round-trip error | latent mean / std / lag-1 corr | "
             "CPU s |", "|---|---:|---:|---:|---:|---|---:|"]
     return head + rows
+
+
+def schedules(model, sde, x) -> list[str]:
+    """ddim + fixed point at about 100 NFE on each grid layout the ddim sampler offers."""
+    rows = ["| method | schedule | steps | NFE invert | NFE generate | round-trip error | CPU s |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for k in (1, 2):
+        for sch in ("logsnr", "karras", "quadratic", "uniform"):
+            steps = 99 // k
+            c0 = time.process_time()
+            z, info = ss.invert(sde, model, x, steps=steps, fixed_point=k, schedule=sch, return_info=True)
+            back, binfo = ss.invert(sde, model, z, steps=steps, schedule=sch, inverse=True, return_info=True)
+            rows.append(f"| ddim+fp {k} | {sch} | {steps} | {info['nfe']} | {binfo['nfe']} | {rel(back, x):.2e} | "
+                        f"{time.process_time() - c0:.1f} |")
+            print(rows[-1], flush=True)
+    return rows
 
 
 def strokes(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -137,7 +159,7 @@ def plot(curves, floor: float, path: Path) -> None:
         for s, di, fi in pts:
             ax.annotate(f"{s:g}", (di, fi), fontsize=6, xytext=(2, 2), textcoords="offset points",
                         color=line.get_color())
-    ax.axhline(floor, color="gray", lw=0.8, ls=":", label="held-out digits (floor)")
+    ax.axhline(floor, color="gray", lw=0.8, ls=":", label="held-out digits themselves")
     ax.set_xlabel("RMS distance to the guide (lower: more faithful)")
     ax.set_ylabel("digits FID (lower: more realistic)")
     ax.set_yscale("log")
@@ -154,6 +176,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=1500)
     ap.add_argument("--quick", action="store_true", help="a few rows on a few images: checks the script runs")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--schedules", action="store_true",
+                    help="only the ddim inversion grid-layout table (img2img_schedules.md)")
     ap.add_argument("--n-invert", type=int, default=64, help="held-out digits inverted (float64 on the CPU is slow)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -167,6 +191,16 @@ def main() -> None:
                      args.retrain, False)
     model, sde = ss.load(run)
     model.eval()
+    if args.schedules:
+        md = [f"# DDIM inversion at about 100 NFE by grid layout ({steps}-step digits U-Net, VP)", "",
+              "`OMP_NUM_THREADS=1 python benchmarks/img2img.py --schedules`: the round trip of "
+              f"{args.n_invert} held-out digits in float64 (as in img2img.md, table (a)), with the ddim grid laid "
+              "out uniformly in log-SNR (the default), Karras' rho = 7, sqrt(t) (quadratic) or t.", ""]
+        md += schedules(model.double(), sde, digits_split()[2][: args.n_invert].double())
+        md += ["", f"CPU {time.process_time() - cpu0:.0f} s (process time)."]
+        (OUT / "img2img_schedules.md").write_text("\n".join(md) + "\n")
+        print("\n".join(md))
+        return
     test = test[:80] if args.quick else test
     fid = DigitsFID(train)
     floor = fid(test)
@@ -181,7 +215,8 @@ def main() -> None:
     c0 = time.process_time()
     table, curves = tradeoff(model, sde, test, fid, args.quick)
     md += [f"## (b) SDEdit: realism (digits FID vs the {len(train)} training digits) against faithfulness", "",
-           f"Floor: the {len(test)} held-out digits themselves have FID {floor:.2f}.", ""] + table
+           f"Reference: the {len(test)} held-out digits themselves have FID {floor:.2f} (not a floor: the outputs "
+           "are scored against the training digits the model was fitted to).", ""] + table
     md += ["", f"CPU {time.process_time() - c0:.0f} s. Plot: sdedit_tradeoff.png.", "",
            f"Total CPU {time.process_time() - cpu0:.0f} s (process time, training excluded when cached)."]
     out = OUT / ("img2img_quick.md" if args.quick else "img2img.md")
