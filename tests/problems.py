@@ -7,6 +7,7 @@ import torch
 
 from scoresde._common.tensors import append_dims, as_time
 from scoresde.models.conditioning import Cond
+from scoresde.models.superres import augment_by_sde, downsample
 from scoresde.sde.analytic import Gaussian, GaussianMixture, four_mode_mixture, mode_stats  # noqa: F401  (re-exported)
 
 TESTS = Path(__file__).resolve().parent      # tests/ (fixtures in tests/fixtures)
@@ -65,7 +66,7 @@ def area_matrix(shape, factor):
     """The (d_low, d) matrix D of area downsampling by `factor` (mean of factor x factor blocks) of (C, H, W) images."""
     d = math.prod(shape)
     eye = torch.eye(d, dtype=torch.float64).reshape(d, *shape)
-    return torch.nn.functional.avg_pool2d(eye, factor).reshape(d, -1).T.contiguous()
+    return downsample(eye, (shape[1] // factor, shape[2] // factor)).reshape(d, -1).T.contiguous()
 
 
 def random_gaussian_image(shape, seed=0):
@@ -122,11 +123,7 @@ class ExactSuperResolution:
         return self.D @ self.mean, self.D @ self.cov @ self.D.T
 
     def augment(self, image, level, generator=None):
-        level = as_time(level, image)
-        a, s = self.sde.marginal_coefs(level)
-        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype, device=image.device)
-        out = append_dims(a.to(image.dtype), image.ndim) * image + append_dims(s.to(image.dtype), image.ndim) * noise
-        return torch.where(append_dims(level == 0, image.ndim), image, out)
+        return augment_by_sde(self.sde, image, level, generator)
 
     def image_cond(self, image, level=0.0, *, generator=None, noisy=False, labels=None):
         if tuple(image.shape[1:]) != self.image_shape:
