@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from scoresde._common.tensors import append_dims, as_time
+from scoresde._common.tensors import as_time
 from scoresde.models.conditioning import Cond
 from scoresde.models.superres import augment_by_sde, downsample
 from scoresde.sde.analytic import Gaussian, GaussianMixture, four_mode_mixture, mode_stats  # noqa: F401  (re-exported)
