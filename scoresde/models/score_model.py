@@ -26,6 +26,7 @@ from scoresde._common.validation import check_choice, check_fn
 from scoresde.sde.base import check_sde
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.preconditioners import NOISE_INPUTS, PRECONDITIONERS, T_SCALE, Preconditioner
+from scoresde.models.superres import augment_by_sde, check_level
 
 
 __all__ = ["score_from_eps", "eps_from_score", "ScoreModel", "PARAMETERIZATIONS", "CONDITIONINGS", "conditioning_value",
@@ -109,6 +110,10 @@ class ScoreModel(nn.Module):
     condition goes, `model(x, t, labels)` or the former `model(x, t, y=labels)` (an int or a (B,)
     tensor), are `Cond(labels=labels)`. `.num_classes` is the network's K (None when unconditional).
 
+    A super-resolution model (a network built with `image_shape`) takes its low-resolution input as
+    `Cond(image=..., image_level=s)`, best made by `model.image_cond(low_res, s)` (noise-conditioning augmentation
+    by the model's SDE at the time s, `augment`); `call_net` maps s to the network's conditioning value as t.
+
     A text-conditional model (a network built with `context_dim`) carries its `text_encoder` (a
     `scoresde.models.text.TextEncoder`, None by default; a submodule, so a jointly trained encoder is
     saved, averaged and moved with the model): prompts where the condition goes, `model(x, t, "a prompt")`
@@ -172,6 +177,47 @@ class ScoreModel(nn.Module):
     def num_classes(self) -> int | None:
         return getattr(self.net, "num_classes", None)
 
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """(C_i, h, w) of the image condition of a network built with `image_shape` (a super-resolution stage:
+        cond.image is its low-resolution input), else None."""
+        image_in = getattr(self.net, "image_in", None)
+        return None if image_in is None else tuple(image_in.image_shape)
+
+    # --- the image condition (super-resolution, cascades) -------------------------------------------------
+    def augment(self, image: torch.Tensor, level: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise-conditioning augmentation of an image condition (Cascaded Diffusion Models, arXiv:2106.15282):
+        alpha(s) image + sigma(s) eps by this model's SDE at the level s (a time in [0, T]; a number or (B,)),
+        rows at s = 0 unchanged. Wrappers of other libraries' models override it with their own process."""
+        return augment_by_sde(self.sde, image, level, generator)
+
+    def image_cond(self, image: torch.Tensor, level: Any = 0.0, *, generator: torch.Generator | None = None,
+                   noisy: bool = False, labels: Any = None) -> Cond:
+        """The Cond of a super-resolution call: cond.image = `image` (B, *image_shape) augmented to `level`
+        (`augment`), or `image` itself when `noisy` (it is already at that level: the truncated cascade, whose
+        previous chain stopped at s), cond.image_level = the level, and class `labels` riding along."""
+        shape = self.image_shape
+        if shape is None:
+            raise ValueError("image: this model has no image condition (its network was built without image_shape)")
+        if not isinstance(image, torch.Tensor) or not image.is_floating_point() or tuple(image.shape[1:]) != shape:
+            found = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image: expected a (B, {', '.join(map(str, shape))}) floating-point low-resolution "
+                             f"image, found {found}")
+        if not isinstance(noisy, bool):
+            raise TypeError(f"noisy: expected a bool, found {type(noisy).__name__}")
+        s = check_level(level, image.shape[0], self.sde, image)
+        return Cond(image=image if noisy else self.augment(image, s, generator), image_level=s,
+                    labels=None if labels is None else as_cond(labels).labels)
+
+    def _image_level(self, cond: Cond) -> Cond:
+        """cond with its image_level s (0 when unset) mapped to the network's conditioning value as t is."""
+        x = cond.image
+        s = cond.image_level if cond.image_level is not None else torch.zeros(x.shape[0], dtype=x.dtype,
+                                                                              device=x.device)
+        s = s.clamp_min(float(getattr(self.sde, "default_eps", 1e-5)))    # s = 0: the cleanest level sampled
+        _, sigma = self.sde.marginal_coefs(s)
+        return Cond(**{**dict(cond.items()), "image_level": self.condition(s, sigma)})
+
     def config(self) -> dict[str, Any]:
         """The wrapper's settings (resolved), for checkpoints."""
         extra = {k: v for k, v in self.precond.config().items() if k != "scale_by_sigma"}
@@ -191,6 +237,8 @@ class ScoreModel(nn.Module):
         `Cond` broadcast to the batch of x; class labels become Cond(labels=...), see `as_cond`).
         Wrappers of other libraries' networks override this to adapt their call and output."""
         cond = as_cond(self.encode_prompts(cond))
+        if cond is not None and cond.image is not None:
+            cond = self._image_level(cond)
         if cond is None and self.text_encoder is not None:    # a text model's null condition: its encoder's
             cond = self.text_encoder.null(x.shape[0])
         # an unconditional net(x, c) is called without a condition; a conditional one gets cond (None = null)

@@ -37,6 +37,7 @@ from torch import nn
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
 from scoresde.models.nets.attention import CrossAttention, context_of
+from scoresde.models.nets.image_input import image_input
 from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
                                          check_unconditional, class_labels, cond_labels)
 
@@ -219,13 +220,17 @@ class DiT(nn.Module):
         fourier_scale: std of the Fourier frequencies ("fourier" only).
         context_dim: the width D of context tokens cond.context (B, L, D) for a cross-attention in every
             block (PixArt-alpha), or None (none).
+        image_shape, image_upsample: an image condition cond.image (C_i, h, w), upsampled to (H, W) and
+            concatenated after x before the patch embedding (SR3), its augmentation level cond.image_level
+            embedded by a second timestep embedder added to the time embedding (models/nets/image_input.py).
     """
 
     def __init__(self, data_shape: Sequence[int] = (4, 32, 32), preset: str | None = None, *,
                  depth: int | None = None, hidden_size: int | None = None, num_heads: int | None = None,
                  patch_size: int | None = None, mlp_ratio: float = 4.0, num_classes: int | None = None,
                  learn_sigma: bool = False, null_label: bool = True, embedding: str = "sinusoidal",
-                 fourier_scale: float = 16.0, context_dim: int | None = None):
+                 fourier_scale: float = 16.0, context_dim: int | None = None, image_shape: Sequence[int] | None = None,
+                 image_upsample: str = "bicubic"):
         super().__init__()
         if preset is not None and preset not in DIT_PRESETS:
             raise ValueError(f"preset: expected one of {list(DIT_PRESETS)} or None, found {preset!r}")
@@ -261,7 +266,12 @@ class DiT(nn.Module):
         if self.context_dim is not None:
             self.config["context_dim"] = self.context_dim
 
-        self.x_embedder = PatchEmbed(C, D, p)
+        level = TimestepEmbedder(D, embedding="fourier" if embedding == "fourier" else "sinusoidal",
+                                 fourier_scale=fourier_scale) if image_shape is not None else None
+        self.image_in = image_input(self, image_shape, image_upsample, 0, None)
+        if self.image_in is not None:
+            self.image_in.level = level         # its own timestep embedder: c_level -> (B, D)
+        self.x_embedder = PatchEmbed(C + (self.image_in.channels if self.image_in is not None else 0), D, p)
         self.t_embedder = TimestepEmbedder(D, embedding="fourier" if embedding == "fourier" else "sinusoidal",
                                            fourier_scale=fourier_scale)
         self.y_embedder = LabelEmbedder(self.num_classes, D, null_label) if self.num_classes is not None else None
@@ -293,6 +303,9 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.image_in is not None:            # the level embedding starts at zero: no effect before training
+            nn.init.normal_(self.image_in.level.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.image_in.level.mlp[2].weight)
         zero = [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
         zero += [b.cross_attn.to_out for b in self.blocks if hasattr(b, "cross_attn")]   # PixArt: zero cross-attn out
         for ada in zero:
@@ -316,8 +329,13 @@ class DiT(nn.Module):
         h, c = check_inputs(self, x, c, self.pos_embed.dtype)
         y, name = cond_labels(self, cond)
         ctx, mask = context_of(self, cond, x.shape[0])
+        level = None
+        if self.image_in is not None:                                           # [x, upsampled image] on channels
+            h, level = self.image_in(h, cond)
         h = self.x_embedder(h) + self.pos_embed                                 # (B, N, D)
         emb = self.t_embedder(c)                                                # (B, D)
+        if level is not None:                                                   # + augmentation-level embedding
+            emb = emb + self.image_in.level(check_inputs(self, x, level, self.pos_embed.dtype)[1])
         if self.y_embedder is not None:
             emb = emb + self.y_embedder(y, x.shape[0], x.device, name)          # t_emb + y_emb
         else:

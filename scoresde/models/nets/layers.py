@@ -125,11 +125,17 @@ def cond_labels(net: nn.Module, cond) -> tuple[torch.Tensor | None, str]:
     and DiT's official one) or None (unconditional / the null label)."""
     if isinstance(cond, Cond):
         read = ("labels", "context", "context_mask") if getattr(net, "context_dim", None) is not None else ("labels",)
+        if getattr(net, "image_in", None) is not None:
+            read = (*read, "image", "image_level")
         extra = [k for k in cond.keys() if k not in read]
         if extra:
-            what = "class labels and a context" if len(read) > 1 else "class labels only"
+            what = " and ".join(["class labels", *(["a context"] if "context" in read else []),
+                                 *(["an image"] if "image" in read else [])])
+            what = what if len(read) > 1 else "class labels only"
             hint = ("; build it with context_dim=D for cross-attention to a token sequence"
-                    if "context" in extra and len(read) == 1 else "")
+                    if "context" in extra and "context" not in read else
+                    "; build it with image_shape=(C, h, w) for an image condition"
+                    if "image" in extra and "image" not in read else "")
             raise ValueError(f"cond: this {type(net).__name__} reads {what}, found fields {extra}{hint}")
         return cond.labels, "cond.labels"
     return cond, "y"
@@ -346,17 +352,28 @@ def embed_inputs(net: nn.Module, x: torch.Tensor, c: torch.Tensor, cond, dtype: 
     `Cond`, a (B,) label tensor or None (see `cond_labels`).
 
     A network with `embed_log` embeds log(c) (score_sde's NCSN++ is fed sigma itself); one whose
-    `temb` is None (no noise conditioning) gets None."""
+    `temb` is None (no noise conditioning) gets None. A network with an image condition (`image_in`, an
+    `ImageInput`: models/nets/image_input.py) gets cond.image upsampled and concatenated after x, and the
+    embedding of cond.image_level (by the same features as c) added to its embedding."""
     h, c = check_inputs(net, x, c, dtype)
     y, name = cond_labels(net, cond)
+    image_in, level = getattr(net, "image_in", None), None
+    if image_in is not None:
+        h, level = image_in(h, cond)
+
+    def features(v: torch.Tensor) -> torch.Tensor:
+        return net.embed(torch.log(v) if getattr(net, "embed_log", False) else v).to(dtype)
     if getattr(net, "temb", None) is None:
         check_unconditional(net, y, name)
         return h, None
-    emb = net.temb(net.embed(torch.log(c) if getattr(net, "embed_log", False) else c).to(dtype))  # (B, E)
+    emb = net.temb(features(c))  # (B, E)
     if net.label is None:
         check_unconditional(net, y, name)
     else:
         emb = emb + net.label(y, x.shape[0], x.device, name).to(dtype)  # + class embedding
+    if level is not None and image_in.level is not None:
+        level = check_inputs(net, x, level, dtype)[1]                  # (B,) like c
+        emb = emb + image_in.level(features(level))                    # + augmentation-level embedding
     return h, emb
 
 

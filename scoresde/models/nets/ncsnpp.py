@@ -35,6 +35,7 @@ from scoresde.models.conditioning import Cond
 from scoresde.models.nets.layers import (AttnBlock, LabelEmbedding, ResBlockBigGAN, ResBlockDDPM, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, check_sequence,
                                          embed_inputs, fir_resample, make_embedding, scale_by_sigma)
+from scoresde.models.nets.image_input import image_input
 from scoresde.models.nets.primitives import conv, group_norm, linear
 from scoresde.models.nets.resample import Resample, check_fir_kernel
 
@@ -105,6 +106,8 @@ class NCSNpp(nn.Module):
         scale_by_sigma: divide the output by the noise level: sigmas[c] with a table (`num_scales`,
             integer labels c), c itself with `embed_log`, else exp(c).
         num_scales: size of the float64 buffer `sigmas` (score_sde's discrete noise levels), or None.
+        image_shape, image_upsample: an image condition cond.image (C_i, h, w), upsampled and concatenated after
+            x, with its augmentation level embedded (as `DDPMUNet`; models/nets/image_input.py). None: none.
     GroupNorm uses min(C // 4, 32) groups, which must divide every width C.
     """
 
@@ -116,7 +119,8 @@ class NCSNpp(nn.Module):
                  fir_kernel: Sequence[float] = (1, 3, 3, 1), resample_with_conv: bool = True,
                  pyramid_conv: str = "after_resample", init_scale: float = 0.0, conditional: bool = True,
                  centered: bool = True, embed_log: bool = False, scale_by_sigma: bool = False,
-                 num_scales: int | None = None):
+                 num_scales: int | None = None, image_shape: Sequence[int] | None = None,
+                 image_upsample: str = "bicubic"):
         super().__init__()
         ch_mult = check_sequence("ch_mult", ch_mult)
         self.data_shape = check_data_shape(data_shape, image=True, levels=len(ch_mult))
@@ -161,6 +165,9 @@ class NCSNpp(nn.Module):
             if conditional else None
         self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         add_sigma_table(self, num_scales)
+        self.image_in = image_input(self, image_shape, image_upsample, self.embed.out_dim,
+                                    tdim if conditional else None)
+        Cin = C + (self.image_in.channels if self.image_in is not None else 0)   # x and the image condition
         if self.biggan:
             def block(a, b, **kw):
                 return ResBlockBigGAN(a, b, tdim, dropout, fir=fir, skip_rescale=skip_rescale,
@@ -174,15 +181,15 @@ class NCSNpp(nn.Module):
                                    Resample(a, up=up, with_conv=resample_with_conv, fir=fir, fir_kernel=fir_kernel))
         # parameter-free pyramid resampling of the progressive "input_skip" / "output_skip" paths
         if progressive_input == "input_skip":
-            self.input_resample = Resample(C, up=False, with_conv=False, fir=fir, fir_kernel=fir_kernel)
+            self.input_resample = Resample(Cin, up=False, with_conv=False, fir=fir, fir_kernel=fir_kernel)
         if progressive == "output_skip":
             self.output_resample = Resample(C, up=True, with_conv=False, fir=fir, fir_kernel=fir_kernel)
 
-        self.conv_in = conv(C, ch)
+        self.conv_in = conv(Cin, ch)
         # Each down level: num_res_blocks (block[, attn]) pairs, then a down-sampling block (+ pyramid).
         self.down_blocks, self.down_attn = nn.ModuleList(), nn.ModuleList()
         self.downsamplers, self.pyramid, self.combine = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        widths, cur, pyr = [ch], ch, C
+        widths, cur, pyr = [ch], ch, Cin
         for i, m in enumerate(ch_mult):
             for _ in range(num_res_blocks):
                 self.down_blocks.append(block(cur, ch * m))
@@ -196,7 +203,7 @@ class NCSNpp(nn.Module):
                                         Resample(pyr, cur, up=False, with_conv=True, fir=fir, fir_kernel=fir_kernel))
                     pyr = cur
                 elif progressive_input == "input_skip":
-                    self.combine.append(_Combine(C, cur, progressive_combine))
+                    self.combine.append(_Combine(Cin, cur, progressive_combine))
                     cur = 2 * cur if progressive_combine == "cat" else cur
                 widths.append(cur)
                 res //= 2

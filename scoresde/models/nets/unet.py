@@ -31,6 +31,7 @@ from torch import nn
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
 from scoresde.models.nets.attention import SpatialTransformer, context_of
+from scoresde.models.nets.image_input import image_input
 from scoresde.models.nets.layers import (AttnBlock, Downsample, LabelEmbedding, ResBlockDDPM, Upsample, add_sigma_table,
                                          check_data_shape, check_inputs, check_num_classes, embed_inputs,
                                          scale_by_sigma, check_sequence, make_embedding)
@@ -66,6 +67,11 @@ class DDPMUNet(nn.Module):
         transformer_depth: transformer blocks per spatial transformer.
         context_heads: attention heads of the spatial transformers (each width divisible by it).
         context_ff_mult: feed-forward (GEGLU) width / channels (LDM: 4).
+    Image condition (keyword-only; none by default; models/nets/image_input.py):
+        image_shape: (C_i, h, w) of cond.image (e.g. the low-resolution image of a super-resolution stage),
+            upsampled to (H, W) by `image_upsample` and concatenated after x (SR3); cond.image_level is embedded
+            beside the time (noise-conditioning augmentation, CDM). None: no image condition.
+        image_upsample: "bicubic", "bilinear" or "nearest".
     """
 
     def __init__(self, data_shape: Sequence[int] = (3, 32, 32), ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
@@ -74,7 +80,8 @@ class DDPMUNet(nn.Module):
                  num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
                  scale_by_sigma: bool = False, num_scales: int | None = None, context_dim: int | None = None,
                  context_resolutions: Sequence[int] = (), transformer_depth: int = 1,
-                 context_heads: int = 4, context_ff_mult: float = 2.0):
+                 context_heads: int = 4, context_ff_mult: float = 2.0, image_shape: Sequence[int] | None = None,
+                 image_upsample: str = "bicubic"):
         super().__init__()
         for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
                            ("scale_by_sigma", scale_by_sigma)):
@@ -100,6 +107,9 @@ class DDPMUNet(nn.Module):
         self.centered, self.scale_output = centered, scale_by_sigma
         add_sigma_table(self, num_scales)
         C, H = self.data_shape[0], self.data_shape[1]
+        tdim = 4 * ch
+        self.embed = make_embedding(embedding, ch, fourier_scale)
+        self.image_in = image_input(self, image_shape, image_upsample, self.embed.out_dim, tdim)
         self.context_dim = None if context_dim is None else check_int("context_dim", context_dim)
         xres: tuple[int, ...] = ()
         if self.context_dim is not None:
@@ -110,14 +120,12 @@ class DDPMUNet(nn.Module):
                                context_ff_mult=check_positive("context_ff_mult", context_ff_mult))
         xattn = lambda a: SpatialTransformer(a, self.context_dim, context_heads, transformer_depth,  # noqa: E731
                                              num_groups, context_ff_mult)
-        tdim = 4 * ch
-        self.embed = make_embedding(embedding, ch, fourier_scale)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
         self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups)  # noqa: E731
         attn = lambda a: AttnBlock(a, num_groups)  # noqa: E731
 
-        self.conv_in = conv(C, ch)
+        self.conv_in = conv(C + (self.image_in.channels if self.image_in is not None else 0), ch)
         self.down = nn.ModuleList()
         widths, cur, res = [ch], ch, H  # widths: channels of every skip tensor
         for i, m in enumerate(ch_mult):
