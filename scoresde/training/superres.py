@@ -14,7 +14,7 @@ Random draws, all from the engine's noise generator, in this fixed order (so a r
 the recipe's own (label dropout, times, noise):
     1. s (B,) ~ U(0, aug_max)           (train.aug = "noise"; "none": s = 0, nothing drawn)
     2. b (B,) ~ U(0, blur)              (train.blur > 0)
-    3. eps ~ N(0, I) of the augmentation (rows with s = 0 are left unchanged)
+    3. eps ~ N(0, I) of the augmentation, for the whole batch (rows with s = 0 are left unchanged; "none": no draw)
 
 Class labels ride along (the Cond carries labels and the image; label dropout nulls the labels only).
 On latents (a latent run, scoresde.training.tasks.latent) the condition is the low-resolution PIXEL image of
@@ -114,7 +114,8 @@ class SuperResolution:
         s = self.levels(x.shape[0], generator, x.device)
         x_low = self.low(x, generator)
         base = getattr(model, "module", model)            # a DDP wrapper: the ScoreModel it holds
-        return base.image_cond(x_low.to(x.dtype), s.to(x.dtype), generator=generator, labels=labels)
+        return base.image_cond(x_low.to(x.dtype), s.to(x.dtype), generator=generator, labels=labels,
+                               noisy=self.aug == "none")   # "none": the clean image at s = 0, no noise drawn
 
     # --- hooks ----------------------------------------------------------------------------------------
     @staticmethod
