@@ -9,6 +9,8 @@ latents z = mean + std * n from them with the engine's noise generator, as LDM's
 of its weights and the scaling used), so `ss.load` and `scoresde sample` rebuild the pipeline.
 
 A run is latent when its config names an `autoencoder` (`scoresde train --autoencoder RUN_OR_DIR`).
+A latent super-resolution stage (`model.image_shape = [C, h, w]`) is conditioned on the low-resolution PIXEL
+image, the area downsample of the images whose latents it learns (scoresde.training.superres).
 """
 from __future__ import annotations
 
@@ -66,6 +68,9 @@ class LatentScoreTask(ScoreTask):
                           classes=self.pixels.classes, texts=self.pixels.texts)
         return super().build(device)                          # the network on the latent shape
 
+    def _sr_images(self) -> torch.Tensor:
+        return self.pixels.x                                  # the condition: low-res views of the pixels
+
     def meta(self) -> dict[str, Any]:
         m = super().meta()
         m["autoencoder"] = self.ae.meta()
@@ -85,4 +90,6 @@ class LatentScoreTask(ScoreTask):
         return self.ae.decode_all(super().sample(model, generator, n, progress=progress)).cpu()
 
     def plot(self, x, path, title) -> None:
+        if self.sr is not None:
+            return super().plot(x, path, f"{title} (latent, decoded)")
         plot_samples(x, path, title=f"{self.pixels.name}: {title} (latent, decoded)")
