@@ -63,6 +63,8 @@ def _levels(aug_levels: tuple[float, ...], k: int, default: float) -> float | li
 def _stage_names(msg: str, base: str, stages: list[str]) -> str:
     """The library's `stages[k]` and `the base` in a message as the flags that named them."""
     msg = re.sub(r"stages\[(\d+)\]", lambda m: f"--cascade {stages[int(m.group(1))]!r}", msg)
+    if msg.startswith("base:"):
+        msg = f"--checkpoint {base!r}:" + msg[len("base:"):]
     return msg.replace("the base output", f"--checkpoint {base!r}'s output")
 
 

@@ -220,6 +220,9 @@ def _per_model(name: str, value: Any, k: int, what: str) -> list:
 
 def _check_chain(base: Any, stages: Sequence[Any]) -> None:
     """Each stage's image_shape equals the previous output's shape: one ValueError naming the stage."""
+    if getattr(base, "image_shape", None) is not None:
+        raise ValueError(f"base: expected a model that samples without an image condition, found a "
+                         f"super-resolution model (image_shape {tuple(base.image_shape)}); put it in stages")
     prev = output_shape(base)
     for k, stage in enumerate(stages):
         expected = _image_shape(stage, f"stages[{k}]")
