@@ -2,7 +2,6 @@
 tiny 2-step runs: 4x4 base (an .npy of area-downsampled digits) -> 4->8 on digits -> 8->32 on digits32."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import scoresde as ss
