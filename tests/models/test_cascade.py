@@ -144,7 +144,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"stages\[0\]: expected a super-resolution model"):
         cascade(base, [base], 4)
     with pytest.raises(ValueError, match=r"base: expected a model that samples without an image condition, found a "
-                                         r"super-resolution model \(image_shape \(2, 2, 2\)\)"):
+                                         r"super-resolution model \(image_shape \(2, 1, 1\)\)"):
         cascade(stages[0], [stages[1]], 4)
     with pytest.raises(ValueError, match="stages: expected a non-empty list of super-resolution models, found an "
                                          "empty list"):
