@@ -234,3 +234,51 @@ def test_cascade_of_networks_with_labels():
     plain = ss.ScoreModel(get_model("ddpm_unet", data_shape=(1, 4, 4), **SMALL).eval(), sde)
     with pytest.raises(ValueError, match="labels: expected a class-conditional model in the cascade"):
         ss.cascade(plain, [sr], 4, labels=1)
+
+
+# --- a prompt rides along with the image condition ----------------------------------------------------------
+class _Encoder:
+    """A text encoder of one token per word (context (B, L, 2): [word length, position]); null = no token."""
+
+    def encode(self, prompts):
+        L = max(len(p.split()) for p in prompts)
+        ctx = torch.zeros(len(prompts), L, 2)
+        mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            for j, w in enumerate(p.split()):
+                ctx[i, j] = torch.tensor([len(w), j])
+                mask[i, j] = True
+        return ss.Cond(context=ctx, context_mask=mask)
+
+    def null(self, batch):
+        return ss.Cond(context=torch.zeros(batch, 1, 2), context_mask=torch.zeros(batch, 1, dtype=torch.bool))
+
+
+def test_a_prompt_joins_the_image_condition_and_guidance_keeps_the_image():
+    _, (sr,) = gaussian_cascade([(1, 2, 2), (1, 4, 4)], ss.VPSDE())
+    seen = []
+
+    class Texty(ExactSuperResolution):
+        text_encoder = _Encoder()
+
+        def __call__(self, x, t, cond=None):
+            seen.append(cond)
+            return super().__call__(x, t, cond)
+    model = Texty(sr.mean, sr.cov, sr.data_shape, 2, sr.sde)
+    low = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    x = super_resolve(model, low, prompt="a longer prompt", n_per=2, steps=2, generator=_gen())
+    assert x.shape == (4, 1, 4, 4)
+    c = seen[-1]
+    assert c.context.shape == (4, 3, 2) and bool(c.context_mask.all())
+    assert torch.equal(c.image, low.repeat_interleave(2, 0))
+    seen.clear()
+    super_resolve(model, low, prompt=["one", "two words"], w=3.0, aug_level=0.2, steps=2, generator=_gen())
+    c = seen[-1]                                              # the doubled batch: [prompt rows; null rows]
+    assert c.context.shape == (4, 2, 2) and c.context_mask.tolist() == [[True, False], [True, True],
+                                                                         [False, False], [False, False]]
+    assert torch.equal(c.image[:2], c.image[2:]) and torch.equal(c.image_level, torch.full((4,), 0.2,
+                                                                                          dtype=torch.float64))
+    with pytest.raises(ValueError, match="prompt: expected 1 prompt or 2 \\(one per sample\\), found 3"):
+        super_resolve(model, low, prompt=["a", "b", "c"])
+    with pytest.raises(ValueError, match="prompt: expected a text-conditional model"):
+        super_resolve(sr, low, prompt="a")
