@@ -177,7 +177,8 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
             condition is alpha(s) low_res + sigma(s) eps and the network is told s (0: the clean image).
         noisy: `low_res` is already at level s (e.g. a truncated base chain's x_s): it is not re-noised.
         n_per: samples per low-resolution image; rows i * n_per ... (i + 1) * n_per - 1 belong to image i.
-        sampler, steps: any sampler of `list_samplers()` (default dpm_solver, 20 steps); `**options` its options.
+        sampler, steps: any sampler of `list_samplers()` (default dpm_solver) and its steps (default 20, for any
+            sampler); `**options` its options (e.g. `times=`, an explicit grid, instead of steps).
         labels: class labels (an int or a (B,) tensor, one per low-res image) of a class-conditional model.
         w: classifier-free guidance weight on `labels` or `prompt` (None: the conditional score, unguided).
         prompt, negative_prompt: text, for a text-conditional model (one prompt, or one per low-res image).
@@ -202,9 +203,14 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
     cond = model.image_cond(low_res, level, generator=generator, noisy=noisy, labels=y)
     score = conditional_score(model, cond, w=w, prompt=prompt, negative_prompt=negative_prompt)
     x = sample(model.sde, score, (low_res.shape[0], *model.data_shape), sampler=sampler or DEFAULT_SAMPLER,
-               steps=steps if steps is not None else (None if sampler else DEFAULT_STEPS), generator=generator,
-               device=low_res.device, dtype=low_res.dtype, progress=progress, **options)
+               steps=_steps(steps, options), generator=generator, device=low_res.device, dtype=low_res.dtype,
+               progress=progress, **options)
     return _decoded(model, x)
+
+
+def _steps(steps: int | None, options: dict) -> int | None:
+    """The steps of one model's sampler: given, else DEFAULT_STEPS (None when an explicit `times` grid sets them)."""
+    return steps if steps is not None or "times" in options else DEFAULT_STEPS
 
 
 # --- cascades ----------------------------------------------------------------------------------------------
@@ -251,7 +257,7 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
             x_s is the condition (the two models must share the forward process, and the previous model must
             not be a latent model); otherwise (non-truncated) the previous output at t = 0 is re-noised to s.
         sampler, steps, options: per model (base first, then the stages): one value for all or a list of
-            len(stages) + 1; default dpm_solver at 20 steps; `options` a dict of sampler options.
+            len(stages) + 1; default dpm_solver, 20 steps (for any sampler); `options` a dict of sampler options.
         labels, w: class labels (an int or a (n,) tensor) given to every class-conditional model of the
             cascade, with classifier-free guidance weight `w` (None: unguided).
         generator: the source of every random draw.
@@ -300,7 +306,7 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
         """sample() keywords of model i: its sampler and steps; stopped at time `stop` without denoising."""
         kw = {"sampler": samplers[i] or DEFAULT_SAMPLER, "generator": generator, "progress": progress,
               **options[i]}
-        kw["steps"] = steps[i] if steps[i] is not None else (None if samplers[i] else DEFAULT_STEPS)
+        kw["steps"] = _steps(steps[i], options[i])
         if stop:
             kw.update(eps=stop, denoise=False)
         return kw
