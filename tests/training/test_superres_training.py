@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import scoresde as ss
 from scoresde.models.conditioning import Cond

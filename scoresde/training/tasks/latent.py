@@ -55,6 +55,10 @@ class LatentScoreTask(ScoreTask):
         self.ae = load_autoencoder(self.cfg["autoencoder"])
         self.ae.check_fits(self.pixels.shape, f"data {self.pixels.name!r}")
         self.latent_shape = self.ae.latent_shape(self.pixels.shape)
+        if self.sr is not None and any(a > b for a, b in zip(self.sr.size, self.latent_shape[1:])):
+            raise ValueError(f"config model.image_shape = {list(self.sr.image_shape)}: expected a low-res image no "
+                             f"larger than the latents' {self.latent_shape[1]}x{self.latent_shape[2]} (the condition "
+                             f"is resized to them), found {self.sr.size[0]}x{self.sr.size[1]}")
 
     @property
     def example_numel(self) -> int:

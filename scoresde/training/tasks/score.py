@@ -59,8 +59,9 @@ _SMALL_NETS: dict[str, tuple[dict[str, Any], float]] = {     # name -> (model ke
 }
 _DIT_ARCH = ("preset", "depth", "hidden_size", "num_heads", "patch_size")   # any of them: the user sizes the DiT
 # A super-resolution stage (model.image_shape set) of images of at most 32 x 32 (the digits32 8 -> 32 stage): one
-# level more than the 16-pixel nets (32 -> 16 -> 8), 1.1M parameters, 0.13 s per step of batch 64 on the
-# 2-core CPU; 32 x 32 images without an image condition keep the network's own (CIFAR-10) size.
+# level more than the 16-pixel nets (32 -> 16 -> 8), 1.08M parameters, 0.97 CPU s per step of batch 64 on one
+# thread (benchmarks/superres_step.py; the 8x8 base: 0.08 s); 32 x 32 images without an image condition keep the
+# network's own (CIFAR-10) size (35.7M, 22 s per step).
 _SR32_UNET = {**_SMALL_UNET, "ch_mult": [1, 2, 2]}
 _SR32_NETS: dict[str, tuple[dict[str, Any], float]] = {
     "ddpm_unet": ({**_SR32_UNET, "num_groups": 8}, 1e-3), "ncsnpp": (_SR32_UNET, 1e-3), "ddpmpp": (_SR32_UNET, 1e-3),
