@@ -28,9 +28,14 @@ from scoresde.models.text import check_prompts
 from scoresde.samplers.core import sample
 
 
-__all__ = ["super_resolve", "cascade", "output_shape", "DEFAULT_SAMPLER", "DEFAULT_STEPS"]
+__all__ = ["super_resolve", "cascade", "output_shape", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SR_SAMPLER", "SR_STEPS"]
 
-DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm_solver", 20        # as image runs sample (configs/default.toml, images)
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm_solver", 20        # the base, as image runs sample (configs/digits.toml)
+# Super-resolution stages default to the reverse SDE: on the digits32 8 -> 32 stages of benchmarks/cascade.py every
+# probability-flow ODE sampler (dpm_solver, ddim, heun; 20 or 60 steps) diverged (pixel std ~1.7, values ~13)
+# while euler_maruyama at 50 steps reproduced the held-out images (MSE 0.009): the noise corrects what the ODE
+# carries along from a nearly deterministic conditional. benchmarks/results/cascade.md has the figures.
+SR_SAMPLER, SR_STEPS = "euler_maruyama", 50
 
 
 # --- shapes and checks ---------------------------------------------------------------------------------
@@ -177,8 +182,9 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
             condition is alpha(s) low_res + sigma(s) eps and the network is told s (0: the clean image).
         noisy: `low_res` is already at level s (e.g. a truncated base chain's x_s): it is not re-noised.
         n_per: samples per low-resolution image; rows i * n_per ... (i + 1) * n_per - 1 belong to image i.
-        sampler, steps: any sampler of `list_samplers()` (default dpm_solver) and its steps (default 20, for any
-            sampler); `**options` its options (e.g. `times=`, an explicit grid, instead of steps).
+        sampler, steps: any sampler of `list_samplers()` and its steps; default euler_maruyama at 50 steps (the
+            probability-flow ODE samplers diverged on trained super-resolution stages: `SR_SAMPLER`), a named
+            sampler 20 steps; `**options` its options (e.g. `times=`, an explicit grid, instead of steps).
         labels: class labels (an int or a (B,) tensor, one per low-res image) of a class-conditional model.
         w: classifier-free guidance weight on `labels` or `prompt` (None: the conditional score, unguided).
         prompt, negative_prompt: text, for a text-conditional model (one prompt, or one per low-res image).
@@ -202,15 +208,18 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
             prompt = [p for p in prompt for _ in range(n_per)]
     cond = model.image_cond(low_res, level, generator=generator, noisy=noisy, labels=y)
     score = conditional_score(model, cond, w=w, prompt=prompt, negative_prompt=negative_prompt)
-    x = sample(model.sde, score, (low_res.shape[0], *model.data_shape), sampler=sampler or DEFAULT_SAMPLER,
-               steps=_steps(steps, options), generator=generator, device=low_res.device, dtype=low_res.dtype,
-               progress=progress, **options)
+    x = sample(model.sde, score, (low_res.shape[0], *model.data_shape), sampler=sampler or SR_SAMPLER,
+               steps=_steps(steps, options, sampler, SR_STEPS), generator=generator, device=low_res.device,
+               dtype=low_res.dtype, progress=progress, **options)
     return _decoded(model, x)
 
 
-def _steps(steps: int | None, options: dict) -> int | None:
-    """The steps of one model's sampler: given, else DEFAULT_STEPS (None when an explicit `times` grid sets them)."""
-    return steps if steps is not None or "times" in options else DEFAULT_STEPS
+def _steps(steps: int | None, options: dict, sampler: str | None, default: int) -> int | None:
+    """The steps of one model's sampler: given; else `default` for the default sampler and DEFAULT_STEPS (20) for a
+    named one; None when an explicit `times` grid sets them."""
+    if steps is not None or "times" in options:
+        return steps
+    return default if sampler is None else DEFAULT_STEPS
 
 
 # --- cascades ----------------------------------------------------------------------------------------------
@@ -257,7 +266,8 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
             x_s is the condition (the two models must share the forward process, and the previous model must
             not be a latent model); otherwise (non-truncated) the previous output at t = 0 is re-noised to s.
         sampler, steps, options: per model (base first, then the stages): one value for all or a list of
-            len(stages) + 1; default dpm_solver, 20 steps (for any sampler); `options` a dict of sampler options.
+            len(stages) + 1; default dpm_solver at 20 steps for the base and euler_maruyama at 50 for the stages
+            (`SR_SAMPLER`), 20 steps for a named sampler; `options` a dict of sampler options.
         labels, w: class labels (an int or a (n,) tensor) given to every class-conditional model of the
             cascade, with classifier-free guidance weight `w` (None: unguided).
         generator: the source of every random draw.
@@ -304,9 +314,9 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
 
     def plan(i: int, stop: float | None) -> dict:
         """sample() keywords of model i: its sampler and steps; stopped at time `stop` without denoising."""
-        kw = {"sampler": samplers[i] or DEFAULT_SAMPLER, "generator": generator, "progress": progress,
-              **options[i]}
-        kw["steps"] = _steps(steps[i], options[i])
+        kw = {"sampler": samplers[i] or (DEFAULT_SAMPLER if i == 0 else SR_SAMPLER), "generator": generator,
+              "progress": progress, **options[i]}
+        kw["steps"] = _steps(steps[i], options[i], samplers[i], DEFAULT_STEPS if i == 0 else SR_STEPS)
         if stop:
             kw.update(eps=stop, denoise=False)
         return kw

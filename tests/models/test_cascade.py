@@ -41,7 +41,7 @@ def test_super_resolve_samples_the_exact_conditional_at_every_level(s):
     the network is told s at every call."""
     _, (sr,) = gaussian_cascade([(2, 2, 2), (2, 4, 4)], ss.VPSDE())
     z = torch.randn(1, 2, 2, 2, generator=_gen(1), dtype=torch.float64)
-    x = super_resolve(sr, z, aug_level=s, noisy=True, n_per=N, steps=STEPS, generator=_gen())
+    x = super_resolve(sr, z, aug_level=s, noisy=True, n_per=N, sampler="dpm_solver", steps=STEPS, generator=_gen())
     assert x.shape == (N, 2, 4, 4) and x.dtype == torch.float64
     mean, cov = sr.posterior(z, s)
     err_mean, err_cov = moment_errors(x, mean[0], cov)
@@ -62,7 +62,7 @@ def test_a_lost_level_gives_the_wrong_conditional():
                                                                                                  dtype=image.dtype))
     deaf = Deaf(sr.mean, sr.cov, sr.data_shape, 2, sr.sde)
     z = torch.randn(1, 2, 2, 2, generator=_gen(1), dtype=torch.float64)
-    x = super_resolve(deaf, z, aug_level=0.4, noisy=True, n_per=N, steps=STEPS, generator=_gen())
+    x = super_resolve(deaf, z, aug_level=0.4, noisy=True, n_per=N, sampler="dpm_solver", steps=STEPS, generator=_gen())
     mean, cov = sr.posterior(z, 0.4)
     err_mean, err_cov = moment_errors(x, mean[0], cov)
     assert err_mean > 3 * MEAN_TOL or err_cov > 3 * COV_TOL, (err_mean, err_cov)
@@ -74,7 +74,7 @@ def test_super_resolve_augments_a_clean_condition():
     _, (sr,) = gaussian_cascade([(2, 2, 2), (2, 4, 4)], ss.VPSDE())
     s = 0.3
     y = torch.randn(1, 2, 2, 2, generator=_gen(2), dtype=torch.float64)
-    x = super_resolve(sr, y, aug_level=s, n_per=N, steps=STEPS, generator=_gen())
+    x = super_resolve(sr, y, aug_level=s, n_per=N, sampler="dpm_solver", steps=STEPS, generator=_gen())
     # z = a y + sig e, x | z ~ N(m(z), C): E[x] = m(a y), Cov[x] = C + K Cov[z] K^T = C + sig^2 K K^T
     K, C, _, a = sr._gain(torch.tensor(0.0), torch.tensor(s))
     sig = float(sr.sde.marginal_coefs(torch.tensor([s], dtype=torch.float64))[1])
@@ -91,7 +91,8 @@ def test_cascade_of_exact_scores_samples_the_data(truncated, sde_name):
     shapes = [(2, 1, 1), (2, 2, 2), (2, 4, 4)]
     base, stages = gaussian_cascade(shapes, sde)
     levels = [0.2 * sde.T, 0.4 * sde.T]
-    outs = cascade(base, stages, N, aug_level=levels, truncated=truncated, steps=STEPS, generator=_gen(),
+    outs = cascade(base, stages, N, aug_level=levels, truncated=truncated, sampler="dpm_solver", steps=STEPS,
+                   generator=_gen(),
                    dtype=torch.float64, return_all=True)
     assert [tuple(o.shape[1:]) for o in outs] == shapes
     err_mean, err_cov = moment_errors(outs[-1], stages[-1].mean, stages[-1].cov)
@@ -282,3 +283,15 @@ def test_a_prompt_joins_the_image_condition_and_guidance_keeps_the_image():
         super_resolve(model, low, prompt=["a", "b", "c"])
     with pytest.raises(ValueError, match="prompt: expected a text-conditional model"):
         super_resolve(sr, low, prompt="a")
+
+
+def test_default_samplers():
+    """Super-resolution stages default to the reverse SDE at 50 steps (SR_SAMPLER), the base to dpm_solver at 20;
+    a named sampler without steps takes 20."""
+    base, (sr,) = gaussian_cascade([(1, 2, 2), (1, 4, 4)], ss.VPSDE())
+    super_resolve(sr, torch.randn(2, 1, 2, 2, dtype=torch.float64), generator=_gen())
+    assert sr.calls == 50
+    cascade(base, [sr], 2, generator=_gen(), dtype=torch.float64)
+    assert base.calls == 20 and sr.calls == 100
+    super_resolve(sr, torch.randn(2, 1, 2, 2, dtype=torch.float64), sampler="ddim", generator=_gen())
+    assert sr.calls == 120
