@@ -16,8 +16,9 @@ images, the first 359 held out); digits32 = the 8x8 digits upsampled bilinearly 
    A third run trains the same super-resolution stage without augmentation (train.aug = "none") for the ablation.
    Each run trains in two phases: a probe of a few steps, whose CPU cost per step sets the number of steps the
    budget allows, then an exact resume to that number; the CPU seconds actually spent are reported.
-3. Samples `--n` final images of each, DPM-Solver++ at `--steps` steps per model (the cascade spends the same
-   32x32 evaluations as the single stage plus its cheap 8x8 base; the sampling CPU seconds are given), and the
+3. Samples `--n` final images of each, `--sampler` (default euler_maruyama: the probability-flow ODE samplers
+   diverge on these super-resolution stages) at `--steps` steps per model (the cascade spends the same 32x32
+   evaluations as the single stage plus its cheap 8x8 base; the sampling CPU seconds are given), and the
    cascade at every augmentation level s of `--levels`, truncated (the base chain stopped at s, its x_s the
    condition) and not (run to 0, re-noised to s).
 4. Metrics. FID in the shipped digits classifier's 64 features (`scoresde.metrics`, the part Inception-v3
