@@ -19,6 +19,7 @@ from .models.guidance import classifier_free_score, classifier_guided_score
 from .models.cascade import super_resolve, cascade
 from .models.classifier import NoiseConditionalClassifier
 from .samplers.inpainting import impute
+from .samplers.img2img import sdedit, invert
 from .models.nets import get_model, list_models
 from .models.ema import EMA
 from .models.phema import PowerFunctionEMA
@@ -56,6 +57,7 @@ __all__ = [
     "dsm_loss", "ddpm_loss", "smld_loss", "ScoreModel", "score_from_eps", "eps_from_score",
     "get_model", "list_models", "EMA", "PowerFunctionEMA",
     "Cond", "TextEncoder", "TransformerTextEncoder", "classifier_free_score", "classifier_guided_score", "impute",
+    "sdedit", "invert",
     "NoiseConditionalClassifier",
     "conditional_dsm_loss", "classifier_loss", "label_dropout", "edm_loss", "flow_matching_loss",
     "list_samplers", "optimize_steps",

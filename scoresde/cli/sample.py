@@ -1,7 +1,7 @@
 """`scoresde sample`: samples of a trained or pretrained model to a file, optionally of one class or of
 text prompts (classifier-free guidance, Ho & Salimans 2022, arXiv:2207.12598; a grid of prompts x samples)
 or completing known data (inpainting,
-Song et al. 2021, arXiv:2011.13456, App. I.2); a sequence run's texts (`scoresde.cli.tokens`).
+Song et al. 2021, arXiv:2011.13456, App. I.2), or editing given images (SDEdit, `scoresde.cli.img2img`); a sequence run's texts (`scoresde.cli.tokens`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
 from scoresde.data.masks import load_mask, make_mask
 from scoresde.cli.guidance import Guidance
+from scoresde.cli.img2img import check_strength, sample_img2img
 from scoresde.pretrained.score_sde_configs import describe_configs
 from scoresde.runs.checkpoint import checkpoint_task
 from scoresde.runs.plots import save_samples
@@ -204,10 +205,17 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
               help="--low-res: super-resolutions per input image.")
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
+@click.option("--init-image", metavar="IMG|DIR|NPY",
+              help="Image-to-image (SDEdit): guide images (a file, a folder, or a .npy/.npz in the model's data "
+                   "range), perturbed to --strength and sampled back; --n cycles them.")
+@click.option("--strength", type=float, show_default="0.5 with --init-image",
+              help="SDEdit: in [0, 1], the time t0 = eps + strength (T - eps) the guides are perturbed to "
+                   "(0 keeps them, 1 samples afresh); --steps default: strength x the run's steps.")
 @allow_unverified_option
 def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, negative_prompt, guidance_rescale,
            known, mask, seed, device, raw, prompts, mask_char, temperature, remasking, order_temperature, eta,
            remdm_schedule, block_length, cascade_runs, low_res, aug_levels, truncated, n_per, autoencoder,
+           init_image, strength,
            allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
@@ -222,6 +230,7 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
       scoresde sample --checkpoint runs/captions --prompt "three left of eight" \\
                       --prompt "one left of two" --guidance 4 --n 8 --out grid.png
       scoresde sample --checkpoint runs/digits --known digits --mask top --n 16 --out fill.png
+      scoresde sample --checkpoint runs/digits --init-image guides.npy --strength 0.5 --out edits.png
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
                       --sampler deis --steps 20 --n 64 --out grid.png
       scoresde sample --checkpoint runs/base8 --cascade runs/sr32 --aug-level 0.2 --n 16 --out grid.png
@@ -256,7 +265,8 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
                                          aug_levels, truncated, sampler, steps, options, label, w, seed, device, raw,
                                          autoencoder, {"--known": known, "--mask": mask, "--prompt": prompts or None,
                                                        "--steps-file": steps_file, "--negative-prompt": negative_prompt,
-                                                       "--guidance-rescale": guidance_rescale}))
+                                                       "--guidance-rescale": guidance_rescale,
+                                                       "--init-image": init_image, "--strength": strength}))
             return
         _refuse({"--aug-level": aug_levels or None, "--truncated": truncated or None, "--n-per": n_per},
                 "expected --cascade or --low-res too (super-resolution options)")
@@ -266,7 +276,19 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         if known is not None:
             _refuse({"--set": sets or None, "--steps-file": steps_file, "--prompt": prompts or None},
                     "not available with --known (inpainting runs the predictor-corrector steps of scoresde.impute)")
+        if init_image is None and strength is not None:
+            raise ValueError("--strength: sets how far SDEdit perturbs --init-image; give --init-image too")
         source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
+        if init_image is not None:
+            strength = check_strength(strength)
+            _refuse({"--known": known, "--steps-file": steps_file}, "not available with --init-image (SDEdit)")
+            if source.pretrained:
+                raise ValueError("--init-image: image-to-image on the command line takes a scoresde run; use "
+                                 "scoresde.sdedit in Python for a pretrained model")
+            n = sample_img2img(source, init_image, strength, n, out, sampler, steps, options, guidance, seed, device,
+                               raw, autoencoder)
+            click.echo(f"wrote {n} SDEdit samples (strength {strength:g}) to {out}")
+            return
         if source.pretrained:
             if label is not None or known is not None:
                 raise ValueError(f"--{'label' if label is not None else 'known'}: not available for a pretrained "

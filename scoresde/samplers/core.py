@@ -34,7 +34,7 @@ from scoresde.samplers.grids import schedule_for, time_grid
 
 __all__ = ["SAMPLERS", "SamplerInfo", "sample", "list_samplers", "sampler_info", "uniform_grid", "progress_range",
            "CheckedScore", "check_options", "check_sampler_options", "check_times", "randn_like", "flush_checks",
-           "check_samples", "estimate_sampling", "describe_estimate"]
+           "check_samples", "estimate_sampling", "describe_estimate", "start_grid"]
 
 KINDS = ("sde", "pc", "corrector", "ode", "fast ode")
 _SHARED = ("generator", "denoise", "progress")          # the keywords every sampler takes (not options)
@@ -226,6 +226,22 @@ def check_times(sde, times: Any) -> torch.Tensor:
     return t
 
 
+def start_grid(sde, sampler: str, steps: int, eps: float, t_start: Any) -> tuple[int, float]:
+    """(n_full, t0) of `sample(..., steps=steps, eps=eps, t_start=t_start)`: the intervals of its grid counted
+    from T and the time it starts at. Samplers with their own grid layout (fast ones, EDM's step grid) or none
+    (`ode`, `torchsde`: the end points only) start at t_start exactly on `steps` intervals (n_full = steps); the ones on the uniform grid run the last
+    `steps` of n_full = round(steps (T - eps) / (t_start - eps)) uniform intervals from T, starting at
+    t0 = T - (n_full - steps) (T - eps) / n_full, the grid time nearest t_start."""
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not eps < t_start <= sde.T:
+        raise ValueError(f"t_start: expected a start time in (eps={eps}, T={sde.T}], found {t_start!r}")
+    info = SAMPLERS[sampler]
+    if info.schedule is not None or not info.takes_grid or schedule_for(sde, sampler, None) is not None:
+        return steps, float(t_start)
+    n_full = max(steps, round(steps * (sde.T - eps) / (t_start - eps)))
+    t0 = float(uniform_grid(sde, n_full, float(eps), dtype=torch.float64)[n_full - steps])
+    return n_full, t0
+
+
 def _resolve_shape(score_fn: Any, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int) and not isinstance(shape, bool):
         data_shape = getattr(score_fn, "data_shape", None)
@@ -243,7 +259,7 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
            generator: torch.Generator | None = None, device: Any = None, dtype: torch.dtype | None = None,
            x_init: torch.Tensor | None = None, eps: float | None = None, denoise: bool = True,
            progress: bool = False, return_info: bool = False, times: Sequence[float] | torch.Tensor | None = None,
-           **options: Any):
+           t_start: float | None = None, **options: Any):
     """Draw samples from the reverse process of `sde` driven by `score_fn`.
 
     Args:
@@ -263,6 +279,12 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
             allowed for them), the fast ones (ddim, heun, dpm_solver, deis, unipc) integrate through
             every interval and, with `denoise`, add the data prediction at t_n > 0; ode and torchsde
             use its end points only. E.g. a diffusers timestep grid, `sde.t_from_timestep(...)`.
+        t_start: begin at this time (eps < t_start <= T) instead of T, `x_init` being the state there
+            (SDEdit, `samplers.img2img.sdedit`): the `steps` intervals run from t_start to eps in the
+            sampler's own layout. The samplers on the uniform grid run the last `steps` intervals of
+            the uniform grid from T with the same spacing (`start_grid`), so that the SDE's N-step
+            discretisation (reverse diffusion, Langevin step sizes) holds; t_start is rounded to
+            its nearest time.
         **options: sampler-specific options (e.g. `predictor`, `corrector`, `snr` for "pc").
     Returns:
         samples of the requested shape, or `(samples, info)` with `return_info`.
@@ -298,6 +320,11 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     eps = sde.default_eps if eps is None else eps
     if times is None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T):
         raise ValueError(f"eps: expected a final time in (0, T={sde.T}), found {eps!r}")
+    n_full = steps                 # intervals of the (uniform) grid from T; more when starting below T
+    if t_start is not None:
+        if times is not None:
+            raise ValueError(f"t_start: an explicit `times` grid sets its own start; found t_start={t_start!r}")
+        n_full, t_start = start_grid(sde, sampler, steps, eps, t_start)
     if x_init is not None:
         if not isinstance(x_init, torch.Tensor) or not x_init.is_floating_point() or x_init.ndim < 1:
             raise TypeError(f"x_init: expected a floating-point tensor (B, *D), found {type(x_init).__name__}")
@@ -311,13 +338,15 @@ def sample(sde, score_fn: Callable, shape: Any = None, *, sampler: str = "pc", s
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator: expected a torch.Generator on the samples' device ({x.device}), "
                          f"found one on {generator.device}")
-    if steps != sde.N:      # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
-        sde = sde.with_steps(steps)
+    if n_full != sde.N:     # discretisation-based steps (DDPM/SMLD, Langevin alpha) follow the grid
+        sde = sde.with_steps(n_full)
     step_schedule = schedule_for(sde, sampler, None) if info.schedule is None else None
     if times is None and step_schedule is not None:      # e.g. EDM's rho = 7 grid for euler_maruyama
-        ts = time_grid(sde, steps, float(eps), step_schedule, device=x.device, dtype=x.dtype)
-    elif times is None:
-        ts = uniform_grid(sde, steps, float(eps), device=x.device, dtype=x.dtype)
+        ts = time_grid(sde, steps, float(eps), step_schedule, device=x.device, dtype=x.dtype, t_start=t_start)
+    elif times is None and (info.schedule is not None or n_full == steps):   # fast samplers, ode: from ts[0]
+        ts = torch.linspace(sde.T if t_start is None else t_start, eps, steps + 1, device=x.device, dtype=x.dtype)
+    elif times is None:                                   # the last `steps` intervals of the uniform grid from T
+        ts = uniform_grid(sde, n_full, float(eps), device=x.device, dtype=x.dtype)[n_full - steps:]
     else:
         ts = grid.to(device=x.device, dtype=x.dtype)
     counted = CheckedScore(score_fn, where=f"sampler {sampler!r}")

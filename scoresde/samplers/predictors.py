@@ -29,14 +29,15 @@ def check_discretization(sde, ts: torch.Tensor, sampler: str, *, discretize: boo
     Reverse diffusion follows `sde.discretize` with N = steps; DDPM's beta_i run up to beta_max / N,
     so with few steps 1 - beta_i < 0 and the chain is undefined (NaN), as is the Langevin step
     size alpha_i = 1 - beta_i. Both index the SDE's N-step grid by time, so `ts` must be the uniform
-    grid from T (an explicit `times` grid that is not is refused). Checked once, before the loop,
-    on every grid time at once.
+    grid from T or its last intervals (`sample(..., t_start=...)`); an explicit `times` grid that is not
+    is refused. Checked once, before the loop, on every grid time at once.
     """
     t = ts[:-1].to(torch.float64)
     bad_chain = bad_alpha = torch.zeros((), dtype=torch.bool, device=ts.device)
-    uniform = torch.linspace(sde.T, 0.0, len(ts), dtype=torch.float64, device=ts.device)
+    n = max(int(sde.N), len(t))              # the tail of the uniform N-step grid from T (SDEdit starts below T)
+    uniform = torch.linspace(sde.T, 0.0, n + 1, dtype=torch.float64, device=ts.device)[n + 1 - len(ts):]
     uniform = uniform * (1 - ts[-1].double() / sde.T) + ts[-1].double()       # T ... ts[-1], uniform
-    tol = 1e-3 * (sde.T - ts[-1].double()) / max(len(t), 1) + 8 * torch.finfo(ts.dtype).eps * sde.T
+    tol = 1e-3 * (sde.T - ts[-1].double()) / n + 8 * torch.finfo(ts.dtype).eps * sde.T
     bad_grid = (ts.double() - uniform).abs().max() > tol
     if discretize:
         f, G = sde.discretize(torch.ones(len(t), 1, dtype=torch.float64, device=ts.device), t)

@@ -62,3 +62,10 @@ def test_a_latent_stage_is_conditioned_on_the_low_res_pixels(tmp_path):
     one_line_error(run("train", "--out", str(tmp_path / "y"), "--data", str(tmp_path / "d16.npy"), "--autoencoder",
                        str(tmp_path / "ae"), *FAST, *UNET, "--set", "model.image_shape=[1,16,16]"),
                    "config model.image_shape = [1, 16, 16]: expected a low-res image no larger than the latents' 8x8")
+
+
+def test_a_captioned_stage_is_refused_in_one_line(tmp_path):
+    shape = ss.load_dataset("digitpairs").x.shape[1:]
+    low = f"[{shape[0]},{shape[1] // 2},{shape[2] // 2}]"
+    one_line_error(run("train", "--out", str(tmp_path / "t"), "--data", "digitpairs", *FAST, *UNET,
+                       "--set", f"model.image_shape={low}"), "config model.image_shape with a text encoder")
