@@ -16,6 +16,7 @@ from .models.score_model import ScoreModel, score_from_eps, eps_from_score
 from .models.conditioning import Cond
 from .models.text import TextEncoder, TransformerTextEncoder
 from .models.guidance import classifier_free_score, classifier_guided_score
+from .models.cascade import super_resolve, cascade
 from .models.classifier import NoiseConditionalClassifier
 from .samplers.inpainting import impute
 from .samplers.img2img import sdedit, invert
@@ -66,4 +67,5 @@ __all__ = [
     "discrete", "metrics", "pretrained",
     "Autoencoder", "load_autoencoder",
     "CLIPTextEncoder", "SDXLTextEncoder",
+    "super_resolve", "cascade",
 ]

@@ -143,3 +143,20 @@ def test_edm_phema_benchmark_quick():
     assert len(rows) == 8 and all(math.isfinite(float(c)) for r in rows for c in (r[3], r[5]))
     assert [r for r in rows if r[2] == "0.050"][0][3] == "0.00e+00"
     assert _rows(text, "NFE") == [["NFE", "9", "19"]] and len(_rows(text, "10")) == 1
+
+
+def test_cascade_benchmark_quick(tmp_path):
+    """benchmarks/cascade.py --quick: every table row present and finite; to_digits8 inverts digits32's upsampling."""
+    bench = _load("cascade")
+    x8 = torch.rand(3, 1, 8, 8) * 2 - 1
+    up = torch.nn.functional.interpolate(x8, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(bench.to_digits8(up), x8, atol=1e-5, rtol=0)
+    text = bench.main(["--quick", "--cache", str(tmp_path / "runs"), "--out", str(tmp_path / "c.md"),
+                       "--plot", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").stat().st_size > 5000
+    assert [r[0] for r in _rows(text, "single")] == ["single"] and len(_rows(text, "sr_none")) == 1
+    for label in ("single-stage 32x32", "floor: 80 training images"):
+        (row,) = _rows(text, label)
+        assert all(math.isfinite(float(c)) for c in row[1:3])
+    assert len(_rows(text, "aug noise")) >= 3 and len(_rows(text, "aug none")) >= 2      # ablation + SR rows
+    assert re.search(r"\*\*cascade / single-stage FID \(digit\) = [0-9.]+\*\*", text)

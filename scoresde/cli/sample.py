@@ -18,6 +18,7 @@ from scoresde._common.limits import check_memory, sample_batch
 from scoresde._common.threads import thread_policy
 from scoresde.cli.common import (MODEL_FLAGS, ModelSource, allow_unverified_option, device_option, model_options, names,
                                  user_errors)
+from scoresde.cli.cascade import sample_cascade, sample_low_res
 from scoresde.cli.steps import fitted_from_file, stored_steps
 from scoresde.cli.tokens import SEQUENCE_TASKS, sample_tokens
 from scoresde.data.datasets import load_dataset
@@ -186,6 +187,22 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
               help="Sequence runs, remdm sampler: sigma_t = min(eta, sigma_max) | eta sigma_max | by confidence.")
 @click.option("--block-length", type=click.IntRange(min=0), show_default="the run's",
               help="Sequence runs, llada sampler: semi-autoregressive block length (0: one block).")
+@click.option("--cascade", "cascade_runs", multiple=True, metavar="SR_RUN",
+              help="Cascade: super-resolve --checkpoint's samples by this super-resolution run (trained with "
+                   "model.image_shape); repeat for more stages, in order. The .png shows each stage's output beside "
+                   "the next. Stages sample with euler_maruyama at 50 steps unless --sampler/--steps say otherwise.")
+@click.option("--low-res", metavar="DIR|FILE|NAME",
+              help="Super-resolve these images with --checkpoint (a super-resolution run): an image folder, an "
+                   ".npy/.npz of (N, C, h, w) in the model's data range, or a dataset name; --n takes the first N.")
+@click.option("--aug-level", "aug_levels", multiple=True, type=click.FloatRange(min=0), metavar="S",
+              show_default="0.2 with --cascade, 0 with --low-res",
+              help="Noise-conditioning augmentation level s of the low-resolution condition (a time of the SDE in "
+                   "[0, T]; CDM, arXiv:2106.15282): one, or one per --cascade.")
+@click.option("--truncated", is_flag=True,
+              help="--cascade: stop each chain at s and condition the next stage on its x_s (CDM's truncated "
+                   "augmentation; the stages must share the SDE) instead of re-noising its output.")
+@click.option("--n-per", type=click.IntRange(min=1), show_default="1",
+              help="--low-res: super-resolutions per input image.")
 @click.option("--autoencoder", metavar="RUN|DIR", show_default="the one the run recorded",
               help="A latent model's autoencoder, if it moved (its weights must be the recorded ones).")
 @click.option("--init-image", metavar="IMG|DIR|NPY",
@@ -197,7 +214,8 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @allow_unverified_option
 def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, w, negative_prompt, guidance_rescale,
            known, mask, seed, device, raw, prompts, mask_char, temperature, remasking, order_temperature, eta,
-           remdm_schedule, block_length, autoencoder, init_image, strength,
+           remdm_schedule, block_length, cascade_runs, low_res, aug_levels, truncated, n_per, autoencoder,
+           init_image, strength,
            allow_unverified):
     """Draw samples from a trained model, optionally of one class (guided) or completing known data;
     from a sequence run (task masked / autoregressive), texts, optionally after or around a --prompt.
@@ -215,6 +233,8 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
       scoresde sample --checkpoint runs/digits --init-image guides.npy --strength 0.5 --out edits.png
       scoresde sample --checkpoint checkpoint_26.pth --config ve/cifar10_ncsnpp_continuous \\
                       --sampler deis --steps 20 --n 64 --out grid.png
+      scoresde sample --checkpoint runs/base8 --cascade runs/sr32 --aug-level 0.2 --n 16 --out grid.png
+      scoresde sample --checkpoint runs/sr32 --low-res small.npy --n-per 4 --out big.png
       scoresde sample --list-configs
       scoresde sample --checkpoint runs/sums --sampler llada --steps 16 --prompt "12+34=" --n 4
     """
@@ -223,7 +243,7 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         if checkpoint_task(checkpoint) in SEQUENCE_TASKS:
             _refuse({"--label": label, "--guidance": w, "--known": known, "--mask": mask, "--set": sets or None,
                      "--steps-file": steps_file, "--negative-prompt": negative_prompt,
-                     "--guidance-rescale": guidance_rescale},
+                     "--guidance-rescale": guidance_rescale, "--cascade": cascade_runs or None, "--low-res": low_res},
                     "an option of score models; this checkpoint is a sequence model")
             if len(prompts) > 1:
                 raise ValueError(f"--prompt: a sequence run takes one prompt, found {len(prompts)}")
@@ -240,6 +260,16 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
                  "--remdm-schedule": remdm_schedule, "--order-temperature": order_temperature},
                 "an option of sequence runs (task masked / autoregressive)")
         _check_out(out)
+        if cascade_runs or low_res is not None:
+            click.echo(_super_resolution(checkpoint, config, allow_unverified, cascade_runs, low_res, n, n_per, out,
+                                         aug_levels, truncated, sampler, steps, options, label, w, seed, device, raw,
+                                         autoencoder, {"--known": known, "--mask": mask, "--prompt": prompts or None,
+                                                       "--steps-file": steps_file, "--negative-prompt": negative_prompt,
+                                                       "--guidance-rescale": guidance_rescale,
+                                                       "--init-image": init_image, "--strength": strength}))
+            return
+        _refuse({"--aug-level": aug_levels or None, "--truncated": truncated or None, "--n-per": n_per},
+                "expected --cascade or --low-res too (super-resolution options)")
         guidance = Guidance(label, list(prompts), w, negative_prompt, guidance_rescale)
         if (known is None) != (mask is None):
             raise ValueError("--known/--mask: inpainting needs both (the data and which of its entries are known)")
@@ -270,6 +300,25 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         n = _sample_run(source, n, out, sampler, steps, options, steps_file, guidance, known, mask, seed, device,
                         raw, autoencoder)
     click.echo(f"wrote {n} samples to {out}" + (f" ({len(prompts)} prompts x {n // len(prompts)})" if prompts else ""))
+
+
+def _super_resolution(checkpoint, config, allow_unverified, cascade_runs, low_res, n, n_per, out, aug_levels, truncated,
+                      sampler, steps, options, label, w, seed, device, raw, autoencoder, others) -> str:
+    """--cascade (a base run and super-resolution stages) or --low-res (a user's images): scoresde/cli/cascade.py."""
+    _refuse(others, "not available with --cascade / --low-res")
+    if cascade_runs and low_res is not None:
+        raise ValueError("--low-res: super-resolves given images with --checkpoint; --cascade samples the images "
+                         "first: expected one of them, found both")
+    source = ModelSource.parse(checkpoint, config, verify=not allow_unverified)
+    if low_res is not None:
+        _refuse({"--truncated": truncated or None}, "a --cascade option (stopping the previous stage's chain)")
+        return sample_low_res(source, low_res, n=n, n_per=n_per, out=out, aug_levels=aug_levels, sampler=sampler,
+                              steps=steps, options=options, label=label, w=w, seed=seed, device=device, raw=raw,
+                              autoencoder=autoencoder)
+    _refuse({"--n-per": n_per, "--autoencoder": autoencoder}, "a --low-res option")
+    return sample_cascade(source, list(cascade_runs), n=n, out=out, aug_levels=aug_levels, truncated=truncated,
+                          sampler=sampler, steps=steps, options=options, label=label, w=w, seed=seed, device=device,
+                          raw=raw)
 
 
 def _refuse(flags: dict[str, object], why: str) -> None:

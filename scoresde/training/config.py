@@ -88,6 +88,13 @@ DEFAULTS: dict[str, Any] = {
         "logit_mean": 0.0,
         "logit_std": 1.0,
         "shift": 1.0,        # flow: SD3's shift of the drawn t, shift t / (1 + (shift - 1) t) (1: none)
+        "aug": "noise",      # super-resolution (model.image_shape set): noise | none: the low-res condition is
+                             # noised by the forward SDE to a level s ~ U(0, aug_max) per row, s given to the net
+                             # (noise-conditioning augmentation of CDM / Imagen)
+        "aug_max": 0.35,     # super-resolution: the largest s, a time of the model's SDE (VP: 0.35 is the SD x4
+                             # upscaler's max noise level 350 of 1000 DDPM steps, sqrt(alpha_bar) = 0.53)
+        "blur": 0.0,         # super-resolution: CDM's blur augmentation, a Gaussian blur of the low-res image
+                             # (after the downsampling) of std ~ U(0, blur) low-res pixels per row (0: off)
         "amp": True,         # bf16 autocast on CUDA (ignored on CPU)
         "log_every": 100,    # CSV log interval (steps)
         "ckpt_every": 1000,  # checkpoint interval (steps)
@@ -154,7 +161,7 @@ _CHOICES = {"device": ("auto", "cpu", "cuda"), "data.normalize": ("auto", "none"
             "discrete.tokenizer": ("char", "byte"), "discrete.text_mode": ("lines", "stream"),
             "discrete.remasking": ("entropy", "low_confidence", "margin", "random"),
             "discrete.remdm_schedule": ("cap", "rescale", "conf"), "discrete.loss": ("time", "count"),
-            "train.t_dist": ("uniform", "logit_normal"),
+            "train.t_dist": ("uniform", "logit_normal"), "train.aug": ("noise", "none"),
             "vae.loss": ("l1", "l2")}
 # (minimum, strict) bounds of numeric keys: strict means value > minimum
 _BOUNDS = {
@@ -164,6 +171,7 @@ _BOUNDS = {
     "train.weight_decay": (0.0, False), "train.warmup": (0, False), "train.ema_decay": (0.0, False),
     "train.loss_eps": (0.0, True), "train.p_uncond": (0.0, False),
     "train.p_std": (0.0, True), "train.sigma_data": (0.0, True), "train.logit_std": (0.0, True), "train.shift": (0.0, True),
+    "train.aug_max": (0.0, False), "train.blur": (0.0, False),
     "train.log_every": (1, False), "train.ckpt_every": (1, False),
     "train.sample_every": (0, False), "train.eval_every": (0, False), "eval.n": (1, False),
     "train.phema_every": (0, False),

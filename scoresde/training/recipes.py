@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from scoresde._common.registry import Registry
-from scoresde.models.conditioning import check_labels
+from scoresde.models.conditioning import Cond, check_labels
 from scoresde.training import losses
 
 __all__ = ["Recipe", "RECIPES", "recipe_loss", "recipe_defaults", "recipe_meta"]
@@ -91,15 +91,26 @@ class FlowRecipe(Recipe):
 
 def recipe_loss(model: Callable, sde: Any, x0: torch.Tensor, train: Mapping[str, Any], *,
                 labels: torch.Tensor | None = None, num_classes: int = 0, texts: list[str] | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                cond: Cond | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """The loss of one batch `x0` under the recipe `train["recipe"]` (the [train] section of a config).
 
     `model` is a `ScoreModel` (or a DDP wrapper of one: it is only called, with `output=` the recipe's
     prediction). With `num_classes` K > 0, `labels` (B,) are dropped to the null label with probability
     `train["p_uncond"]` first (one uniform draw per row from `generator`), as `conditional_dsm_loss` does; with
     `texts` (one caption per row, a text-conditional model), the captions are replaced by the empty prompt ""
-    with that probability (prompt dropout), drawn the same way."""
+    with that probability (prompt dropout), drawn the same way. `cond`: a `Cond` of the batch beyond labels (an
+    image condition: `ScoreModel.image_cond`, a super-resolution model) every call of the loss gets; `labels`
+    ride along in it and label dropout nulls the labels only (`Cond.null_like` keeps the image)."""
     recipe = RECIPES[train["recipe"]]()
+    if cond is not None:
+        if not isinstance(cond, Cond):
+            raise TypeError(f"cond: expected a Cond (e.g. model.image_cond(...)), found {type(cond).__name__}")
+        if texts is not None:
+            raise ValueError("cond: a Cond with prompts (texts) is not supported; pass one of them")
+        if num_classes:
+            y = check_labels(labels, x0.shape[0], num_classes, allow_null=True, device=x0.device)
+            cond = Cond(**{**dict(cond.items()), "labels": y})
+        return _cond_loss(recipe, model, sde, x0, train, cond.expand(x0.shape[0]), num_classes, generator)
     if texts is not None:
         keep = torch.rand(len(texts), generator=generator, device=x0.device) >= train["p_uncond"]
         model = functools.partial(model, cond=[s if k else "" for s, k in zip(texts, keep.tolist())])
@@ -115,6 +126,16 @@ def recipe_loss(model: Callable, sde: Any, x0: torch.Tensor, train: Mapping[str,
         y_in = losses.label_dropout(y, train["p_uncond"], num_classes, generator)
         fn = functools.partial(fn, y=y_in)
     return recipe.loss(fn, sde, x0, train, generator)
+
+
+def _cond_loss(recipe: Recipe, model: Callable, sde: Any, x0: torch.Tensor, train: Mapping[str, Any], cond: Cond,
+               num_classes: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`recipe_loss` under a Cond: label dropout of its labels first (one uniform draw per row, as for labels),
+    then the recipe's loss of model(x, t, cond)."""
+    if num_classes:
+        cond = losses.label_dropout(cond, train["p_uncond"], num_classes, generator)
+    fn = model if recipe.output == "score" else functools.partial(model, output=recipe.output)
+    return recipe.loss(lambda x, t: fn(x, t, cond), sde, x0, train, generator)
 
 
 def recipe_meta(train: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ latents z = mean + std * n from them with the engine's noise generator, as LDM's
 of its weights and the scaling used), so `ss.load` and `scoresde sample` rebuild the pipeline.
 
 A run is latent when its config names an `autoencoder` (`scoresde train --autoencoder RUN_OR_DIR`).
+A latent super-resolution stage (`model.image_shape = [C, h, w]`) is conditioned on the low-resolution PIXEL
+image, the area downsample of the images whose latents it learns (scoresde.training.superres).
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ class LatentScoreTask(ScoreTask):
         self.ae = load_autoencoder(self.cfg["autoencoder"])
         self.ae.check_fits(self.pixels.shape, f"data {self.pixels.name!r}")
         self.latent_shape = self.ae.latent_shape(self.pixels.shape)
+        if self.sr is not None and any(a > b for a, b in zip(self.sr.size, self.latent_shape[1:])):
+            raise ValueError(f"config model.image_shape = {list(self.sr.image_shape)}: expected a low-res image no "
+                             f"larger than the latents' {self.latent_shape[1]}x{self.latent_shape[2]} (the condition "
+                             f"is resized to them), found {self.sr.size[0]}x{self.sr.size[1]}")
 
     @property
     def example_numel(self) -> int:
@@ -65,6 +71,9 @@ class LatentScoreTask(ScoreTask):
         self.ds = Dataset(mean.cpu(), f"{self.pixels.name} (latent)", labels=self.pixels.labels, kind="latent",
                           classes=self.pixels.classes, texts=self.pixels.texts)
         return super().build(device)                          # the network on the latent shape
+
+    def _sr_images(self) -> torch.Tensor:
+        return self.pixels.x                                  # the condition: low-res views of the pixels
 
     def meta(self) -> dict[str, Any]:
         m = super().meta()
@@ -85,4 +94,6 @@ class LatentScoreTask(ScoreTask):
         return self.ae.decode_all(super().sample(model, generator, n, progress=progress)).cpu()
 
     def plot(self, x, path, title) -> None:
+        if self.sr is not None:
+            return super().plot(x, path, f"{title} (latent, decoded)")
         plot_samples(x, path, title=f"{self.pixels.name}: {title} (latent, decoded)")
