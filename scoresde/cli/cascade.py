@@ -140,7 +140,8 @@ def load_low_res(path: str, model: Any, meta: dict | None, n: int | None) -> tor
 
 def sample_low_res(source: ModelSource, low_res: str, *, n: int | None, n_per: int | None, out: str, aug_levels,
                    sampler: str | None, steps: int | None, options: dict, label: str | None, w: float | None,
-                   seed: int, device: str, raw: bool, autoencoder: str | None) -> str:
+                   seed: int, device: str, raw: bool, autoencoder: str | None, prompts: list[str] | None = None,
+                   negative_prompt: str | None = None) -> str:
     """`--checkpoint SR_RUN --low-res DIR|NPY`: the super-resolutions of the first n inputs (n_per of each) to
     `out` (.npy: (n * n_per, C, H, W) in the data range; .png: each input beside its super-resolutions)."""
     dev = resolve_device(device)
@@ -150,16 +151,24 @@ def sample_low_res(source: ModelSource, low_res: str, *, n: int | None, n_per: i
     if out.lower().endswith(".png") and len(x) > FIGURE_MAX and n is None:
         click.echo(f"--low-res {low_res!r}: {len(x)} inputs, the figure shows the first {FIGURE_MAX} (--n)", err=True)
         x = x[:FIGURE_MAX]
-    y, w, words = _labels(label, w, [opened])
+    if prompts and label is None:            # a text-conditional model: --guidance weighs the prompt
+        y, words = None, f", prompt {prompts[0]!r}" + ("" if w is None else f", w = {w:g}")
+    else:
+        y, w, words = _labels(label, w, [opened])
     if len(aug_levels) > 1:
         raise ValueError(f"--aug-level: expected one level for --low-res, found {len(aug_levels)}")
-    s = aug_levels[0] if aug_levels else 0.0
+    s = aug_levels[0] if aug_levels else getattr(model, "default_image_level", 0.0)
+    prompt = None
+    if prompts:
+        if len(prompts) not in (1, len(x)):
+            raise ValueError(f"--prompt: expected one prompt or one per low-res input ({len(x)}), found {len(prompts)}")
+        prompt = prompts[0] if len(prompts) == 1 else list(prompts)
     kw = _plan(opened, source, sampler, steps, options)
     n_per = n_per or 1
     g = torch.Generator(dev).manual_seed(seed)
     with thread_policy(output_shape(model), dev), user_errors(_FLAGS):
-        high = super_resolve(model, x.to(dev), aug_level=s, n_per=n_per, labels=y, w=w, generator=g, progress=True,
-                             **kw).cpu()
+        high = super_resolve(model, x.to(dev), aug_level=s, n_per=n_per, labels=y, w=w, prompt=prompt,
+                             negative_prompt=negative_prompt, generator=g, progress=True, **kw).cpu()
     title = f"{len(x)} inputs x {n_per} super-resolutions{words}, s = {s:g}, {kw['sampler']}"
     if out.lower().endswith(".npy"):
         save_samples(high, out, title)

@@ -263,10 +263,10 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
         if cascade_runs or low_res is not None:
             click.echo(_super_resolution(checkpoint, config, allow_unverified, cascade_runs, low_res, n, n_per, out,
                                          aug_levels, truncated, sampler, steps, options, label, w, seed, device, raw,
-                                         autoencoder, {"--known": known, "--mask": mask, "--prompt": prompts or None,
-                                                       "--steps-file": steps_file, "--negative-prompt": negative_prompt,
-                                                       "--guidance-rescale": guidance_rescale,
-                                                       "--init-image": init_image, "--strength": strength}))
+                                         autoencoder, list(prompts), negative_prompt,
+                                         {"--known": known, "--mask": mask, "--steps-file": steps_file,
+                                          "--guidance-rescale": guidance_rescale,
+                                          "--init-image": init_image, "--strength": strength}))
             return
         _refuse({"--aug-level": aug_levels or None, "--truncated": truncated or None, "--n-per": n_per},
                 "expected --cascade or --low-res too (super-resolution options)")
@@ -303,8 +303,10 @@ def sample(checkpoint, config, sampler, steps, sets, steps_file, n, out, label, 
 
 
 def _super_resolution(checkpoint, config, allow_unverified, cascade_runs, low_res, n, n_per, out, aug_levels, truncated,
-                      sampler, steps, options, label, w, seed, device, raw, autoencoder, others) -> str:
-    """--cascade (a base run and super-resolution stages) or --low-res (a user's images): scoresde/cli/cascade.py."""
+                      sampler, steps, options, label, w, seed, device, raw, autoencoder, prompts, negative_prompt,
+                      others) -> str:
+    """--cascade (a base run and super-resolution stages) or --low-res (a user's images, with a prompt for a
+    text-conditional upscaler): scoresde/cli/cascade.py."""
     _refuse(others, "not available with --cascade / --low-res")
     if cascade_runs and low_res is not None:
         raise ValueError("--low-res: super-resolves given images with --checkpoint; --cascade samples the images "
@@ -314,8 +316,9 @@ def _super_resolution(checkpoint, config, allow_unverified, cascade_runs, low_re
         _refuse({"--truncated": truncated or None}, "a --cascade option (stopping the previous stage's chain)")
         return sample_low_res(source, low_res, n=n, n_per=n_per, out=out, aug_levels=aug_levels, sampler=sampler,
                               steps=steps, options=options, label=label, w=w, seed=seed, device=device, raw=raw,
-                              autoencoder=autoencoder)
-    _refuse({"--n-per": n_per, "--autoencoder": autoencoder}, "a --low-res option")
+                              autoencoder=autoencoder, prompts=prompts, negative_prompt=negative_prompt)
+    _refuse({"--n-per": n_per, "--autoencoder": autoencoder, "--prompt": prompts or None,
+             "--negative-prompt": negative_prompt}, "a --low-res option")
     return sample_cascade(source, list(cascade_runs), n=n, out=out, aug_levels=aug_levels, truncated=truncated,
                           sampler=sampler, steps=steps, options=options, label=label, w=w, seed=seed, device=device,
                           raw=raw)

@@ -169,7 +169,7 @@ def _decoded(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 # --- super-resolution ------------------------------------------------------------------------------------
-def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, noisy: bool = False,
+def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: Any = None, noisy: bool = False,
                   n_per: int = 1, sampler: str | None = None, steps: int | None = None, labels: Any = None,
                   w: float | None = None, prompt: Any = None, negative_prompt: Any = None,
                   generator: torch.Generator | None = None, progress: bool = False, **options: Any) -> torch.Tensor:
@@ -178,8 +178,10 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
     Args:
         model: a score model with an image condition (`model.image_shape` (C, h, w), `model.image_cond`).
         low_res: (B, C, h, w) low-resolution images in the model's data range (e.g. [-1, 1]).
-        aug_level: the noise-conditioning augmentation level s, a time of the model's SDE in [0, T]: the
-            condition is alpha(s) low_res + sigma(s) eps and the network is told s (0: the clean image).
+        aug_level: the noise-conditioning augmentation level s, a time of the model's SDE in [0, T] (a number or
+            one per low-res image): the condition is alpha(s) low_res + sigma(s) eps and the network is told s
+            (0: the clean image). None: `model.default_image_level` (0 for our models; a wrapper's own, e.g. the SD
+            x4 upscaler's integer noise_level 20), checked by `model.check_image_level`.
         noisy: `low_res` is already at level s (e.g. a truncated base chain's x_s): it is not re-noised.
         n_per: samples per low-resolution image; rows i * n_per ... (i + 1) * n_per - 1 belong to image i.
         sampler, steps: any sampler of `list_samplers()` and its steps; default euler_maruyama at 50 steps (the
@@ -195,7 +197,11 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
     check_generator(generator)
     shape = _image_shape(model, "model")
     low_res = _check_low_res(low_res, shape)
-    level = _check_level("aug_level", aug_level, model.sde)
+    if aug_level is None:
+        aug_level = getattr(model, "default_image_level", 0.0)
+    check = getattr(model, "check_image_level", None)
+    level = (check(aug_level, low_res.shape[0], low_res, "aug_level") if check is not None
+             else _check_level("aug_level", aug_level, model.sde))
     n_per = check_int("n_per", n_per)
     if not isinstance(noisy, bool):
         raise TypeError(f"noisy: expected a bool, found {type(noisy).__name__}")
@@ -203,6 +209,7 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: float = 0.0, 
     y = _labels(model, labels, B, low_res.device)
     if n_per > 1:
         low_res = low_res.repeat_interleave(n_per, 0)
+        level = level.repeat_interleave(n_per, 0) if isinstance(level, torch.Tensor) and level.ndim else level
         y = None if y is None else y.repeat_interleave(n_per, 0)
         if prompt is not None and not isinstance(prompt, str) and len(prompt) == B:
             prompt = [p for p in prompt for _ in range(n_per)]

@@ -185,6 +185,14 @@ class ScoreModel(nn.Module):
         return None if image_in is None else tuple(image_in.image_shape)
 
     # --- the image condition (super-resolution, cascades) -------------------------------------------------
+    default_image_level = 0.0     # the augmentation level a super-resolution call uses unless told (the clean image)
+
+    def check_image_level(self, level: Any, batch: int, like: torch.Tensor, name: str = "level") -> torch.Tensor:
+        """(B,) augmentation levels from a number or a (B,) tensor: times s in [0, T] of this model's SDE (one
+        clear error naming `name` otherwise). Wrappers whose level is something else (e.g. the SD x4 upscaler's
+        integer noise_level) override it."""
+        return check_level(level, batch, self.sde, like, name)
+
     def augment(self, image: torch.Tensor, level: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise-conditioning augmentation of an image condition (Cascaded Diffusion Models, arXiv:2106.15282):
         alpha(s) image + sigma(s) eps by this model's SDE at the level s (a time in [0, T]; a number or (B,)),
@@ -205,7 +213,7 @@ class ScoreModel(nn.Module):
                              f"image, found {found}")
         if not isinstance(noisy, bool):
             raise TypeError(f"noisy: expected a bool, found {type(noisy).__name__}")
-        s = check_level(level, image.shape[0], self.sde, image)
+        s = self.check_image_level(level, image.shape[0], image)
         return Cond(image=image if noisy else self.augment(image, s, generator), image_level=s,
                     labels=None if labels is None else as_cond(labels).labels)
 

@@ -93,19 +93,23 @@ class StableDiffusionUpscaleModel(StableDiffusionScoreModel):
         return self
 
     # --- the image condition: the pipeline's low_res_scheduler.add_noise -----------------------------------
-    def _levels(self, level: Any, batch: int, device: torch.device) -> torch.Tensor:
+    def check_image_level(self, level: Any, batch: int, like: torch.Tensor, name: str = "level") -> torch.Tensor:
+        """(B,) noise levels (as `like`'s dtype) from a number or a (B,) tensor of integers in [0, max_noise_level]."""
+        return self._levels(level, batch, like.device, name).to(like.dtype)
+
+    def _levels(self, level: Any, batch: int, device: torch.device, name: str = "level") -> torch.Tensor:
         """(B,) long noise levels from a number or a (B,) tensor of integers in [0, max_noise_level]."""
         what = f"the pipeline's integer noise_level in [0, {self.max_noise_level}] (a number or a ({batch},) tensor)"
         if isinstance(level, bool) or not isinstance(level, (int, float, torch.Tensor)):
-            raise TypeError(f"level: expected {what}, found {type(level).__name__}")
+            raise TypeError(f"{name}: expected {what}, found {type(level).__name__}")
         lv = torch.as_tensor(level, dtype=torch.float64).to(device)
         if lv.ndim == 0:
             lv = lv.expand(batch)
         if lv.shape != (batch,):
-            raise ValueError(f"level: expected {what}, found shape {tuple(lv.shape)}")
+            raise ValueError(f"{name}: expected {what}, found shape {tuple(lv.shape)}")
         bad = ~torch.isfinite(lv) | (lv != lv.round()) | (lv < 0) | (lv > self.max_noise_level)
         if bool(bad.any()):
-            raise ValueError(f"level: expected {what}, found {lv[bad][0].item()!r}")
+            raise ValueError(f"{name}: expected {what}, found {lv[bad][0].item()!r}")
         return lv.long()
 
     def augment(self, image: torch.Tensor, level: Any, generator: torch.Generator | None = None) -> torch.Tensor:

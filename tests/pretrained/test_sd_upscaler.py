@@ -197,9 +197,16 @@ def test_generic_super_resolution_runs_the_upscaler(upscaler, tmp_path):
     assert r.exit_code == 0, r.output + r.stderr
     high = np.load(out)
     assert high.shape == (2, 3, 16, 16) and np.isfinite(high).all()      # decoded, 2x the tiny VAE's latent size
-    # the generic --aug-level is a time of the SDE in [0, T]: the pipeline's noise_level 20 is refused (one line, after
-    # the loaders' progress bars); see docs/howto/pretrained.md
-    r = run("sample", "--checkpoint", str(folder), "--low-res", str(low), "--aug-level", "20", "--out", str(out))
+    # --aug-level is the model's own level (here the pipeline's integer noise_level; default 20), and --prompt /
+    # --negative-prompt / --guidance reach it: the CLI equals model.upscale with the same seed
+    r = run("sample", "--checkpoint", str(folder), "--low-res", str(low), "--prompt", PROMPT, "--negative-prompt",
+            NEGATIVE, "--guidance", "4", "--sampler", "ddim", "--steps", "3", "--seed", "5", "--out", str(out),
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output + r.stderr
+    ref = model.upscale(torch.cat([low_res_image(), -low_res_image()]), PROMPT, negative_prompt=NEGATIVE, w=4.0,
+                        noise_level=20, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), ref, rtol=1e-5, atol=1e-5)
+    r = run("sample", "--checkpoint", str(folder), "--low-res", str(low), "--aug-level", "20.5", "--out", str(out))
     assert r.exit_code != 0 and "Traceback" not in r.output + r.stderr
     assert r.stderr.strip().splitlines()[-1].split("\r")[-1].strip().startswith("Error: --aug-level"), r.stderr
 
