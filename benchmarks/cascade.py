@@ -16,8 +16,8 @@ images, the first 359 held out); digits32 = the 8x8 digits upsampled bilinearly 
    A third run trains the same super-resolution stage without augmentation (train.aug = "none") for the ablation.
    Each run trains in two phases: a probe of a few steps, whose CPU cost per step sets the number of steps the
    budget allows, then an exact resume to that number; the CPU seconds actually spent are reported.
-3. Samples `--n` final images of each, `--sampler` (default euler_maruyama: the probability-flow ODE samplers
-   diverge on these super-resolution stages) at `--steps` steps per model (the cascade spends the same 32x32
+3. Samples `--n` final images of each, `--sampler` (default dpm_solver, 20 steps; every model predicts v: with
+   eps the super-resolution stages' probability-flow samplers diverged) at `--steps` steps per model (the cascade spends the same 32x32
    evaluations as the single stage plus its cheap 8x8 base; the sampling CPU seconds are given), and the
    cascade at every augmentation level s of `--levels`, truncated (the base chain stopped at s, its x_s the
    condition) and not (run to 0, re-noised to s).
@@ -54,9 +54,11 @@ from scoresde.models.superres import downsample
 
 HERE = Path(__file__).resolve().parent
 UNET = {"name": "ddpm_unet", "ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [],
-        "dropout": 0.0, "num_groups": 8}                       # benchmarks/latent.py's pixel U-Net
+        "dropout": 0.0, "num_groups": 8, "parameterization": "v"}      # benchmarks/latent.py's pixel U-Net
 BASE = {"name": "ddpm_unet", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
-        "dropout": 0.0, "num_groups": 8}                       # configs/digits.toml's 8x8 U-Net
+        "dropout": 0.0, "num_groups": 8, "parameterization": "v"}      # configs/digits.toml's 8x8 U-Net
+# every model predicts v, the default of super-resolution stages (an eps stage's data prediction at high noise is
+# off by sigma/alpha times its error and the probability-flow samplers follow it: scoresde/training/tasks/score.py)
 TRAIN = {"batch_size": 32, "lr": 1e-3, "warmup": 20, "ema_decay": 0.99, "log_every": 50, "progress": False,
          "sample_every": 0, "eval_every": 0}
 
@@ -145,9 +147,8 @@ def main(argv=None) -> str:
     p.add_argument("--budget", type=float, default=300.0, help="training CPU seconds per approach")
     p.add_argument("--base-frac", type=float, default=0.25, help="the cascade base's share of the budget")
     p.add_argument("--n", type=int, default=256, help="final images per configuration (FID)")
-    p.add_argument("--sampler", default="euler_maruyama", help="the sampler of every model (the probability-flow "
-                   "ODE samplers diverge on these super-resolution models: see the results page)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps per model")
+    p.add_argument("--sampler", default="dpm_solver", help="the sampler of every model")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps per model")
     p.add_argument("--levels", default="0,0.05,0.1,0.2,0.35,0.5", help="augmentation levels s swept at sampling")
     p.add_argument("--n-per", type=int, default=8, help="super-resolutions per input (diversity)")
     p.add_argument("--inputs", type=int, default=32, help="held-out low-res inputs (consistency, diversity)")

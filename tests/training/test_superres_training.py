@@ -225,6 +225,17 @@ def test_sr_defaults_for_digits32_and_the_base_keeps_its_own():
     assert "ch" not in resolve({"data": {"name": "digits32"}, "model": {"name": "ddpm_unet"}})["model"]
 
 
+def test_sr_stages_predict_v_unless_told():
+    """A dsm super-resolution stage defaults to v-prediction (an eps stage's data prediction at high noise is off by
+    sigma/alpha times its error, and the probability-flow samplers follow it: scoresde/training/tasks/score.py)."""
+    assert resolve({"data": {"name": "digits32"}, "model": {"image_shape": [1, 8, 8]}})["model"]["parameterization"] == "v"
+    told = resolve({"data": {"name": "digits32"}, "model": {"image_shape": [1, 8, 8], "parameterization": "eps"}})
+    assert told["model"]["parameterization"] == "eps"
+    edm = resolve({"data": {"name": "digits32"}, "model": {"image_shape": [1, 8, 8]}, "train": {"recipe": "edm"}})
+    assert edm["model"]["parameterization"] == "edm"
+    assert resolve({"data": {"name": "digits32"}, "model": {"name": "ddpm_unet"}})["model"]["parameterization"] == "eps"
+
+
 @pytest.mark.parametrize("model,train,match", [
     ({"image_shape": [1, 7, 8]}, {}, "expected h, w dividing the data's H, W = 32, 32"),
     ({"image_shape": [3, 8, 8]}, {}, "expected C = 1, the channels of data 'digits32'"),
