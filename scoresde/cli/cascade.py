@@ -16,7 +16,7 @@ from scoresde.cli.common import ModelSource, user_errors
 from scoresde.cli.guidance import parse_label
 from scoresde.cli.steps import stored_steps
 from scoresde.data.datasets import load_dataset
-from scoresde.models.cascade import SR_SAMPLER, SR_STEPS, cascade, output_shape, super_resolve
+from scoresde.models.cascade import cascade, output_shape, sr_default, super_resolve
 from scoresde.models.superres import upsample
 from scoresde.runs.plots import save_samples
 
@@ -31,11 +31,12 @@ _FLAGS = {"low_res": "--low-res", "aug_level": "--aug-level", "model": "--checkp
 
 def _plan(opened, source: ModelSource, sampler: str | None, steps: int | None, options: dict) -> dict[str, Any]:
     """sample() keywords of one model: --sampler/--steps, else its run's sample.sampler/steps (a super-resolution
-    stage: `SR_SAMPLER` at `SR_STEPS`, the reverse SDE; a stored optimised grid when the run has one), and the --set
+    stage: `sr_default(model)`, dpm_solver 20, or the reverse SDE at 50 steps for an eps stage; a stored optimised grid when the run has one), and the --set
     options."""
     defaults = opened.meta["config"]["sample"] if opened.meta is not None else _PRETRAINED
     if getattr(opened.model, "image_shape", None) is not None:
-        defaults = {"sampler": SR_SAMPLER, "steps": SR_STEPS if sampler is None else defaults["steps"]}
+        default, default_steps = sr_default(opened.model)
+        defaults = {"sampler": default, "steps": default_steps if sampler is None else defaults["steps"]}
     sampler = sampler or defaults["sampler"]
     steps = steps or defaults["steps"]
     kw = (stored_steps(source.path, opened.file, sampler, steps) if opened.file is not None

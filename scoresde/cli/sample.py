@@ -190,7 +190,8 @@ def _plan(sampler: str | None, steps: int | None, options: dict, steps_file: str
 @click.option("--cascade", "cascade_runs", multiple=True, metavar="SR_RUN",
               help="Cascade: super-resolve --checkpoint's samples by this super-resolution run (trained with "
                    "model.image_shape); repeat for more stages, in order. The .png shows each stage's output beside "
-                   "the next. Stages sample with euler_maruyama at 50 steps unless --sampler/--steps say otherwise.")
+                   "the next. Stages sample with dpm_solver at 20 steps (euler_maruyama at 50 for a stage that predicts "
+                   "eps) unless --sampler/--steps say otherwise.")
 @click.option("--low-res", metavar="DIR|FILE|NAME",
               help="Super-resolve these images with --checkpoint (a super-resolution run): an image folder, an "
                    ".npy/.npz of (N, C, h, w) in the model's data range, or a dataset name; --n takes the first N.")

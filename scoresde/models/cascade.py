@@ -28,14 +28,26 @@ from scoresde.models.text import check_prompts
 from scoresde.samplers.core import sample
 
 
-__all__ = ["super_resolve", "cascade", "output_shape", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SR_SAMPLER", "SR_STEPS"]
+__all__ = ["super_resolve", "cascade", "output_shape", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SR_SAMPLER", "SR_STEPS",
+           "sr_default"]
 
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm_solver", 20        # the base, as image runs sample (configs/digits.toml)
-# Super-resolution stages default to the reverse SDE: on the digits32 8 -> 32 stages of benchmarks/cascade.py every
-# probability-flow ODE sampler (dpm_solver, ddim, heun; 20 or 60 steps) diverged (pixel std ~1.7, values ~13)
-# while euler_maruyama at 50 steps reproduced the held-out images (MSE 0.009): the noise corrects what the ODE
-# carries along from a nearly deterministic conditional. benchmarks/results/cascade.md has the figures.
+# Super-resolution stages that predict eps (or the score) default to the reverse SDE: on the digits32 8 -> 32 eps
+# stages every probability-flow ODE sampler (dpm_solver, ddim, heun; 20 or 60 steps) ended at wrong images (pixel std
+# ~1.7, values ~13; MSE 4.4 against the true images) while euler_maruyama at 50 steps came close (MSE 0.09): their
+# data prediction at t = 1 is off by sigma/alpha = 150 times the eps error, and only the SDE's noise corrects what
+# the ODE carries along. Stages that predict v (the training default, scoresde/training/tasks/score.py), x0 or EDM's
+# F take dpm_solver at 20 steps like any image model (the same stage trained with v: ddim 20 MSE 0.00027,
+# dpm_solver 20 0.00033, euler_maruyama 50 0.0024).
 SR_SAMPLER, SR_STEPS = "euler_maruyama", 50
+
+
+def sr_default(model: Any) -> tuple[str, int]:
+    """(sampler, steps) a super-resolution stage samples with unless told: the reverse SDE at 50 steps for a stage
+    that predicts eps or the score, else dpm_solver at 20 (see above)."""
+    if getattr(model, "parameterization", None) in ("eps", "score"):
+        return SR_SAMPLER, SR_STEPS
+    return DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
 # --- shapes and checks ---------------------------------------------------------------------------------
@@ -184,9 +196,9 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: Any = None, n
             x4 upscaler's integer noise_level 20), checked by `model.check_image_level`.
         noisy: `low_res` is already at level s (e.g. a truncated base chain's x_s): it is not re-noised.
         n_per: samples per low-resolution image; rows i * n_per ... (i + 1) * n_per - 1 belong to image i.
-        sampler, steps: any sampler of `list_samplers()` and its steps; default euler_maruyama at 50 steps (the
-            probability-flow ODE samplers diverged on trained super-resolution stages: `SR_SAMPLER`), a named
-            sampler 20 steps; `**options` its options (e.g. `times=`, an explicit grid, instead of steps).
+        sampler, steps: any sampler of `list_samplers()` and its steps; default `sr_default(model)`: dpm_solver
+            at 20 steps, or euler_maruyama at 50 for a stage that predicts eps (its probability-flow samplers
+            diverge: `SR_SAMPLER`), a named sampler 20 steps; `**options` its options (e.g. `times=`, an explicit grid, instead of steps).
         labels: class labels (an int or a (B,) tensor, one per low-res image) of a class-conditional model.
         w: classifier-free guidance weight on `labels` or `prompt` (None: the conditional score, unguided).
         prompt, negative_prompt: text, for a text-conditional model (one prompt, or one per low-res image).
@@ -215,8 +227,9 @@ def super_resolve(model: Any, low_res: torch.Tensor, *, aug_level: Any = None, n
             prompt = [p for p in prompt for _ in range(n_per)]
     cond = model.image_cond(low_res, level, generator=generator, noisy=noisy, labels=y)
     score = conditional_score(model, cond, w=w, prompt=prompt, negative_prompt=negative_prompt)
-    x = sample(model.sde, score, (low_res.shape[0], *model.data_shape), sampler=sampler or SR_SAMPLER,
-               steps=_steps(steps, options, sampler, SR_STEPS), generator=generator, device=low_res.device,
+    default, default_steps = sr_default(model)
+    x = sample(model.sde, score, (low_res.shape[0], *model.data_shape), sampler=sampler or default,
+               steps=_steps(steps, options, sampler, default_steps), generator=generator, device=low_res.device,
                dtype=low_res.dtype, progress=progress, **options)
     return _decoded(model, x)
 
@@ -273,8 +286,8 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
             x_s is the condition (the two models must share the forward process, and the previous model must
             not be a latent model); otherwise (non-truncated) the previous output at t = 0 is re-noised to s.
         sampler, steps, options: per model (base first, then the stages): one value for all or a list of
-            len(stages) + 1; default dpm_solver at 20 steps for the base and euler_maruyama at 50 for the stages
-            (`SR_SAMPLER`), 20 steps for a named sampler; `options` a dict of sampler options.
+            len(stages) + 1; default dpm_solver at 20 steps for the base and `sr_default(stage)` for the stages
+            (the same, or euler_maruyama at 50 for a stage that predicts eps), 20 steps for a named sampler; `options` a dict of sampler options.
         labels, w: class labels (an int or a (n,) tensor) given to every class-conditional model of the
             cascade, with classifier-free guidance weight `w` (None: unguided).
         generator: the source of every random draw.
@@ -321,9 +334,9 @@ def cascade(base: Any, stages: Sequence[Any], n: int, *, aug_level: float | Sequ
 
     def plan(i: int, stop: float | None) -> dict:
         """sample() keywords of model i: its sampler and steps; stopped at time `stop` without denoising."""
-        kw = {"sampler": samplers[i] or (DEFAULT_SAMPLER if i == 0 else SR_SAMPLER), "generator": generator,
-              "progress": progress, **options[i]}
-        kw["steps"] = _steps(steps[i], options[i], samplers[i], DEFAULT_STEPS if i == 0 else SR_STEPS)
+        default, default_steps = (DEFAULT_SAMPLER, DEFAULT_STEPS) if i == 0 else sr_default(models[i])
+        kw = {"sampler": samplers[i] or default, "generator": generator, "progress": progress, **options[i]}
+        kw["steps"] = _steps(steps[i], options[i], samplers[i], default_steps)
         if stop:
             kw.update(eps=stop, denoise=False)
         return kw

@@ -286,12 +286,18 @@ def test_a_prompt_joins_the_image_condition_and_guidance_keeps_the_image():
 
 
 def test_default_samplers():
-    """Super-resolution stages default to the reverse SDE at 50 steps (SR_SAMPLER), the base to dpm_solver at 20;
-    a named sampler without steps takes 20."""
+    """Super-resolution stages default to dpm_solver at 20 steps like the base, a stage that predicts eps to the
+    reverse SDE at 50 steps (SR_SAMPLER: its probability-flow samplers diverge); a named sampler without steps
+    takes 20."""
     base, (sr,) = gaussian_cascade([(1, 2, 2), (1, 4, 4)], ss.VPSDE())
     super_resolve(sr, torch.randn(2, 1, 2, 2, dtype=torch.float64), generator=_gen())
-    assert sr.calls == 50
+    assert sr.calls == 20
     cascade(base, [sr], 2, generator=_gen(), dtype=torch.float64)
-    assert base.calls == 20 and sr.calls == 100
+    assert base.calls == 20 and sr.calls == 40
+    sr.parameterization = "eps"
+    super_resolve(sr, torch.randn(2, 1, 2, 2, dtype=torch.float64), generator=_gen())
+    assert sr.calls == 90
+    cascade(base, [sr], 2, generator=_gen(), dtype=torch.float64)
+    assert base.calls == 40 and sr.calls == 140
     super_resolve(sr, torch.randn(2, 1, 2, 2, dtype=torch.float64), sampler="ddim", generator=_gen())
-    assert sr.calls == 120
+    assert sr.calls == 160
