@@ -33,13 +33,12 @@ import torch
 
 from scoresde._common.validation import check_real
 from scoresde.models.autoencoders.autoencoder import Autoencoder, from_diffusers as autoencoder_from_diffusers
-from scoresde.models.autoencoders.autoencoder import load_diffusers as load_diffusers_autoencoder
 from scoresde.models.clip_text import CLIPTextEncoder, load_clip_text_model, load_clip_tokenizer
 from scoresde.models.conditioning import Cond, as_cond
 from scoresde.models.guidance import classifier_free_score
-from scoresde.models.prebuild import check_diffusers_model, read_diffusers_config
+from scoresde.models.prebuild import read_diffusers_config
 from scoresde.pretrained.diffusers_common import diffusers_module
-from scoresde.pretrained.stable_diffusion import StableDiffusionScoreModel, component_dir
+from scoresde.pretrained.stable_diffusion import StableDiffusionScoreModel, component_dir, load_unet_and_vae
 from scoresde.samplers.core import sample
 
 
@@ -253,13 +252,7 @@ def load_upscaler_parts(path: str, components: dict[str, Any]) -> dict[str, Any]
             raise ValueError(f"path_or_module: {UPSCALE_PIPELINE} {path!r} has no {name}/scheduler_config.json")
         configs[name] = read_diffusers_config(f, f"path_or_module: {name}")
     _low_res(components, configs["low_res_scheduler"])          # before any network is read
-    check_diffusers_model(diffusers.UNet2DConditionModel, dirs["unet"], f"path_or_module: {path!r}: unet")
-    try:
-        unet = diffusers.UNet2DConditionModel.from_pretrained(dirs["unet"], local_files_only=True, use_safetensors=True,
-                                                              low_cpu_mem_usage=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"path_or_module: {path!r}: unet: diffusers could not read it ({str(e).splitlines()[0]})") from None
-    autoencoder = load_diffusers_autoencoder(path, dirs["vae"])
+    unet, autoencoder = load_unet_and_vae(diffusers, path, dirs)
     what = f"path_or_module: {path!r}: "
     tokenizer = load_clip_tokenizer(dirs["tokenizer"], what + "tokenizer")
     encoder = load_clip_text_model(dirs["text_encoder"], False, what + "text_encoder")

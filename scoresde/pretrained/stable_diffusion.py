@@ -131,6 +131,18 @@ def component_dir(path: str, components: dict[str, Any], name: str, expected: tu
     return d
 
 
+def load_unet_and_vae(diffusers: Any, path: str, dirs: dict[str, str]) -> tuple[Any, Any]:
+    """(the UNet2DConditionModel, our Autoencoder of the VAE) of a pipeline folder's `unet` and `vae` components,
+    the U-Net checked against its safetensors header (a meta build) before it is read."""
+    check_diffusers_model(diffusers.UNet2DConditionModel, dirs["unet"], f"path_or_module: {path!r}: unet")
+    try:
+        unet = diffusers.UNet2DConditionModel.from_pretrained(dirs["unet"], local_files_only=True, use_safetensors=True,
+                                                              low_cpu_mem_usage=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"path_or_module: {path!r}: unet: diffusers could not read it ({str(e).splitlines()[0]})") from None
+    return unet, load_diffusers_autoencoder(path, dirs["vae"])
+
+
 def load_parts(path: str, components: dict[str, Any]) -> dict[str, Any]:
     """(unet, text_encoder, autoencoder, scheduler_config) of a Stable Diffusion (XL) save_pretrained folder,
     each network checked before it is read (meta build against the safetensors header)."""
@@ -140,13 +152,7 @@ def load_parts(path: str, components: dict[str, Any]) -> dict[str, Any]:
     sched = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isfile(sched):
         raise ValueError(f"path_or_module: {kind} {path!r} has no scheduler/scheduler_config.json")
-    check_diffusers_model(diffusers.UNet2DConditionModel, dirs["unet"], f"path_or_module: {path!r}: unet")
-    try:
-        unet = diffusers.UNet2DConditionModel.from_pretrained(dirs["unet"], local_files_only=True, use_safetensors=True,
-                                                              low_cpu_mem_usage=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"path_or_module: {path!r}: unet: diffusers could not read it ({str(e).splitlines()[0]})") from None
-    autoencoder = load_diffusers_autoencoder(path, dirs["vae"])
+    unet, autoencoder = load_unet_and_vae(diffusers, path, dirs)
     what = f"path_or_module: {path!r}: "
     tokenizers = [load_clip_tokenizer(dirs[n], what + n) for n in ("tokenizer", "tokenizer_2") if n in dirs]
     encoders = [load_clip_text_model(dirs["text_encoder"], False, what + "text_encoder")]
