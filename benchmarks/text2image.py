@@ -1,20 +1,24 @@
 """Text-to-image on the built-in captions (digitpairs): samplers at equal guided evaluations, prompt
 accuracy and digits FID, against a class-conditional model of single digits at equal training budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/text2image.py                 # the table (about 2.5 CPU hours, 1 thread)
+    OMP_NUM_THREADS=1 python benchmarks/text2image.py                 # the table (<= 45 CPU minutes, 1 thread)
     OMP_NUM_THREADS=1 python benchmarks/text2image.py --quick         # about 5 CPU minutes: checks the script runs
 
-1. Model: a text-conditional DDPM U-Net (configs/digits.toml's widths, ch 32, ch_mult [1, 2]; LDM spatial
-   transformers at the lowest resolution and in the middle block, context 64) with the jointly trained
-   transformer text encoder (`model.text_encoder = "transformer"`, byte tokens), prompt dropout
-   `train.p_uncond` = 0.1, VP SDE, trained by `ss.train` on `--size` canvases of the digitpairs train split
-   (pairs of the 1438 training digits; seed 0). Its training CPU seconds (this process, time.process_time)
-   are the budget of the baseline. Runs are cached in `--cache` (retrained with --retrain).
+1. Model: a text-conditional DDPM U-Net (configs/digits.toml's widths, ch 32, ch_mult [1, 2]; one spatial
+   transformer in the middle block (the default placement), context 64, and the prompt's pooled tokens added
+   to the time embedding, `context_pool`, as Imagen does) with the jointly trained transformer text encoder
+   (`model.text_encoder = "transformer"`, byte tokens), prompt dropout `train.p_uncond` = 0.1, VP SDE,
+   batch 32, trained by `ss.train` for `--steps` on `--size` canvases of the digitpairs train split (pairs of
+   the 1438 training digits; seed 0). Its training CPU seconds (this process, time.process_time) are the
+   budget of the baseline. Runs are cached in `--cache` (retrained with --retrain). The sizes are set by
+   the affordable budget (<= 45 CPU minutes for the whole script on one thread): see
+   benchmarks/results/text2image.md for what that budget reaches.
 2. Baseline: a class-conditional U-Net of the same widths (num_classes 10, label dropout 0.1) on the
    1438 training 8x8 digits, trained for the same process CPU seconds (steps from its measured step cost).
 3. Prompts: `--prompts` captions of the digitpairs test split (pairs of the 359 digits the classifier never
    saw; seed 1), `--per-prompt` samples each, the same prior draws for every sampler. Guidance weight: the
    one of `--weights` with the best prompt accuracy for dpm_solver at 20 evaluations (FID breaks ties).
+   The baseline (2.) is trained after the table, so a run cut short still has the text model's rows.
 4. Evaluations: one evaluation = one call of the guided score, i.e. ONE network call on a doubled batch
    (the conditional and the unconditional halves concatenated, `ss.classifier_free_score`); diffusers'
    schedulers are driven by that same guided score (one call per scheduler step), so every row spends
@@ -62,8 +66,8 @@ from common import OUT, ROOT, DigitsFID  # noqa: E402
 BUDGETS = (4, 5, 8, 10, 20)
 UNET = {"name": "ddpm_unet", "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
         "dropout": 0.0, "num_groups": 8}
-TEXT = {"text_encoder": "transformer", "context_dim": 64}
-TRAIN = {"batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999, "log_every": 100, "p_uncond": 0.1}
+TEXT = {"text_encoder": "transformer", "context_dim": 64, "context_pool": True}
+TRAIN = {"batch_size": 32, "lr": 1e-3, "warmup": 100, "ema_decay": 0.999, "log_every": 100, "p_uncond": 0.1}
 OURS = {"ddim": ("ddim", {}), "dpm_solver 2": ("dpm_solver", {"order": 2}), "unipc": ("unipc", {}),
         "deis": ("deis", {})}
 PEERS = {"diffusers DDIM (trailing)": ("DDIMScheduler", {"timestep_spacing": "trailing", "clip_sample": False}),
@@ -210,16 +214,16 @@ class Scorer:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6000, help="training steps of the text model")
-    ap.add_argument("--size", type=int, default=20000, help="digitpairs training canvases")
-    ap.add_argument("--prompts", type=int, default=64, help="test captions sampled")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps of the text model (batch 32)")
+    ap.add_argument("--size", type=int, default=5000, help="digitpairs training canvases")
+    ap.add_argument("--prompts", type=int, default=32, help="test captions sampled")
     ap.add_argument("--per-prompt", type=int, default=4, help="samples per caption")
-    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0], help="guidance weights tried")
-    ap.add_argument("--calib", type=int, default=32, help="calibration draws of the bns fits")
-    ap.add_argument("--bns-iterations", type=int, default=200)
-    ap.add_argument("--reference-steps", type=int, default=200)
-    ap.add_argument("--maxfev", type=int, default=80)
-    ap.add_argument("--n-ref", type=int, default=2000, help="test-split canvases of the FID reference")
+    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 3.0], help="guidance weights tried")
+    ap.add_argument("--calib", type=int, default=16, help="calibration draws of the bns fits")
+    ap.add_argument("--bns-iterations", type=int, default=60)
+    ap.add_argument("--reference-steps", type=int, default=100)
+    ap.add_argument("--maxfev", type=int, default=30)
+    ap.add_argument("--n-ref", type=int, default=1000, help="test-split canvases of the FID reference")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "bench_text2image"))
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--no-peers", action="store_true", help="skip the diffusers rows")
@@ -236,7 +240,6 @@ def main():
 
     run, budget = train_text(args)
     model, sde = ss.load(run)
-    base_run, base_cpu, base_steps = train_baseline(args, budget)
 
     test = digitpairs(args.prompts, torch.Generator().manual_seed(1), split="test")
     prompts = [p for p in test.texts for _ in range(args.per_prompt)]           # (P S,) each caption S times
@@ -276,7 +279,8 @@ def main():
         print(f"  {name:30s}" + "".join(f"  {r['prompt_accuracy']:.3f}/{r['fid']:6.2f}({n})" for r, n in row),
               flush=True)
 
-    # the class-conditional baseline on single digits
+    # the class-conditional baseline on single digits, trained for the text model's CPU seconds
+    base_run, base_cpu, base_steps = train_baseline(args, budget)
     base, base_sde = ss.load(base_run)
     _, _, x_test, _ = digits_split()
     n8 = 2 * len(prompts)                             # as many 8x8 digits as the pairs' FID scores (two per canvas)

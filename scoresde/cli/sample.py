@@ -369,7 +369,8 @@ def _sample_pretrained(source: ModelSource, n: int | None, out: str, sampler: st
     if x is not None:
         steps = kw["steps"] if "steps" in kw else len(kw["times"]) - 1
         save_samples(x * 2 - 1, out, f"{n} samples{guided}, {sampler}, {steps} steps"
-                     + (", latent, decoded" if ae is not None else ""), nrow=per_prompt if rows else None)
+                     + (", latent, decoded" if ae is not None else ""), nrow=per_prompt if rows else None,
+                     prompts=guidance.prompts if rows else None)
     return n
 
 
@@ -413,7 +414,8 @@ def _sample_run(source: ModelSource, n: int, out: str, sampler: str | None, step
             x = _impute(sde, score(n), x_known.to(dev), m.to(dev), sampler, steps, g).cpu()
             inputs = {"known": x_known, "mask": m}
             title += f", inpainted ({mask}), {sampler}"
-    save_samples(x, out, title, nrow=n // rows if rows else None, **inputs)
+    save_samples(x, out, title, nrow=n // rows if rows else None, prompts=guidance.prompts if rows else None,
+                 **inputs)
     return n
 
 

@@ -114,8 +114,13 @@ class TransformerTextEncoder(TextEncoder):
         self.attns = nn.ModuleList(CrossAttention(D, heads) for _ in range(depth))
         self.ffs = nn.ModuleList(FeedForward(D, mlp_ratio, glu=False) for _ in range(depth))
         self.norm_out = nn.LayerNorm(D)
-        nn.init.normal_(self.tokens.weight, std=0.02)
-        nn.init.normal_(self.positions, std=0.02)
+        # unit-scale embeddings (torch's nn.Embedding default), so each token's identity survives the first
+        # block: at GPT-2's 0.02 the residual branches (LayerNorm-ed input, unit-scale weights) swamp the
+        # embeddings, the token states of any two prompts start at cosine ~0.98, and Adam (steps ~lr per weight)
+        # needs ~1/lr steps to grow them: a jointly trained encoder then carried no prompt for the first
+        # thousand steps (issue 28's 500-step benchmark run read prompts at chance).
+        nn.init.normal_(self.tokens.weight, std=1.0)
+        nn.init.normal_(self.positions, std=1.0)
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)

@@ -195,14 +195,17 @@ def inpainting_grid(known: torch.Tensor, mask: torch.Tensor, filled: torch.Tenso
 
 
 def save_samples(samples: torch.Tensor, path: str, title: str = "", known: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None, nrow: int | None = None) -> None:
+                 mask: torch.Tensor | None = None, nrow: int | None = None, prompts: Sequence[str] | None = None) -> None:
     """Samples to `path`: a .npy file of the array, else a figure (`plot_samples`); inpainted images (`known`
-    and `mask` given) as pairs of rows, the known images above their fills (`inpainting_grid`); images with
-    `nrow`: a grid of `nrow` per row, all shown (e.g. rows of prompts x their samples)."""
+    and `mask` given) as pairs of rows, the known images above their fills (`inpainting_grid`); images of P
+    `prompts` (P rows of samples, in order): `save_prompt_grid`, each row labelled with its prompt; images with
+    `nrow`: a grid of `nrow` per row, all shown."""
     if path.lower().endswith(".npy"):
         save_npy(path, samples)
     elif known is not None and is_image_shape(samples.shape[1:]):
         inpainting_grid(known, mask, samples, path, title=title)
+    elif prompts and is_image_shape(samples.shape[1:]) and len(samples) % len(prompts) == 0:
+        save_prompt_grid(path, samples.reshape(len(prompts), -1, *samples.shape[1:]), list(prompts), title=title)
     elif nrow is not None and is_image_shape(samples.shape[1:]):
         image_grid(samples, path, nrow=nrow, title=title)
     else:

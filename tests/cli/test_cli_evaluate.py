@@ -162,3 +162,21 @@ def test_evaluate_a_run_draws_the_samples_it_needs(tmp_path):
     assert np.load(out / "samples" / "evaluate-ckpt_00000004-ddim-3-seed0-100.npy").shape == (100, 1, 8, 8)
     r = run("evaluate", str(out), "--metrics", "kid", *Q)                        # enough for KID: samples.npy
     assert r.exit_code == 0 and "drawing" not in r.output and f"samples:   {out} (64 x 1x8x8)" in r.output, r.output
+
+
+def test_evaluate_digit_pairs_scores_both_halves_glyphs(tmp_path):
+    """Canvases (N, 1, 16, 32) against canvases (or --ref digitpairs, the built-in 50000: slow, not run here): the
+    digits FID of both halves' 8x8 glyphs."""
+    from scoresde.data.digitpairs import digitpairs
+    from scoresde.metrics import pair_glyphs
+    real = digitpairs(150, torch.Generator().manual_seed(1), split="train").x
+    ref = digitpairs(300, torch.Generator().manual_seed(0), split="train").x
+    np.save(tmp_path / "pairs.npy", real.numpy())
+    np.save(tmp_path / "ref.npy", ref.numpy())
+    r = run("evaluate", str(tmp_path / "pairs.npy"), "--ref", str(tmp_path / "ref.npy"), "--metrics", "fid",
+            "--json", str(tmp_path / "q.json"), *Q)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "300 glyphs 1x8x8" in r.output and "600 glyphs 1x8x8" in r.output
+    want = evaluate(torch.cat(pair_glyphs(real)), torch.cat(pair_glyphs(ref)), features="digits", metrics="fid",
+                    progress=False)["fid"]
+    assert json.loads((tmp_path / "q.json").read_text())["metrics"]["fid"] == pytest.approx(want, rel=1e-6)

@@ -32,12 +32,18 @@ def runs(tmp_path_factory):
     return d
 
 
-def test_prompts_give_a_grid_of_rows(runs, tmp_path):
+def test_prompts_give_a_grid_of_rows(runs, tmp_path, monkeypatch):
+    import scoresde.runs.plots as plots
+    drawn, grid = [], plots.save_prompt_grid
+    monkeypatch.setattr(plots, "save_prompt_grid", lambda path, x, prompts, title="": (
+        drawn.append((tuple(x.shape), list(prompts))), grid(path, x, prompts, title)))
     base = ["sample", "--checkpoint", str(runs / "text"), "--steps", "3", "--device", "cpu", "--seed", "5"]
     r = run(*base, "--prompt", "one left of two", "--prompt", "two left of one", "--guidance", "4", "--n", "3",
             "--guidance-rescale", "0.7", "--negative-prompt", "zero", "--out", str(tmp_path / "grid.png"))
     assert r.exit_code == 0, r.output + r.stderr
     assert "(2 prompts x 3)" in r.output and (tmp_path / "grid.png").stat().st_size > 0
+    # the figure: save_prompt_grid, one labelled row per prompt
+    assert drawn == [((2, 3, 1, 8, 8), ["one left of two", "two left of one"])]
     # rows are the prompts, in order: the first prompt's row is what that prompt alone draws (same seed)
     r = run(*base, "--prompt", "one left of two", "--prompt", "two left of one", "--guidance", "4", "--n", "2",
             "--out", str(tmp_path / "two.npy"))

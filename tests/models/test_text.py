@@ -140,6 +140,32 @@ def test_unet_places_spatial_transformers_at_the_chosen_resolutions():
     assert net.config["transformer_depth"] == 2 and len(net.mid[1].blocks) == 2
 
 
+
+def test_unet_context_pool_adds_the_projected_mean_of_the_tokens_to_the_time_embedding():
+    net = _net("ddpm_unet", context_pool=True)
+    assert net.config["context_pool"] is True and "context_pool" not in _net("ddpm_unet").config
+    g = torch.Generator().manual_seed(2)
+    ctx = torch.randn(3, 5, 12, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    W, b = net.pool.weight, net.pool.bias
+    want = torch.stack([W @ ctx[0, :2].mean(0) + b, torch.zeros_like(b), W @ ctx[2].mean(0) + b])
+    torch.testing.assert_close(net._pooled(ctx, mask), want)                 # masked mean, projected; none: 0
+    # the network: the pooled vector goes where a class embedding goes (every residual block sees it) ...
+    x = torch.randn(3, 1, 8, 16, generator=g, dtype=torch.float64)
+    c = torch.tensor([10.0, 500.0, 900.0], dtype=torch.float64)
+    out = net(x, c, Cond(context=ctx, context_mask=mask))
+    torch.testing.assert_close(out[1], net(x, c)[1])                        # a row without a token: the null condition
+    padded = ctx.clone()
+    padded[0, 2:] = 7.0
+    torch.testing.assert_close(net(x, c, Cond(context=padded, context_mask=mask)), out)       # padding does not matter
+    with torch.no_grad():
+        net.pool.weight.zero_(), net.pool.bias.zero_()
+    assert (out[0] - net(x, c, Cond(context=ctx, context_mask=mask))[0]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="context_pool: .* needs context_dim=D, found context_dim=None"):
+        ss.get_model("ddpm_unet", data_shape=(1, 8, 16), context_pool=True, **UNET)
+    with pytest.raises(TypeError, match="context_pool: expected a bool"):
+        ss.get_model("ddpm_unet", data_shape=(1, 8, 16), context_dim=12, context_pool=1, **UNET)
+
 # --- text encoders -----------------------------------------------------------------------------------------------
 def _encoder(**kw):
     torch.manual_seed(0)
@@ -173,6 +199,18 @@ def test_word_order_matters_to_the_encoder():
     a, b = enc.encode(["three left of eight", "eight left of three"]).context
     # same characters, other order: a permutation-invariant summary (the sum over tokens) still differs
     assert (a.sum(0) - b.sum(0)).abs().max() > 1e-3
+
+
+def test_a_new_encoder_already_tells_prompts_apart():
+    """At initialisation the token states of two prompts differ as their tokens do (unit-scale embeddings): with
+    GPT-2's 0.02 the residual branches swamped them (cosine 0.98 between any two prompts' states), so a jointly
+    trained encoder carried no prompt for the first ~1/lr Adam steps."""
+    torch.manual_seed(0)
+    enc = TransformerTextEncoder(context_dim=64, max_len=24, depth=2, heads=4)
+    with torch.no_grad():
+        a, b = enc.encode(["three left of eight", "one right of zero"]).context[:, 1:6]
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)            # the same positions, other characters
+    assert cos.mean() < 0.8, cos
 
 
 def test_char_tokenizer_and_bad_prompts():

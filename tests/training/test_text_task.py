@@ -108,3 +108,21 @@ def test_latent_training_takes_captions(tmp_path):
         z = model.sde.sample(f, 2, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0))
         x = model.autoencoder.decode(z)
     assert z.shape == (2, *model.data_shape) and x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_a_text_run_on_digitpairs_logs_prompt_accuracy(tmp_path):
+    """run_metrics on digitpairs: the glyph FID, then the prompt accuracy of the eval draw against the captions it
+    was drawn for (the data's, in turn), in log.csv at eval_every and in metrics.json after the final draw."""
+    import csv
+    import json
+    from scoresde.data.digitpairs import digitpairs
+    data = digitpairs(40, torch.Generator().manual_seed(0))
+    res = ss.train({"model": UNET, "train": {"steps": 2, "batch_size": 4, "eval_every": 2, **QUIET},
+                    "sample": {"n": 40, "steps": 2}, "eval": {"n": 40}, "device": "cpu"}, data=data,
+                   out=str(tmp_path / "pairs"))
+    with open(tmp_path / "pairs" / "log.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("prompt_accuracy")]
+    assert rows and 0.0 <= float(rows[-1]["prompt_accuracy"]) <= 1.0 and float(rows[-1]["fid"]) > 0
+    metrics = json.loads((tmp_path / "pairs" / "metrics.json").read_text())
+    assert {"fid", "prompt_accuracy", "left_accuracy", "right_accuracy"} <= set(metrics), metrics
+    assert res.step == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 from scoresde.evaluation.metrics.features import extract_features, get_feature_net, FEATURE_DIMS, check_input
 from scoresde.evaluation.metrics.fid import (check_full_rank, feature_stats, save_stats as
@@ -13,6 +14,7 @@ from scoresde.data.datasets import list_datasets, load_dataset
 from scoresde._common.toml import load_toml
 
 from scoresde.evaluation.metrics.evaluate import Reference, metrics_from_features, parse_metrics
+from scoresde.evaluation.metrics.prompt_accuracy import pair_glyphs
 
 __all__ = ["is_stats_file", "load_inputs", "evaluate_files"]
 
@@ -26,6 +28,11 @@ def is_stats_file(path: str) -> bool:
             return {"mu", "sigma"} <= set(z.keys())
     except (ValueError, OSError, EOFError):
         return False
+
+
+def _is_canvas(x) -> bool:
+    """A batch of digit-pair canvases (N, 1, 16, 32) (the built-in `digitpairs` data and its models' samples)."""
+    return isinstance(x, torch.Tensor) and tuple(x.shape[1:]) == (1, 16, 32)
 
 
 def load_inputs(spec: str, *, n: int | None = None, what: str = "samples"):
@@ -76,6 +83,10 @@ def evaluate_files(samples: str, ref: str | None = None, *, features: str | None
     x, labels, desc, run_cfg = load_inputs(samples, n=n, what="SAMPLES")
     if label is not None:
         labels = np.full(len(x), label)
+    pairs = features in (None, "digits") and _is_canvas(x)
+    if pairs:                                                   # digit pairs: both halves' glyphs (labels: per digit)
+        x, labels = torch.cat(pair_glyphs(x)), None
+        desc += f", {len(x)} glyphs 1x8x8"
     if ref is None and run_cfg is not None:                     # a run directory: its training data
         ref = run_cfg.get("data", {}).get("name")
     needs_ref = any(m in ("fid", "kid", "pr") for m in names)
@@ -96,6 +107,9 @@ def evaluate_files(samples: str, ref: str | None = None, *, features: str | None
                              f"features have {dims}")
     else:
         xr, _, ref_desc, _ = load_inputs(ref, what="--ref")
+        if pairs and _is_canvas(xr):
+            xr = torch.cat(pair_glyphs(xr))
+            ref_desc += f", {len(xr)} glyphs 1x8x8"
         check_input(features, tuple(xr.shape[1:]), "--ref")
         if "fid" in names:
             check_full_rank(len(xr), dims, "--ref")

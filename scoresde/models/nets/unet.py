@@ -12,7 +12,12 @@ residual block at the heights in `context_resolutions` (there it replaces the se
 it contains). A condition without a context (the null condition) skips the cross-attention. The default
 (the middle block alone, feed-forward x2) keeps a training step of the digits U-Net within 1.25x of the
 same U-Net without a context (benchmarks/text2image_cost.py); LDM's placement (three resolutions,
-feed-forward x4) is `context_resolutions=[...]`, `context_ff_mult=4`.
+feed-forward x4) is `context_resolutions=[...]`, `context_ff_mult=4`. `context_pool=True` adds, as Imagen
+does (Saharia et al. 2022, arXiv:2205.11487, Sec. 2.2 and App. F: a pooled text embedding added to the
+timestep embedding; GLIDE, Nichol et al. 2021, arXiv:2112.10741, Sec. 2.4, likewise puts a text token where
+the class embedding goes), the masked mean of the context tokens, projected to the time embedding's width,
+to the time embedding: every residual block then sees the prompt, as a class label is seen, while the
+spatial transformers place it (a row without a token adds nothing: the null condition).
 
 score_sde's PyTorch port of this network (Song et al. 2021, arXiv:2011.13456, `models/ddpm.py`) puts
 one self-attention block per up-sampling level, after all of its residual blocks, where DDPM puts one
@@ -67,6 +72,7 @@ class DDPMUNet(nn.Module):
         transformer_depth: transformer blocks per spatial transformer.
         context_heads: attention heads of the spatial transformers (each width divisible by it).
         context_ff_mult: feed-forward (GEGLU) width / channels (LDM: 4).
+        context_pool: add the projected masked mean of the context tokens to the time embedding (Imagen).
     Image condition (keyword-only; none by default; models/nets/image_input.py):
         image_shape: (C_i, h, w) of cond.image (e.g. the low-resolution image of a super-resolution stage),
             upsampled to (H, W) by `image_upsample` and concatenated after x (SR3); cond.image_level is embedded
@@ -80,11 +86,11 @@ class DDPMUNet(nn.Module):
                  num_classes: int | None = None, *, attn_each_up_block: bool = True, centered: bool = True,
                  scale_by_sigma: bool = False, num_scales: int | None = None, context_dim: int | None = None,
                  context_resolutions: Sequence[int] = (), transformer_depth: int = 1,
-                 context_heads: int = 4, context_ff_mult: float = 2.0, image_shape: Sequence[int] | None = None,
-                 image_upsample: str = "bicubic"):
+                 context_heads: int = 4, context_ff_mult: float = 2.0, context_pool: bool = False,
+                 image_shape: Sequence[int] | None = None, image_upsample: str = "bicubic"):
         super().__init__()
         for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
-                           ("scale_by_sigma", scale_by_sigma)):
+                           ("scale_by_sigma", scale_by_sigma), ("context_pool", context_pool)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected a bool, found {flag!r}")
         ch_mult = check_sequence("ch_mult", ch_mult)
@@ -118,10 +124,15 @@ class DDPMUNet(nn.Module):
                                transformer_depth=check_int("transformer_depth", transformer_depth),
                                context_heads=check_int("context_heads", context_heads),
                                context_ff_mult=check_positive("context_ff_mult", context_ff_mult))
+            if context_pool:             # only then in the config: earlier text models' configs stay as they were
+                self.config["context_pool"] = True
+        elif context_pool:
+            raise ValueError("context_pool: pools the context tokens, so it needs context_dim=D, found context_dim=None")
         xattn = lambda a: SpatialTransformer(a, self.context_dim, context_heads, transformer_depth,  # noqa: E731
                                              num_groups, context_ff_mult)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
         self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
+        self.pool = linear(self.context_dim, tdim) if context_pool else None
         block = lambda a, b: ResBlockDDPM(a, b, tdim, dropout, num_groups)  # noqa: E731
         attn = lambda a: AttnBlock(a, num_groups)  # noqa: E731
 
@@ -164,11 +175,20 @@ class DDPMUNet(nn.Module):
         self.norm_out = group_norm(cur, num_groups)
         self.conv_out = conv(cur, C, init_scale=0.0)
 
+    def _pooled(self, ctx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, tdim): W mean_{l: mask} ctx_l + b, zero for a row without a token (the null condition)."""
+        m = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device) if mask is None else mask
+        w = m.to(ctx.dtype)[..., None]                                           # (B, L, 1)
+        mean = (ctx * w).sum(1) / w.sum(1).clamp(min=1.0)                        # (B, D)
+        return self.pool(mean.to(self.pool.weight.dtype)) * m.any(1).to(self.pool.weight.dtype)[:, None]
+
     def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Cond | torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), c (B,) noise-conditioning value, cond a Cond (its labels in [0, K]; with context_dim its
         context (B, L, context_dim) and context_mask (B, L)), (B,) labels or None (the null condition)."""
         h, temb = embed_inputs(self, x, c, cond, self.conv_in.weight.dtype)
         ctx, mask = context_of(self, cond, x.shape[0])
+        if self.pool is not None and ctx is not None:
+            temb = temb + self._pooled(ctx, mask).to(temb.dtype)
 
         def apply(layer, h):                                     # AttnBlock, SpatialTransformer, Up/Downsample
             return layer(h, ctx, mask) if isinstance(layer, SpatialTransformer) else layer(h)

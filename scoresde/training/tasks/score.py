@@ -37,6 +37,7 @@ _IMAGE_KEYS = ("image_shape", "image_upsample")    # model.* keys of an image co
 _TEXT_DEFAULT_DIM = 64     # model.context_dim of a text-conditional run that sets none
 _EVAL_FIELDS = {"mode_weight_tv": ("mode_weight_tv", "within_mode_std_error"), "fid": ("fid", "kid"),
                 "kid": ("kid", "kid_std")}
+_TEXT_FIELDS = ("prompt_accuracy",)   # logged after FID by a text-conditional run on digitpairs
 
 # Defaults for image data (`data_defaults`; each applies only where the user set nothing, and a resumed run
 # keeps its own values). The built-in [sample] (euler_maruyama, 200 steps, 4000 samples) fits the 2-D
@@ -151,7 +152,9 @@ class ScoreTask(Task):
     def eval_fields(self) -> tuple[str, ...]:
         """The run's metric (`scoresde.metrics.run_metrics`): mixture mode statistics, digits FID/KID,
         KID of other point sets; the first is the figure of merit."""
-        return _EVAL_FIELDS.get(run_metric_name(self.ds), ())
+        fields = _EVAL_FIELDS.get(run_metric_name(self.ds), ())
+        text = getattr(self, "text", None) is not None and getattr(self.ds, "name", None) == "digitpairs"
+        return fields + _TEXT_FIELDS if fields and text else fields
 
     # --- data and model ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -291,7 +294,7 @@ class ScoreTask(Task):
         score = model
         if self.text is not None:           # a text model draws for the data's captions, in turn
             with torch.no_grad():
-                cond = model.text_encoder.encode([self.ds.texts[i % len(self.ds)] for i in range(n)])
+                cond = model.text_encoder.encode(self._prompts(n))
             score = _Conditioned(model, cond)
         if self.sr is not None:             # super-resolutions of the low-res views of n examples, at s = 0
             idx = SuperResolution.shown(len(self.ds), n).to(device)
@@ -314,15 +317,22 @@ class ScoreTask(Task):
     def evaluate(self, model, generator) -> dict[str, float]:
         if not self.eval_fields:
             return {}
-        return run_metrics(self.ds, self.sample(model, generator, self.cfg["eval"]["n"]), seed=self.cfg["seed"])
+        n = self.cfg["eval"]["n"]
+        return run_metrics(self.ds, self.sample(model, generator, n), prompts=self._prompts(n), seed=self.cfg["seed"])
+
+    def _prompts(self, n: int) -> list[str] | None:
+        """The captions `sample` draws n samples for (the data's, in turn), or None (no text)."""
+        return [self.ds.texts[i % len(self.ds)] for i in range(n)] if self.text is not None else None
 
     def final_metrics(self, x) -> dict[str, Any]:
         out = self.draw_metrics()
         if self.sr is not None and len(getattr(self, "sr_low", ())) == len(x):
             out["sr_psnr"] = round(self.sr.psnr(self.sr_low, x), 3)     # downsampled output against its input
-        if not self.eval_fields or (self.eval_fields[0] == "fid" and len(x) <= 64):   # FID needs N > F = 64
+        per = 2 if getattr(self.ds, "name", None) == "digitpairs" else 1       # a canvas gives two glyphs
+        if not self.eval_fields or (self.eval_fields[0] == "fid" and per * len(x) <= 64):   # FID needs N > F = 64
             return out
-        return {**out, **{k: round(float(v), 4) for k, v in run_metrics(self.ds, x, seed=self.cfg["seed"]).items()}}
+        m = run_metrics(self.ds, x, prompts=self._prompts(len(x)), seed=self.cfg["seed"])
+        return {**out, **{k: round(float(v), 4) for k, v in m.items()}}
 
 
 class _Conditioned:
