@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from scoresde._common.validation import check_generator, check_int, check_real
-from scoresde.models.conditioning import Cond, check_labels, check_num_classes
+from scoresde.models.conditioning import Cond, ConditionedScore, check_labels, check_num_classes
 from scoresde.models.guidance import _same_length, classifier_free_score
 from scoresde.models.text import check_prompts
 from scoresde.samplers.core import sample
@@ -98,23 +98,6 @@ def same_process(a: Any, b: Any, points: int = 17) -> bool:
 
 
 # --- the conditional score ------------------------------------------------------------------------------
-class _ConditionedScore:
-    """score_fn(x, t) = model(x, t, cond): the score of `model` under a fixed condition (one row per row of x)."""
-
-    def __init__(self, model: Callable, cond: Cond):
-        self.model, self.cond = model, cond
-
-    @property
-    def data_shape(self):
-        return getattr(self.model, "data_shape", None)
-
-    def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
-        return self.model(x, t, self.cond)
-
-    def __repr__(self) -> str:
-        return f"conditioned({self.model!r}, {self.cond!r})"
-
-
 def _labels(model: Any, labels: Any, batch: int, device: Any, name: str = "labels") -> torch.Tensor | None:
     """Class labels (an int or a (B,) tensor) as a (B,) long tensor for a class-conditional `model`."""
     if labels is None:
@@ -156,10 +139,10 @@ def conditional_score(model: Any, cond: Cond | None, *, w: float | None = None, 
                       **({"labels": cond.labels} if cond.labels is not None else {}))
         cond = Cond(**dict(text.items()), **dict(cond.items()))
         if w is None:
-            return _ConditionedScore(model, cond)
+            return ConditionedScore(model, cond)
         return classifier_free_score(model, cond, w, uncond=uncond)
     if w is None:
-        return _ConditionedScore(model, cond)
+        return ConditionedScore(model, cond)
     if cond.labels is None:
         raise ValueError("w: classifier-free guidance acts on class labels or a prompt (the image condition is "
                          "kept in both branches); found neither")

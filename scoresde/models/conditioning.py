@@ -31,7 +31,7 @@ from scoresde._common.tensors import append_dims
 from scoresde._common.validation import check_int
 
 
-__all__ = ["Cond", "as_cond", "call_conditional", "check_num_classes", "check_labels", "validated_labels",
+__all__ = ["Cond", "as_cond", "call_conditional", "ConditionedScore", "check_num_classes", "check_labels", "validated_labels",
            "batch_labels"]
 
 
@@ -294,3 +294,21 @@ def call_conditional(fn: Callable, x: torch.Tensor, t: torch.Tensor, cond: Cond 
     if cond.keys() == ("labels",):
         return fn(x, t, y=cond.labels)
     return fn(x, t, cond)
+
+
+class ConditionedScore:
+    """score_fn(x, t) = model(x, t, cond): a model's score under one fixed condition (batch-1 or one row per row of
+    x), with the model's `data_shape`, for samplers that take score_fn(x, t)."""
+
+    def __init__(self, model: Callable, cond: Any):
+        self.model, self.cond = model, cond
+
+    @property
+    def data_shape(self):
+        return getattr(self.model, "data_shape", None)
+
+    def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        return self.model(x, t, self.cond)
+
+    def __repr__(self) -> str:
+        return f"conditioned({self.model!r}, {self.cond!r})"

@@ -19,6 +19,7 @@ import torch
 from scoresde._common.limits import MAX_CLASSES
 from scoresde.data.datasets import Dataset, from_array, load_dataset, check_data_source, example_shape
 from scoresde.training.tasks.base import TASKS, Task
+from scoresde.models.conditioning import ConditionedScore
 from scoresde.models.nets import MODELS, model_arguments
 from scoresde.models.text import TEXT_KEYS, text_encoder_config
 from scoresde.samplers.core import SAMPLERS, describe_estimate, estimate_sampling
@@ -295,11 +296,11 @@ class ScoreTask(Task):
         if self.text is not None:           # a text model draws for the data's captions, in turn
             with torch.no_grad():
                 cond = model.text_encoder.encode(self._prompts(n))
-            score = _Conditioned(model, cond)
+            score = ConditionedScore(model, cond)
         if self.sr is not None:             # super-resolutions of the low-res views of n examples, at s = 0
             idx = SuperResolution.shown(len(self.ds), n).to(device)
             cond, self.sr_low = self.sr.sample_cond(model, self.sr_images[idx], self.y_all[idx] if self.K else None)
-            score = _Conditioned(model, cond)
+            score = ConditionedScore(model, cond)
         if progress:
             self.estimate = estimate_sampling(self.sde, score, (n, *self.ds.shape), sampler=s["sampler"],
                                               steps=s["steps"], device=device)
@@ -333,17 +334,3 @@ class ScoreTask(Task):
             return out
         m = run_metrics(self.ds, x, prompts=self._prompts(len(x)), seed=self.cfg["seed"])
         return {**out, **{k: round(float(v), 4) for k, v in m.items()}}
-
-
-class _Conditioned:
-    """score_fn(x, t) = model(x, t, cond): a model's score under one fixed condition (batch-1 or the batch of x)."""
-
-    def __init__(self, model, cond):
-        self.model, self.cond = model, cond
-
-    @property
-    def data_shape(self):
-        return getattr(self.model, "data_shape", None)
-
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        return self.model(x, t, self.cond)
