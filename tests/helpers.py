@@ -5,8 +5,11 @@ import contextlib
 import os
 import signal
 
+import numpy as np
+import torch
 from click.testing import CliRunner
 
+import scoresde as ss
 from scoresde.cli.main import cli
 
 TINY = ["--device", "cpu", "--no-progress", "--steps", "6", "--batch-size", "16", "--set", "data.size=200",
@@ -41,3 +44,13 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def tiny_digits16_autoencoder(tmp_path):
+    """(path of 64 16x16 digits as .npy, run directory of a 1-step tiny autoencoder trained on them) for latent tests."""
+    x = torch.nn.functional.avg_pool2d(ss.load_dataset("digits32").x[:64], 2)          # (64, 1, 16, 16)
+    np.save(tmp_path / "d16.npy", x.numpy())
+    ss.train({"task": "autoencoder", "vae": {"ch": 4, "ch_mult": [1, 2], "num_groups": 2, "mid_attn": False},
+              "train": {"steps": 1, "batch_size": 4, "progress": False}, "sample": {"n": 4}, "eval": {"n": 4},
+              "device": "cpu"}, data=x, out=str(tmp_path / "ae"))
+    return tmp_path / "d16.npy", tmp_path / "ae"

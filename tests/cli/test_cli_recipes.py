@@ -3,12 +3,11 @@ resumes, `scoresde sample` and `scoresde likelihood` load it with its recipe's S
 recipe options give one line naming the key."""
 import numpy as np
 import pytest
-import torch
 
 import scoresde as ss
 from scoresde.models.preconditioners import EDMPrediction, FlowPrediction
 from scoresde.runs.checkpoint import list_checkpoints, read_checkpoint
-from helpers import TINY, one_line_error, run
+from helpers import TINY, one_line_error, run, tiny_digits16_autoencoder
 
 SAMPLER = {"dsm": "ddim", "edm": "heun", "flow": "euler_maruyama"}
 UNET = ["--set", "model.name=\"ddpm_unet\"", "--set", "model.ch=8", "--set", "model.ch_mult=[1]",
@@ -47,11 +46,7 @@ def test_edm_on_digits_with_a_unet_and_flow_on_latents(tmp_path):
     r = run("sample", "--checkpoint", out, "--steps", "2", "--n", "3", "--out", str(tmp_path / "d.npy"))
     assert r.exit_code == 0 and np.load(tmp_path / "d.npy").shape == (3, 1, 8, 8), r.output
     # a latent flow model on a tiny autoencoder of 16x16 digits
-    x = torch.nn.functional.avg_pool2d(ss.load_dataset("digits32").x[:64], 2)
-    np.save(tmp_path / "d16.npy", x.numpy())
-    ss.train({"task": "autoencoder", "vae": {"ch": 4, "ch_mult": [1, 2], "num_groups": 2, "mid_attn": False},
-              "train": {"steps": 1, "batch_size": 4, "progress": False}, "sample": {"n": 4}, "eval": {"n": 4},
-              "device": "cpu"}, data=x, out=str(tmp_path / "ae"))
+    tiny_digits16_autoencoder(tmp_path)                                   # d16.npy and the run ae/
     lat = str(tmp_path / "latent")
     r = run("train", "--out", lat, "--data", str(tmp_path / "d16.npy"), "--autoencoder", str(tmp_path / "ae"),
             "--device", "cpu", "--no-progress", "--steps", "2", "--batch-size", "4", *UNET,

@@ -5,11 +5,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import scoresde as ss
 from scoresde.runs.checkpoint import list_checkpoints, read_checkpoint
-from helpers import one_line_error, run
+from helpers import one_line_error, run, tiny_digits16_autoencoder
 
 FAST = ["--device", "cpu", "--no-progress", "--steps", "2", "--batch-size", "4", "--set", "sample.n=4",
         "--set", "sample.steps=2"]
@@ -45,11 +44,7 @@ def test_bad_super_resolution_configs_give_one_line(tmp_path, sets, match):
 
 
 def test_a_latent_stage_is_conditioned_on_the_low_res_pixels(tmp_path):
-    x = torch.nn.functional.avg_pool2d(ss.load_dataset("digits32").x[:64], 2)          # (64, 1, 16, 16)
-    np.save(tmp_path / "d16.npy", x.numpy())
-    ss.train({"task": "autoencoder", "vae": {"ch": 4, "ch_mult": [1, 2], "num_groups": 2, "mid_attn": False},
-              "train": {"steps": 1, "batch_size": 4, "progress": False}, "sample": {"n": 4}, "eval": {"n": 4},
-              "device": "cpu"}, data=x, out=str(tmp_path / "ae"))
+    tiny_digits16_autoencoder(tmp_path)                                   # d16.npy and the run ae/
     out = str(tmp_path / "latent")
     r = run("train", "--out", out, "--data", str(tmp_path / "d16.npy"), "--autoencoder", str(tmp_path / "ae"),
             *FAST, *UNET, "--set", "model.image_shape=[1,4,4]")
