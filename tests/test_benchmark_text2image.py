@@ -41,3 +41,16 @@ def test_drivers_count_evaluations_and_reach_the_data_std(bench):
         assert calls <= 5 and torch.isfinite(x).all(), name
         x, _ = bench.ours(sde, score, z, sampler, opts, 100)
         assert abs(x.std().item() - s) < 0.03, (name, x.std())
+
+
+def test_the_benchmark_trains_the_recipe_of_configs_digitpairs(bench):
+    """configs/digitpairs.toml is the benchmark's model: the same network, text encoder and training settings."""
+    import tomllib
+    cfg = tomllib.loads((BENCH.parent / "configs" / "digitpairs.toml").read_text())
+    assert cfg["model"] == {**bench.UNET, **bench.TEXT}
+    train = {k: v for k, v in cfg["train"].items() if k not in ("steps", "ckpt_every")}
+    assert train == bench.TRAIN and cfg["data"]["name"] == "digitpairs"
+    assert cfg["train"]["steps"] == 12000 and cfg["sample"]["sampler"] == "dpm_solver"
+    from scoresde.training.config import resolve
+    resolved = resolve(BENCH.parent / "configs" / "digitpairs.toml", {"autoencoder": "runs/pairs_ae"})
+    assert resolved["model"]["context_pos"] is True and resolved["model"]["parameterization"] == "v"

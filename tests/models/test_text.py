@@ -166,6 +166,52 @@ def test_unet_context_pool_adds_the_projected_mean_of_the_tokens_to_the_time_emb
     with pytest.raises(TypeError, match="context_pool: expected a bool"):
         ss.get_model("ddpm_unet", data_shape=(1, 8, 16), context_dim=12, context_pool=1, **UNET)
 
+def test_spatial_transformer_pos_adds_the_fixed_sincos_embedding_of_each_place():
+    from scoresde.models.nets.attention import sincos_pos_embed_2d
+    torch.manual_seed(0)
+    plain = _jitter(SpatialTransformer(12, context_dim=6, heads=2, num_groups=4)).double()
+    placed = SpatialTransformer(12, context_dim=6, heads=2, num_groups=4, pos=True).double()
+    placed.load_state_dict(plain.state_dict())                               # no parameters added: loads as is
+    x = torch.ones(2, 12, 3, 5, dtype=torch.float64)                          # every place alike
+    ctx = torch.randn(2, 4, 6, dtype=torch.float64)
+    same = plain(x, ctx)
+    torch.testing.assert_close(same, same[..., :1, :1].expand_as(same))       # without it: nothing tells places apart
+    out = placed(x, ctx)
+    assert (out - out[..., :1, :1]).abs().amax(dim=(0, 1)).min() == 0.0        # the top-left place is itself ...
+    assert (out - out[..., :1, :1]).abs().amax(dim=(0, 1))[1:, 1:].min() > 1e-6   # ... every other one differs
+    # the closed form: the embedding is added to the tokens after proj_in
+    emb = sincos_pos_embed_2d(12, 3, 5)
+    rows, cols = torch.meshgrid(torch.arange(3.0), torch.arange(5.0), indexing="ij")
+    rows, cols = rows.reshape(-1).double(), cols.reshape(-1).double()
+    w = 10000.0 ** (-torch.arange(3, dtype=torch.float64) / 3)                # 12 / 4 frequencies
+    torch.testing.assert_close(emb, torch.cat([torch.sin(cols[:, None] * w), torch.cos(cols[:, None] * w),
+                                               torch.sin(rows[:, None] * w), torch.cos(rows[:, None] * w)], 1))
+    h = plain.proj_in(plain.norm(x).flatten(2).transpose(1, 2)) + emb
+    for block in plain.blocks:
+        h = block(h, ctx, None)
+    torch.testing.assert_close(out, x + plain.proj_out(h).transpose(1, 2).reshape(2, 12, 3, 5))
+    odd = SpatialTransformer(10, context_dim=6, heads=2, num_groups=2, pos=True).double()
+    assert odd._pos_embed(3, 5, torch.zeros(1, 15, 10, dtype=torch.float64))[:, 8:].abs().max() == 0  # width 10: 2 zero
+    with pytest.raises(TypeError, match="pos: expected a bool"):
+        SpatialTransformer(12, context_dim=6, pos=1)
+
+
+def test_unet_context_pos_reaches_every_spatial_transformer_and_the_config():
+    net = _net("ddpm_unet", context_pos=True, context_resolutions=[8])
+    assert net.config["context_pos"] is True and "context_pos" not in _net("ddpm_unet").config
+    xs = [m for m in net.modules() if isinstance(m, SpatialTransformer)]
+    assert len(xs) >= 3 and all(m.pos for m in xs)
+    plain = _net("ddpm_unet", context_resolutions=[8])
+    plain.load_state_dict(net.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(2, 1, 8, 16, generator=g, dtype=torch.float64), torch.randn(2, 3, 12, generator=g,
+                                                                                   dtype=torch.float64)
+    c = torch.tensor([10.0, 500.0], dtype=torch.float64)
+    assert (net(x, c, Cond(context=ctx)) - plain(x, c, Cond(context=ctx))).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="context_pos: .* needs context_dim=D, found context_dim=None"):
+        ss.get_model("ddpm_unet", data_shape=(1, 8, 16), context_pos=True, **UNET)
+
+
 # --- text encoders -----------------------------------------------------------------------------------------------
 def _encoder(**kw):
     torch.manual_seed(0)

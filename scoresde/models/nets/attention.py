@@ -24,6 +24,7 @@ multiplied by zero). A text encoder that wants a learned null token encodes "" t
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +34,23 @@ from scoresde.models.nets.primitives import group_norm, linear
 
 
 __all__ = ["masked_attention", "CrossAttention", "GEGLU", "FeedForward", "TransformerBlock", "SpatialTransformer",
-           "check_context", "context_of"]
+           "check_context", "context_of", "sincos_pos_embed_2d"]
+
+
+def sincos_pos_embed_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """(h*w, dim) fixed 2-D sine-cosine position embedding of a row-major h x w token grid, float64.
+
+    Channels [0, dim/2) encode the column index and [dim/2, dim) the row index (MAE's layout); each
+    half is [sin(pos omega_k), cos(pos omega_k)] with omega_k = 10000^(-k / (dim/4)), k < dim/4.
+    """
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))          # (dim/4,)
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+
+    def embed_1d(pos):                                                                 # (h*w,) -> (h*w, dim/2)
+        arg = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
+
+    return torch.from_numpy(np.concatenate([embed_1d(cols), embed_1d(rows)], axis=1))
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -151,11 +168,18 @@ class SpatialTransformer(nn.Module):
     """LDM's spatial transformer on (B, C, H, W) features conditioned on a context (B, L, context_dim).
 
     x + proj_out(blocks(proj_in(GN(x)) as H*W tokens)); proj_out starts at zero (the block starts as the identity).
+    `pos=True` adds the fixed 2-D sine-cosine embedding of each token's place (row, column; DiT's and
+    PixArt-alpha's, `sincos_pos_embed_2d`) to the tokens after proj_in: LDM's block has none, so its queries
+    know where they are only through the convolutions' zero padding, and a prompt that says where things go
+    ("three left of eight") is then slow to learn; with it, a query's place is in its features from the start.
     """
 
     def __init__(self, channels: int, context_dim: int, heads: int = 4, depth: int = 1, num_groups: int | None = None,
-                 ff_mult: float = 4.0, glu: bool = True):
+                 ff_mult: float = 4.0, glu: bool = True, pos: bool = False):
         super().__init__()
+        if not isinstance(pos, bool):
+            raise TypeError(f"pos: expected a bool, found {pos!r}")
+        self.pos = pos
         self.context_dim = check_int("context_dim", context_dim)
         self.norm = group_norm(channels, num_groups)
         self.proj_in = linear(channels, channels)
@@ -168,7 +192,19 @@ class SpatialTransformer(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))                # (B, HW, C)
+        if self.pos:
+            h = h + self._pos_embed(H, W, h)
         for block in self.blocks:
             h = block(h, context, mask)
         return x + self.proj_out(h).transpose(1, 2).reshape(B, C, H, W)
+
+    def _pos_embed(self, H: int, W: int, like: torch.Tensor) -> torch.Tensor:
+        """(HW, C) the grid's embedding, cached per grid, device and dtype (no parameters: nothing to load)."""
+        key = (H, W, like.device, like.dtype)
+        if getattr(self, "_pos_key", None) != key:
+            self._pos_key = key
+            C = like.shape[-1]
+            emb = F.pad(sincos_pos_embed_2d(C - C % 4, H, W), (0, C % 4))           # widths not of 4: zeros last
+            self._pos_cache = emb.to(like.device, like.dtype)
+        return self._pos_cache
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scoresde._common.validation import check_int, check_positive
 from scoresde.models.conditioning import Cond
-from scoresde.models.nets.attention import CrossAttention, context_of
+from scoresde.models.nets.attention import CrossAttention, context_of, sincos_pos_embed_2d
 from scoresde.models.nets.image_input import image_input
 from scoresde.models.nets.layers import (GaussianFourierProjection, check_data_shape, check_inputs, check_num_classes,
                                          check_unconditional, class_labels, cond_labels)
@@ -61,22 +60,6 @@ def timestep_embedding(c: torch.Tensor, dim: int = 256, max_period: float = 1000
     arg = c[:, None] * w[None]                                               # (B, half)
     emb = torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
     return F.pad(emb, (0, dim % 2))
-
-
-def sincos_pos_embed_2d(dim: int, h: int, w: int) -> torch.Tensor:
-    """(h*w, dim) fixed 2-D sine-cosine position embedding of a row-major h x w token grid, float64.
-
-    Channels [0, dim/2) encode the column index and [dim/2, dim) the row index (MAE's layout); each
-    half is [sin(pos omega_k), cos(pos omega_k)] with omega_k = 10000^(-k / (dim/4)), k < dim/4.
-    """
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))          # (dim/4,)
-    rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-
-    def embed_1d(pos):                                                                 # (h*w,) -> (h*w, dim/2)
-        arg = np.outer(pos.reshape(-1), omega)
-        return np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
-
-    return torch.from_numpy(np.concatenate([embed_1d(cols), embed_1d(rows)], axis=1))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,8 @@ class DDPMUNet(nn.Module):
         context_heads: attention heads of the spatial transformers (each width divisible by it).
         context_ff_mult: feed-forward (GEGLU) width / channels (LDM: 4).
         context_pool: add the projected masked mean of the context tokens to the time embedding (Imagen).
+        context_pos: add fixed 2-D sine-cosine position embeddings to the spatial transformers' tokens, so
+            cross-attention can place what a prompt says by where it goes (`SpatialTransformer(pos=True)`).
     Image condition (keyword-only; none by default; models/nets/image_input.py):
         image_shape: (C_i, h, w) of cond.image (e.g. the low-resolution image of a super-resolution stage),
             upsampled to (H, W) by `image_upsample` and concatenated after x (SR3); cond.image_level is embedded
@@ -87,10 +89,11 @@ class DDPMUNet(nn.Module):
                  scale_by_sigma: bool = False, num_scales: int | None = None, context_dim: int | None = None,
                  context_resolutions: Sequence[int] = (), transformer_depth: int = 1,
                  context_heads: int = 4, context_ff_mult: float = 2.0, context_pool: bool = False,
-                 image_shape: Sequence[int] | None = None, image_upsample: str = "bicubic"):
+                 context_pos: bool = False, image_shape: Sequence[int] | None = None, image_upsample: str = "bicubic"):
         super().__init__()
         for name, flag in (("attn_each_up_block", attn_each_up_block), ("centered", centered),
-                           ("scale_by_sigma", scale_by_sigma), ("context_pool", context_pool)):
+                           ("scale_by_sigma", scale_by_sigma), ("context_pool", context_pool),
+                           ("context_pos", context_pos)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected a bool, found {flag!r}")
         ch_mult = check_sequence("ch_mult", ch_mult)
@@ -124,12 +127,16 @@ class DDPMUNet(nn.Module):
                                transformer_depth=check_int("transformer_depth", transformer_depth),
                                context_heads=check_int("context_heads", context_heads),
                                context_ff_mult=check_positive("context_ff_mult", context_ff_mult))
-            if context_pool:             # only then in the config: earlier text models' configs stay as they were
-                self.config["context_pool"] = True
-        elif context_pool:
-            raise ValueError("context_pool: pools the context tokens, so it needs context_dim=D, found context_dim=None")
+            for name, flag in (("context_pool", context_pool), ("context_pos", context_pos)):
+                if flag:                 # only then in the config: earlier text models' configs stay as they were
+                    self.config[name] = True
+        else:
+            for name, flag in (("context_pool", context_pool), ("context_pos", context_pos)):
+                if flag:
+                    raise ValueError(f"{name}: applies to the context tokens' attention, so it needs context_dim=D, "
+                                     "found context_dim=None")
         xattn = lambda a: SpatialTransformer(a, self.context_dim, context_heads, transformer_depth,  # noqa: E731
-                                             num_groups, context_ff_mult)
+                                             num_groups, context_ff_mult, pos=context_pos)
         self.temb = nn.Sequential(linear(self.embed.out_dim, tdim), nn.SiLU(), linear(tdim, tdim))
         self.label = LabelEmbedding(self.num_classes, tdim) if self.num_classes is not None else None
         self.pool = linear(self.context_dim, tdim) if context_pool else None
