@@ -18,8 +18,10 @@ accuracy and digits FID, against a class-conditional model of single digits at e
 2. Baseline: a class-conditional U-Net of the same widths (num_classes 10, label dropout 0.1) on the
    1438 training 8x8 digits, trained for the same process CPU seconds (steps from its measured step cost).
 3. Prompts: `--prompts` captions of the digitpairs test split (pairs of the 359 digits the classifier never
-   saw; seed 1), `--per-prompt` samples each, the same prior draws for every sampler. Guidance weight: the
-   one of `--weights` with the best prompt accuracy for dpm_solver at 20 evaluations (FID breaks ties).
+   saw; seed 1), `--per-prompt` samples each, the same prior draws for every sampler. Guidance weight
+   (`pick_weight`), from dpm_solver at 20 evaluations: of the `--weights` whose prompt accuracy reaches the
+   goal (0.95), the one with the lowest FID (guidance trades diversity for fidelity: a larger w than needed
+   only raises FID); when none does, the most accurate (FID breaks ties). The sweep is in the report.
    The baseline (2.) is trained after the table, so a run cut short still has the text model's rows.
 4. Evaluations: one evaluation = one call of the guided score, i.e. ONE network call on a doubled batch
    (the conditional and the unconditional halves concatenated, `ss.classifier_free_score`); diffusers'
@@ -229,6 +231,18 @@ class Scorer:
         return {**r, "fid": self.fid(torch.cat(pair_glyphs(x)))}
 
 
+ACCURACY_GOAL = 0.95
+
+
+def pick_weight(sweep: dict) -> float:
+    """The guidance weight of the sweep {w: scores}: the lowest FID among those at the accuracy goal, else the
+    most accurate (lowest FID among equals)."""
+    ok = [k for k, v in sweep.items() if v["prompt_accuracy"] >= ACCURACY_GOAL]
+    if ok:
+        return min(ok, key=lambda k: sweep[k]["fid"])
+    return max(sweep, key=lambda k: (sweep[k]["prompt_accuracy"], -sweep[k]["fid"]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12000, help="training steps of the latent text model (batch 32)")
@@ -236,7 +250,7 @@ def main():
     ap.add_argument("--size", type=int, default=5000, help="digitpairs training canvases")
     ap.add_argument("--prompts", type=int, default=32, help="test captions sampled")
     ap.add_argument("--per-prompt", type=int, default=4, help="samples per caption")
-    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="guidance weights tried")
+    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="guidance weights tried")
     ap.add_argument("--calib", type=int, default=16, help="calibration draws of the bns fits")
     ap.add_argument("--bns-iterations", type=int, default=60)
     ap.add_argument("--reference-steps", type=int, default=100)
@@ -276,7 +290,7 @@ def main():
         x, _ = ours(sde, fn, z, "dpm_solver", {"order": 2}, 20)
         sweep[w] = score(decode(x), prompts)
         print(f"w = {w}: prompt accuracy {sweep[w]['prompt_accuracy']:.3f}, FID {sweep[w]['fid']:.2f}", flush=True)
-    w = max(sweep, key=lambda k: (sweep[k]["prompt_accuracy"], -sweep[k]["fid"]))
+    w = pick_weight(sweep)
     guided = ss.classifier_free_score(model, w=w, prompt=prompts)
 
     # the table
@@ -336,7 +350,8 @@ def report(args, table, sweep, w, floor, budget, base_cpu, base_steps, base_fid,
              f"jointly trained transformer text encoder, {args.steps} steps on the 2x8x16 latents of {args.size} "
              f"train-split canvases, after {args.ae_steps} steps of its autoencoder; {budget:.0f} process CPU s in "
              f"all ({args.ae_cpu:.0f} of them the autoencoder's); {args.prompts} test captions x "
-             f"{args.per_prompt} samples; guidance weight w = {w} (best prompt accuracy of "
+             f"{args.per_prompt} samples; guidance weight w = {w} (the lowest FID of the weights at prompt accuracy "
+             f">= {ACCURACY_GOAL}, else the most accurate; "
              + ", ".join(f"w={k}: {v['prompt_accuracy']:.3f}/{v['fid']:.2f}" for k, v in sweep.items())
              + " with dpm_solver, 20 evaluations).", "", head, "|---|" + "---:|" * len(BUDGETS)]
     for name, row in table.items():
@@ -352,7 +367,7 @@ def report(args, table, sweep, w, floor, budget, base_cpu, base_steps, base_fid,
                                default=None)
     acc_best = max(v["prompt_accuracy"] for r in table.values() for v, _ in r)
     lines += ["", f"Goal: prompt accuracy >= 95% at the best guidance weight: best {acc_best:.3f}: "
-              f"{'reached' if acc_best >= 0.95 else 'NOT reached'}."]
+              f"{'reached' if acc_best >= ACCURACY_GOAL else 'NOT reached'}."]
     text_fid = min(r[j20][0]["fid"] for r in ours_rows.values())
     lines.append(f"Goal: FID within 2x of the class-conditional model on single digits at equal training budget: "
                  f"text model (best of ours at 20 evaluations) {text_fid:.2f} vs class-conditional {base_fid:.2f} "

@@ -54,3 +54,9 @@ def test_the_benchmark_trains_the_recipe_of_configs_digitpairs(bench):
     from scoresde.training.config import resolve
     resolved = resolve(BENCH.parent / "configs" / "digitpairs.toml", {"autoencoder": "runs/pairs_ae"})
     assert resolved["model"]["context_pos"] is True and resolved["model"]["parameterization"] == "v"
+
+
+def test_the_guidance_weight_is_the_lowest_fid_at_the_accuracy_goal(bench):
+    s = lambda a, f: {"prompt_accuracy": a, "fid": f}  # noqa: E731
+    assert bench.pick_weight({1.0: s(0.88, 4.0), 2.0: s(0.99, 8.0), 3.0: s(1.0, 11.0)}) == 2.0
+    assert bench.pick_weight({1.0: s(0.5, 4.0), 2.0: s(0.7, 8.0), 3.0: s(0.7, 7.0)}) == 3.0    # none there: accuracy
