@@ -2,6 +2,7 @@
 U-Net without it, side by side (issue 28's goal: at most 1.25x on CPU).
 
     python benchmarks/text2image_cost.py [--batch 64] [--steps 10] [--rounds 5] [--shape 1,16,32] [--learning]
+    python benchmarks/text2image_cost.py --shape 2,8,16       # the recipe's latents (configs/digitpairs.toml)
 
 One step = the DSM loss of a batch (`ss.dsm_loss`), its backward pass and an Adam update, on the two-digit
 canvas (1 x 16 x 32) by default. The variants alternate step by step (process CPU seconds, one thread), so
@@ -11,6 +12,8 @@ that a loaded machine slows all of them alike; each round's ratio is paired, the
                   the middle block, feed-forward x2) attending to a fixed (B, 32, 64) context, padding masked;
   - xattn+text:   the whole text-conditional step: the prompts (about 30 characters) encoded by the jointly
                   trained `TransformerTextEncoder` (2 blocks, width 64, 32 tokens) inside the step;
+  - recipe:       xattn+text with configs/digitpairs.toml's options: the pooled prompt in the time embedding
+                  (`context_pool`) and place embeddings on the spatial transformer's tokens (`context_pos`);
   - ldm-lowest:   LDM-like placement, what the default avoids: also after every block of the lowest resolution
                   (context_resolutions = [H / 2]), feed-forward x4.
 Printed: the median ms per step of each, and the median of its per-round ratio to `plain`.
@@ -62,6 +65,7 @@ def variants(shape: tuple[int, ...], batch: int, dim: int = 64, length: int = 32
     out = {}
     for name, extra, text in (("plain", {}, False), ("xattn", {"context_dim": dim}, False),
                               ("xattn+text", {"context_dim": dim}, True),
+                              ("recipe", {"context_dim": dim, "context_pool": True, "context_pos": True}, True),
                               ("ldm-lowest", {"context_dim": dim, "context_resolutions": [shape[1] // 2],
                                               "context_ff_mult": 4.0}, False)):
         torch.manual_seed(0)
